@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`. The virtualenv lives in .venv and is reused.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup run dev test lint clean home
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) home
+
+# The instance config is the project's dagster.yaml, copied into the git-ignored Dagster home.
+home:
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+run: setup
+	$(BIN)/image-pipeline run
+
+dev: setup
+	$(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check image_pipeline image_pipeline_tests
+	$(BIN)/ruff format --check image_pipeline image_pipeline_tests
+
+clean:
+	rm -rf $(VENV) .dagster_home data .pytest_cache

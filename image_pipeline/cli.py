@@ -1,0 +1,150 @@
+"""``image-pipeline``: the command line around the Dagster definitions.
+
+``run`` processes every pending prompt of the configured queue through Dagster (one recorded run per
+prompt in the local instance, so the runs show in the UI later) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SAMPLES = Path(__file__).parent / "samples"
+
+
+def _load_env() -> None:
+    from dotenv import load_dotenv
+
+    # The ancestor kept TELEGRAM_TOKEN, TELEGRAM_CHAT_ID and HF_TOKEN in .env; real env wins over it.
+    load_dotenv(Path.cwd() / ".env", override=False)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path.cwd() / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    project_yaml = Path.cwd() / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and project_yaml.exists():
+        shutil.copy(project_yaml, home / "dagster.yaml")
+
+
+def _seed_workbook(folder: Path) -> bool:
+    """On the embedded default, start from the shipped sample queue when there is no workbook yet."""
+    if (folder / "process.csv").exists():
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLES / "process.csv", folder / "process.csv")
+    return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _load_env()
+    import dagster as dg
+
+    from .definitions import build_definitions
+    from .errors import PipelineError
+    from .partitions import prompt_partitions
+    from .resources.publisher import LocalOutbox
+    from .resources.sheets import LocalWorkbook
+
+    defs = build_definitions()
+    resources = defs.resources
+    sheet = resources["prompt_sheet"]
+    if isinstance(sheet, LocalWorkbook) and _seed_workbook(Path(sheet.folder)):
+        print(f"copied the sample queue into {sheet.folder}/process.csv")
+    print(f"queue:     {sheet.describe()}")
+    print(f"generator: {resources['image_generator'].describe()}")
+    print(f"publisher: {resources['publisher'].describe()}")
+    try:
+        snapshot = sheet.ensure_ids()
+    except PipelineError as exc:
+        print(f"error: cannot read the queue: {exc}", file=sys.stderr)
+        return 2
+    ids = [row.prompt_id for row in snapshot.rows]
+    if args.limit:
+        ids = ids[: args.limit]
+    if not ids:
+        print("the queue is empty: nothing to do")
+        _print_locations(resources)
+        return 0
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(prompt_partitions.name))
+    new = [pid for pid in ids if pid not in known]
+    if new:
+        instance.add_dynamic_partitions(prompt_partitions.name, new)
+    job = defs.resolve_job_def("process_prompts_job")
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    exit_code = 0
+    for n, pid in enumerate(ids, start=1):
+        result = job.execute_in_process(
+            partition_key=pid, instance=instance, raise_on_error=False, tags={"trigger": "make run"}
+        )
+        status = "RUN FAILED"
+        detail = ""
+        if result.success:
+            done = result.output_for_node("done_entry").get(pid, {})
+            status = done.get("status", "?")
+            detail = done.get("information") or done.get("reason", "")
+        else:
+            failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+            detail = _failure_text(failure)
+        counts[status] = counts.get(status, 0) + 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / n * (len(ids) - n)
+        print(f"[{n}/{len(ids)}] {pid}: {status} {detail[:160]}  (ETA {eta:.0f}s)")
+        if not result.success:
+            print("stopping: fix the problem above and run again; the remaining prompts stay queued", file=sys.stderr)
+            exit_code = 1
+            break
+    print("done: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    _print_locations(resources)
+    if isinstance(resources["publisher"], LocalOutbox):
+        pass
+    return exit_code
+
+
+def _failure_text(event: object) -> str:
+    if event is None:
+        return ""
+    data = getattr(event, "step_failure_data", None)
+    if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
+        return str(data.user_failure_data.description)
+    if data is not None and data.error is not None:
+        return data.error.message.strip().splitlines()[-1]
+    return str(getattr(event, "message", ""))
+
+
+def _print_locations(resources: dict) -> None:
+    from .resources.publisher import LocalOutbox
+    from .resources.sheets import LocalWorkbook
+
+    sheet, publisher = resources["prompt_sheet"], resources["publisher"]
+    io = resources["pipeline_io_manager"]
+    print(f"images:    {Path(io.base_dir) / 'generated_image'}")
+    if isinstance(publisher, LocalOutbox):
+        print(f"gallery:   {Path(publisher.folder) / 'index.html'}")
+    if isinstance(sheet, LocalWorkbook):
+        print(f"done log:  {Path(sheet.folder) / 'done.csv'}")
+    else:
+        print(f"done log:  worksheet {sheet.done_worksheet!r} of {sheet.describe()}")
+    print(f"runs:      `make dev`, then http://127.0.0.1:3000 (instance in {os.environ.get('DAGSTER_HOME')})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="image-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="process every pending prompt of the queue, then exit")
+    run.add_argument("--limit", type=int, default=0, help="process at most this many prompts")
+    run.set_defaults(func=cmd_run)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

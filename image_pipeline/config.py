@@ -1,0 +1,111 @@
+"""Which backend each external system uses, chosen from the environment once, when definitions load.
+
+Secrets are bound with ``dg.EnvVar`` so the UI shows only the variable's name; everything else is a
+plain resource field, so the UI shows the backends and settings in use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from .io_managers import PartitionFileIOManager
+from .resources.images import DEFAULT_MODEL, HuggingFaceGenerator, ImageGenerator, OfflinePreviewGenerator
+from .resources.publisher import LocalOutbox, Publisher, TelegramPublisher
+from .resources.sheets import GoogleSheet, LocalWorkbook, PromptSheet
+
+DEFAULT_KEY_FILE = "chatbot_key.json"  # the ancestor's key file name
+
+
+@dataclass(frozen=True)
+class Settings:
+    workbook: Path
+    outbox: Path
+    data: Path
+    schedule_cron: str
+    schedule_timezone: str
+    prompts_per_tick: int
+    instant: bool
+    sensor_interval_s: int
+
+
+def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return (env.get(name) or "").strip() or default
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return _get(env, name).lower() in ("1", "true", "yes", "on")
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    data = Path(_get(env, "IMAGE_PIPELINE_DATA", "data")).resolve()
+    return Settings(
+        workbook=Path(_get(env, "IMAGE_PIPELINE_WORKBOOK", str(data / "workbook"))).resolve(),
+        outbox=Path(_get(env, "IMAGE_PIPELINE_OUTBOX", str(data / "outbox"))).resolve(),
+        data=data,
+        schedule_cron=_get(env, "IMAGE_PIPELINE_SCHEDULE_CRON", "0 7 * * *"),
+        schedule_timezone=_get(env, "IMAGE_PIPELINE_SCHEDULE_TIMEZONE", "UTC"),
+        prompts_per_tick=int(_get(env, "IMAGE_PIPELINE_PROMPTS_PER_TICK", "1")),
+        instant=_flag(env, "IMAGE_PIPELINE_INSTANT"),
+        sensor_interval_s=int(_get(env, "IMAGE_PIPELINE_SENSOR_INTERVAL_S", "60")),
+    )
+
+
+def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet:
+    common = {
+        "process_worksheet": _get(env, "GOOGLE_PROCESS_WORKSHEET", "Process"),
+        "done_worksheet": _get(env, "GOOGLE_DONE_WORKSHEET", "Done"),
+    }
+    key_file = _get(env, "GOOGLE_SERVICE_ACCOUNT_FILE")
+    has_json = bool(_get(env, "GOOGLE_SERVICE_ACCOUNT_JSON"))
+    if not key_file and not has_json and Path(DEFAULT_KEY_FILE).is_file():
+        key_file = str(Path(DEFAULT_KEY_FILE).resolve())
+    if not key_file and not has_json:
+        return LocalWorkbook(folder=str(settings.workbook), **common)
+    return GoogleSheet(
+        service_account_file=key_file or None,
+        service_account_json=dg.EnvVar("GOOGLE_SERVICE_ACCOUNT_JSON") if has_json else None,
+        spreadsheet_key=_get(env, "GOOGLE_SHEET_KEY") or None,
+        spreadsheet_title=_get(env, "GOOGLE_SHEET_TITLE", "Image Prompt"),
+        sheets_api_base_url=_get(env, "GOOGLE_SHEETS_API_BASE_URL") or None,
+        drive_api_base_url=_get(env, "GOOGLE_DRIVE_API_BASE_URL") or None,
+        **common,
+    )
+
+
+def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
+    base_url = _get(env, "HF_INFERENCE_BASE_URL")
+    if not _get(env, "HF_TOKEN") and not base_url:
+        return OfflinePreviewGenerator()
+    return HuggingFaceGenerator(
+        token=dg.EnvVar("HF_TOKEN") if _get(env, "HF_TOKEN") else None,
+        model=_get(env, "HF_MODEL", DEFAULT_MODEL),
+        provider=_get(env, "HF_PROVIDER", "auto"),
+        base_url=base_url or None,
+    )
+
+
+def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
+    if not (_get(env, "TELEGRAM_TOKEN") and _get(env, "TELEGRAM_CHAT_ID")):
+        return LocalOutbox(folder=str(settings.outbox))
+    return TelegramPublisher(
+        token=dg.EnvVar("TELEGRAM_TOKEN"),
+        chat_id=dg.EnvVar("TELEGRAM_CHAT_ID"),
+        alert_chat_id=dg.EnvVar("TELEGRAM_ALERT_CHAT_ID") if _get(env, "TELEGRAM_ALERT_CHAT_ID") else None,
+        api_base_url=_get(env, "TELEGRAM_API_BASE_URL", "https://api.telegram.org"),
+    )
+
+
+def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    env = os.environ if env is None else env
+    settings = settings_from(env)
+    return {
+        "prompt_sheet": prompt_sheet_from(env, settings),
+        "image_generator": image_generator_from(env),
+        "publisher": publisher_from(env, settings),
+        "pipeline_io_manager": PartitionFileIOManager(base_dir=str(settings.data / "assets")),
+    }

@@ -1,0 +1,37 @@
+"""Entry point for Dagster: the asset graph, its job, schedule, sensor and resources."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from .assets import ASSETS
+from .config import resources_from, settings_from
+from .jobs import process_prompts_job
+from .redact import install_log_redaction
+from .schedules import build_daily_schedule
+from .sensors import build_prompt_sheet_sensor
+
+
+def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
+    env = os.environ if env is None else env
+    settings = settings_from(env)
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[process_prompts_job],
+        schedules=[
+            build_daily_schedule(
+                cron=settings.schedule_cron,
+                timezone=settings.schedule_timezone,
+                per_tick=settings.prompts_per_tick,
+            )
+        ],
+        sensors=[build_prompt_sheet_sensor(instant=settings.instant, interval_s=settings.sensor_interval_s)],
+        resources=resources_from(env),
+    )
+
+
+install_log_redaction()
+defs = build_definitions()

@@ -1,0 +1,58 @@
+"""Typed errors raised at each service seam.
+
+Assets decide what to do from the type alone, never from message text:
+- ``TransientError``: worth retrying (timeouts, resets, 5xx, 429, a model still loading), with the
+  service's own wait hint when it gave one.
+- ``PromptRejected``: this prompt cannot succeed (the model refuses it, the image is unusable, Telegram
+  refuses the photo). The prompt gets a FAILED Done row and leaves the queue.
+- ``ServiceBlocked``: the service refuses *us* (bad token, no permission, credits depleted, missing
+  sheet). Nothing about the prompt is wrong, so the run stops and the queue stays as it is.
+
+Every message is built by our code from status codes and sanitized service text, never from a raw
+exception that could carry a URL with a token in it.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    service = "pipeline"
+
+    def __init__(self, message: str, *, service: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if service:
+            self.service = service
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(PipelineError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, service=service, status=status)
+        self.retry_after = retry_after
+
+
+class PromptRejected(PipelineError):
+    """Permanent for this prompt."""
+
+
+class ServiceBlocked(PipelineError):
+    """Permanent for the service configuration: stop, fix credentials/permissions/billing, run again."""
+
+
+class CreditsDepleted(ServiceBlocked):
+    pass
+
+
+class QueueFormatError(ServiceBlocked):
+    """The sheet is not shaped like a queue (missing worksheet or header); a person has to fix it."""

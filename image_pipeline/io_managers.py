@@ -1,0 +1,122 @@
+"""Asset storage as plain files, one per partition: PNG for images, JSON for records.
+
+Assets exchange ``ByPartition`` maps (partition key -> value) so that one run may carry one partition
+or many with the same code. Images are real ``.png`` files anyone can open, never pickles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+
+class ByPartition(dict[str, Any]):
+    """Values of one asset for the partitions of the current run."""
+
+
+@dataclass
+class ImageOutcome:
+    """The image asset's value: the PNG when generation succeeded, and what happened either way."""
+
+    status: str  # OK, FAILED or SKIPPED
+    meta: dict[str, Any] = field(default_factory=dict)
+    png: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK" and self.png is not None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class PartitionFileStore:
+    """``<base>/<asset>/<partition>.json`` (+ ``.png`` for images)."""
+
+    def __init__(self, base_dir: str | Path) -> None:
+        self.base = Path(base_dir)
+
+    def folder(self, asset: str) -> Path:
+        return self.base / asset
+
+    def png_path(self, asset: str, key: str) -> Path:
+        return self.folder(asset) / f"{key}.png"
+
+    def json_path(self, asset: str, key: str) -> Path:
+        return self.folder(asset) / f"{key}.json"
+
+    def write(self, asset: str, key: str, value: Any) -> None:
+        if isinstance(value, ImageOutcome):
+            png = self.png_path(asset, key)
+            if value.png is not None:
+                _atomic_write(png, value.png)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    png.unlink()
+            record = {"__image__": True, "status": value.status, "meta": value.meta}
+        else:
+            record = value
+        _atomic_write(self.json_path(asset, key), json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
+
+    def read(self, asset: str, key: str) -> Any:
+        path = self.json_path(asset, key)
+        if not path.exists():
+            raise FileNotFoundError(f"no stored value of {asset} for partition {key} ({path})")
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(record, dict) and record.get("__image__"):
+            png_path = self.png_path(asset, key)
+            png = png_path.read_bytes() if record["status"] == "OK" and png_path.exists() else None
+            return ImageOutcome(record["status"], record.get("meta", {}), png)
+        return record
+
+
+class PartitionFileIOManager(dg.ConfigurableIOManager):
+    """Stores each partition of each asset as its own file under ``base_dir``."""
+
+    base_dir: str = Field(description="Folder for asset values (images as .png, records as .json).")
+
+    def _store(self) -> PartitionFileStore:
+        return PartitionFileStore(self.base_dir)
+
+    @staticmethod
+    def _asset(context: dg.OutputContext | dg.InputContext) -> str:
+        return "__".join(context.asset_key.path)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, ByPartition):
+            raise TypeError(f"{self._asset(context)} must return ByPartition, got {type(obj).__name__}")
+        expected = set(context.asset_partition_keys) if context.has_asset_partitions else {"__all__"}
+        unknown = set(obj) - expected
+        if unknown:
+            raise ValueError(f"values for partitions outside this run: {sorted(unknown)[:5]}")
+        store = self._store()
+        for key, value in obj.items():
+            store.write(self._asset(context), key, value)
+            if isinstance(value, ImageOutcome) and value.png is not None and len(obj) == 1:
+                context.add_output_metadata({"path": dg.MetadataValue.path(str(store.png_path(self._asset(context), key)))})
+
+    def load_input(self, context: dg.InputContext) -> ByPartition:
+        keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
+        store = self._store()
+        asset = self._asset(context)
+        return ByPartition({key: store.read(asset, key) for key in keys})

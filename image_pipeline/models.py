@@ -1,0 +1,195 @@
+"""Plain data and pure helpers: prompt rows, their validation, captions and Done entries.
+
+No Dagster and no I/O here, so every rule about what a row means is testable on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Done statuses, as the README documents them.
+SUCCESS = "SUCCESS"
+FAILED = "FAILED"
+INVALID = "INVALID"
+
+# Optional "Process" columns, matched by header name (case-insensitive).
+OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption")
+ID_COLUMN = "id"
+
+# Done columns in the order we write them into a fresh sheet. Existing sheets keep their order; the
+# ancestor's "info" column is accepted for "information".
+DONE_COLUMNS = (
+    "id",
+    "prompt",
+    "status",
+    "information",
+    "timestamp",
+    "model",
+    "message_id",
+    "chat_id",
+    "seed",
+    "size",
+    "generation_s",
+    "image_sha256",
+)
+DONE_ALIASES = {"info": "information", "time": "timestamp", "date": "timestamp", "message": "message_id"}
+
+TELEGRAM_CAPTION_LIMIT = 1024
+ELLIPSIS = "…"
+MAX_PROMPT_CHARS = 10_000  # longer prompts are rejected: no text-to-image model reads that far
+MAX_SIDE = 4096
+MIN_SIDE = 64
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def new_prompt_id() -> str:
+    """A fresh partition-safe id: no '/', ',', '...' (they clash with Dagster partition syntax)."""
+    return "p" + secrets.token_hex(5)
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
+
+
+def normalize_header(name: str) -> str:
+    return re.sub(r"[\s-]+", "_", str(name).strip().lower())
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One queued row as read from "Process". ``row_number`` is 1-based and only valid for this read."""
+
+    row_number: int
+    prompt: str
+    prompt_id: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""
+        payload = "\x1f".join([self.prompt, *(f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS)])
+        return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None
+    model: str
+    width: int
+    height: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Validation:
+    ok: bool
+    reason: str = ""
+
+
+def clean_text(text: str) -> str:
+    """Drop NULs and control characters (other than newline/tab) that no API accepts, keep everything else."""
+    out = []
+    for ch in str(text):
+        if ch in "\n\t":
+            out.append(ch)
+        elif unicodedata.category(ch) in ("Cc", "Cs"):
+            continue
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def validate_prompt(prompt: str) -> Validation:
+    text = clean_text(prompt)
+    if not text.strip():
+        return Validation(False, "empty prompt")
+    if len(text) > MAX_PROMPT_CHARS:
+        return Validation(False, f"prompt is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return Validation(True)
+
+
+def _parse_int(name: str, raw: str, low: int, high: int) -> int | None:
+    raw = str(raw).strip()
+    if raw == "":
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw[:40]!r}") from None
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {raw[:40]!r}")
+    value = int(number)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def build_request(
+    row: PromptRow, *, default_model: str, default_width: int, default_height: int
+) -> GenerationRequest:
+    """The generation request a row asks for; raises ValueError with a person-readable reason."""
+    p = row.params
+    width = _parse_int("width", p.get("width", ""), MIN_SIDE, MAX_SIDE) or default_width
+    height = _parse_int("height", p.get("height", ""), MIN_SIDE, MAX_SIDE) or default_height
+    seed = _parse_int("seed", p.get("seed", ""), 0, 2**32 - 1)
+    model = clean_text(p.get("model", "")).strip() or default_model
+    negative = clean_text(p.get("negative_prompt", "")).strip() or None
+    return GenerationRequest(clean_text(row.prompt).strip(), negative, model, width, height, seed)
+
+
+def caption_for(row: PromptRow, *, suffix: str = "", limit: int = TELEGRAM_CAPTION_LIMIT) -> str:
+    """The post caption: the row's caption column or the prompt, cut to Telegram's limit with an ellipsis.
+
+    Telegram counts caption length in Unicode code points after entity parsing; we send plain text (no
+    parse_mode) so what we count is what Telegram counts. A suffix (e.g. the preview label) is kept whole.
+    """
+    base = clean_text(row.params.get("caption", "")).strip() or clean_text(row.prompt).strip()
+    suffix = suffix.strip()
+    joiner = "\n\n" if suffix else ""
+    room = limit - len(suffix) - len(joiner)
+    if len(base) > room:
+        base = base[: max(0, room - len(ELLIPSIS))].rstrip() + ELLIPSIS
+    return f"{base}{joiner}{suffix}"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class DoneEntry:
+    """One audit row in "Done"."""
+
+    id: str
+    prompt: str
+    status: str
+    information: str
+    timestamp: str = field(default_factory=utc_now)
+    model: str = ""
+    message_id: str = ""
+    chat_id: str = ""
+    seed: str = ""
+    size: str = ""
+    generation_s: str = ""
+    image_sha256: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    def value_for(self, header: str) -> str | None:
+        key = normalize_header(header)
+        key = DONE_ALIASES.get(key, key)
+        data = self.as_dict()
+        return data.get(key)
+
+
+def to_jsonable(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value

@@ -1,0 +1,452 @@
+"""The publisher: the Telegram Bot API through requests, or a local outbox folder with a gallery."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import requests
+from PIL import Image
+from pydantic import Field, PrivateAttr
+
+from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from ..redact import redact, register_secret
+from ..retry import RetryPolicy, call_with_retry
+
+log = logging.getLogger("image_pipeline.publisher")
+
+# Telegram's documented sendPhoto limits.
+PHOTO_MAX_BYTES = 10 * 1024 * 1024
+PHOTO_MAX_SIDE_SUM = 10_000
+PHOTO_MAX_RATIO = 20.0
+DOCUMENT_MAX_BYTES = 50 * 1024 * 1024
+MESSAGE_MAX_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class PostReceipt:
+    chat_id: str
+    message_id: str
+    method: str
+    link: str
+    sent_bytes: int
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PreparedUpload:
+    method: str  # sendPhoto or sendDocument
+    data: bytes
+    filename: str
+    content_type: str
+    note: str
+
+
+def prepare_upload(png: bytes, prompt_id: str) -> PreparedUpload:
+    """Fit an image into sendPhoto's limits, or fall back to sendDocument (which keeps it untouched)."""
+    with Image.open(io.BytesIO(png)) as im:
+        width, height = im.size
+        ratio = max(width, height) / max(1, min(width, height))
+        if width + height > PHOTO_MAX_SIDE_SUM or ratio > PHOTO_MAX_RATIO:
+            return _as_document(png, prompt_id, f"{width}x{height} is outside Telegram's photo limits")
+        if len(png) <= PHOTO_MAX_BYTES:
+            return PreparedUpload("sendPhoto", png, f"{prompt_id}.png", "image/png", "")
+        rgb = im.convert("RGB")
+        for quality in (92, 85, 75, 60):
+            buf = io.BytesIO()
+            rgb.save(buf, format="JPEG", quality=quality, optimize=True)
+            if buf.tell() <= PHOTO_MAX_BYTES:
+                note = f"PNG of {len(png)} bytes recompressed to JPEG quality {quality} ({buf.tell()} bytes)"
+                return PreparedUpload("sendPhoto", buf.getvalue(), f"{prompt_id}.jpg", "image/jpeg", note)
+    return _as_document(png, prompt_id, f"{len(png)} bytes is over the 10 MB photo limit even as JPEG")
+
+
+def _as_document(png: bytes, prompt_id: str, why: str) -> PreparedUpload:
+    if len(png) > DOCUMENT_MAX_BYTES:
+        raise PromptRejected(f"the image is {len(png)} bytes, over Telegram's 50 MB document limit", service="telegram")
+    return PreparedUpload("sendDocument", png, f"{prompt_id}.png", "image/png", f"sent as a document: {why}")
+
+
+class Publisher(dg.ConfigurableResource):
+    """Publishes an image with a caption and sends operator notices. Subclasses pick the backend."""
+
+    retry_attempts: int = Field(default=4, description="Tries per request, the first included.")
+    retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
+        raise NotImplementedError
+
+    def notify(self, text: str) -> bool:
+        """Send an operator notice; False when no alert destination is configured."""
+        raise NotImplementedError
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=max(1, self.retry_attempts), base_delay_s=self.retry_base_delay_s)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Telegram
+# ---------------------------------------------------------------------------------------------------
+class DeliveryUncertain(ServiceBlocked):
+    """Telegram may have accepted the post but we never saw the answer; retrying could post twice."""
+
+
+class TelegramPublisher(Publisher):
+    """Telegram Bot API ``sendPhoto`` / ``sendDocument`` / ``sendMessage`` through requests."""
+
+    token: str = Field(description="Bot token (bind with EnvVar('TELEGRAM_TOKEN')).")
+    chat_id: str = Field(description="Channel or chat id, or @channelusername.")
+    alert_chat_id: str | None = Field(default=None, description="Where failure notices go; unset: none.")
+    api_base_url: str = Field(default="https://api.telegram.org", description="Bot API server.")
+    connect_timeout_s: float = Field(default=10.0, description="TCP connect timeout.")
+    read_timeout_s: float = Field(default=60.0, description="Time to wait for Telegram's answer.")
+
+    _session: requests.Session | None = PrivateAttr(default=None)
+
+    def describe(self) -> str:
+        base = self.api_base_url.rstrip("/")
+        return f"Telegram Bot API ({base}, chat {self.chat_id})"
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            register_secret(self.token)
+            self._session = requests.Session()
+        return self._session
+
+    def _url(self, method: str) -> str:
+        return f"{self.api_base_url.rstrip('/')}/bot{self.token}/{method}"
+
+    def call(
+        self,
+        method: str,
+        data: dict[str, Any],
+        upload: PreparedUpload | None = None,
+        *,
+        retry_read_timeout: bool = False,
+    ) -> dict[str, Any]:
+        """One Bot API call with retries; raises typed errors whose text never contains the token."""
+
+        def attempt() -> dict[str, Any]:
+            files = None
+            if upload is not None:
+                field = "photo" if upload.method == "sendPhoto" else "document"
+                # bytes, not a file object: every attempt uploads the whole image again
+                files = {field: (upload.filename, upload.data, upload.content_type)}
+            try:
+                response = self._http().post(
+                    self._url(method),
+                    data=data,
+                    files=files,
+                    timeout=(self.connect_timeout_s, self.read_timeout_s),
+                )
+            except requests.ConnectTimeout:
+                raise TransientError(f"Telegram {method}: connect timed out", service="telegram") from None
+            except requests.ReadTimeout:
+                if retry_read_timeout:
+                    raise TransientError(f"Telegram {method}: no answer in time", service="telegram") from None
+                raise DeliveryUncertain(
+                    f"Telegram {method}: no answer within {self.read_timeout_s:g}s; the post may have gone "
+                    "through, so it is not retried automatically. Check the channel before running again",
+                    service="telegram",
+                ) from None
+            except requests.RequestException as exc:
+                raise TransientError(
+                    f"Telegram {method}: connection failed ({type(exc).__name__})", service="telegram"
+                ) from None
+            return self._parse(method, response)
+
+        return call_with_retry(attempt, self.retry_policy(), what=f"telegram {method}")
+
+    def _parse(self, method: str, response: requests.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if response.status_code >= 500 or response.status_code in (200, 429):
+                raise TransientError(
+                    f"Telegram {method}: unreadable answer (HTTP {response.status_code})",
+                    service="telegram",
+                    status=response.status_code,
+                ) from None
+            raise PromptRejected(
+                f"Telegram {method}: HTTP {response.status_code} without a Bot API answer",
+                service="telegram",
+                status=response.status_code,
+            ) from None
+        if body.get("ok") is True:
+            return body.get("result") or {}
+        code = int(body.get("error_code") or response.status_code)
+        description = redact(str(body.get("description", "")))[:300]
+        params = body.get("parameters") or {}
+        if code == 429:
+            wait = params.get("retry_after") or response.headers.get("Retry-After")
+            raise TransientError(
+                f"Telegram {method}: rate limited (429), retry after {wait}s",
+                service="telegram",
+                status=429,
+                retry_after=float(wait) if wait is not None else None,
+            )
+        if code >= 500:
+            raise TransientError(f"Telegram {method}: {code} {description}", service="telegram", status=code)
+        if code == 401:
+            raise ServiceBlocked(
+                "Telegram rejected the bot token (401 Unauthorized): check TELEGRAM_TOKEN (from @BotFather)",
+                service="telegram",
+                status=code,
+            )
+        if code == 403:
+            raise ServiceBlocked(
+                f"Telegram {method}: {description}. Add the bot to the channel as an administrator "
+                "allowed to post messages",
+                service="telegram",
+                status=code,
+            )
+        if "migrate_to_chat_id" in params:
+            raise ServiceBlocked(
+                f"Telegram {method}: the group became a supergroup; set TELEGRAM_CHAT_ID to "
+                f"{params['migrate_to_chat_id']}",
+                service="telegram",
+                status=code,
+            )
+        if "chat not found" in description.lower():
+            raise ServiceBlocked(
+                f"Telegram {method}: chat not found. Check TELEGRAM_CHAT_ID (a channel id looks like "
+                "-100…, or use @channelusername) and that the bot was added to it",
+                service="telegram",
+                status=code,
+            )
+        raise TelegramBadRequest(f"Telegram {method}: {description}", service="telegram", status=code)
+
+    def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
+        upload = prepare_upload(png, prompt_id)
+        data = {"chat_id": self.chat_id, "caption": caption}
+        try:
+            result = self.call(upload.method, data, upload)
+        except TelegramBadRequest as exc:
+            text = str(exc).upper()
+            if upload.method == "sendPhoto" and any(
+                code in text for code in ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
+            ):
+                # Telegram refused it as a photo; as a document it is delivered byte for byte.
+                upload = _as_document(png, prompt_id, f"Telegram refused the photo ({exc})")
+                result = self.call(upload.method, data, upload)
+            elif "CAPTION IS TOO LONG" in text:
+                # Telegram counted more than we did (e.g. UTF-16 units): cut harder and try once more.
+                data["caption"] = _cut_utf16(caption, 1024)
+                result = self.call(upload.method, data, upload)
+            else:
+                raise PromptRejected(str(exc), service="telegram", status=exc.status) from None
+        return self._receipt(result, upload)
+
+    def _receipt(self, result: dict[str, Any], upload: PreparedUpload) -> PostReceipt:
+        chat = result.get("chat") or {}
+        chat_id = str(chat.get("id", self.chat_id))
+        message_id = str(result.get("message_id", ""))
+        return PostReceipt(
+            chat_id=chat_id,
+            message_id=message_id,
+            method=upload.method,
+            link=message_link(chat, message_id),
+            sent_bytes=len(upload.data),
+            note=upload.note,
+        )
+
+    def notify(self, text: str) -> bool:
+        if not self.alert_chat_id:
+            return False
+        try:
+            self.call(
+                "sendMessage",
+                {"chat_id": self.alert_chat_id, "text": redact(text)[:MESSAGE_MAX_CHARS]},
+                retry_read_timeout=True,
+            )
+        except PipelineError as exc:
+            # A notice that cannot be delivered must not turn into a second failure.
+            log.warning("could not send the failure notice: %s", exc)
+            return False
+        return True
+
+
+class TelegramBadRequest(PipelineError):
+    """A 400 from Telegram that is about this post (decided by ``publish``)."""
+
+
+def _cut_utf16(text: str, limit: int) -> str:
+    if len(text.encode("utf-16-le")) // 2 <= limit:
+        return text
+    out = []
+    used = 0
+    for ch in text:
+        units = len(ch.encode("utf-16-le")) // 2
+        if used + units > limit - 1:
+            break
+        out.append(ch)
+        used += units
+    return "".join(out) + "…"
+
+
+def message_link(chat: dict[str, Any], message_id: str) -> str:
+    username = chat.get("username")
+    if username and message_id:
+        return f"https://t.me/{username}/{message_id}"
+    chat_id = str(chat.get("id", ""))
+    if chat_id.startswith("-100") and message_id:
+        return f"https://t.me/c/{chat_id[4:]}/{message_id}"  # private channel: works for its members
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local outbox
+# ---------------------------------------------------------------------------------------------------
+class LocalOutbox(Publisher):
+    """Embedded default: each post is an image file plus a line in posts.jsonl, shown in index.html."""
+
+    folder: str = Field(description="Folder for images/, posts.jsonl, notices.jsonl and index.html.")
+
+    def describe(self) -> str:
+        return f"local outbox {self.folder}"
+
+    @property
+    def root(self) -> Path:
+        return Path(self.folder)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".outbox.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def posts(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.root / "posts.jsonl")
+
+    def notices(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.root / "notices.jsonl")
+
+    def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
+        upload = prepare_upload(png, prompt_id)
+        with self._locked():
+            posts = self.posts()
+            message_id = str(max((int(p["message_id"]) for p in posts), default=0) + 1)
+            images = self.root / "images"
+            images.mkdir(exist_ok=True)
+            filename = f"{int(message_id):05d}-{upload.filename}"
+            _atomic_write(images / filename, upload.data)
+            post = {
+                "message_id": message_id,
+                "chat_id": "outbox",
+                "prompt_id": prompt_id,
+                "caption": caption,
+                "file": f"images/{filename}",
+                "method": upload.method,
+                "note": upload.note,
+                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            _append_jsonl(self.root / "posts.jsonl", post)
+            posts.append(post)
+            self._write_gallery(posts)
+        receipt = PostReceipt("outbox", message_id, upload.method, (self.root / "index.html").as_uri(), len(upload.data), upload.note)
+        return receipt
+
+    def notify(self, text: str) -> bool:
+        with self._locked():
+            notice = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "text": redact(text)}
+            _append_jsonl(self.root / "notices.jsonl", notice)
+            self._write_gallery(self.posts())
+        return True
+
+    def _write_gallery(self, posts: list[dict[str, Any]]) -> None:
+        cards = []
+        for p in sorted(posts, key=lambda p: int(p["message_id"]), reverse=True):
+            cards.append(
+                '<figure><img src="{src}" loading="lazy" alt="{alt}"><figcaption>{cap}'
+                '<small>#{mid} · {date} · {pid}{note}</small></figcaption></figure>'.format(
+                    src=html.escape(p["file"]),
+                    alt=html.escape(p["caption"][:200]),
+                    cap=html.escape(p["caption"]).replace("\n", "<br>"),
+                    mid=html.escape(p["message_id"]),
+                    date=html.escape(p["date"]),
+                    pid=html.escape(p["prompt_id"]),
+                    note=(" · " + html.escape(p["note"])) if p.get("note") else "",
+                )
+            )
+        notices = "".join(
+            f"<li>{html.escape(n['date'])}: {html.escape(n['text'])}</li>" for n in reversed(self.notices()[-20:])
+        )
+        page = _GALLERY.format(
+            count=len(posts),
+            cards="\n".join(cards) or "<p>No posts yet.</p>",
+            notices=f"<h2>Notices</h2><ul>{notices}</ul>" if notices else "",
+        )
+        _atomic_write(self.root / "index.html", page.encode("utf-8"))
+
+
+_GALLERY = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>image-pipeline outbox</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}}
+main{{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1.2rem}}
+figure{{margin:0;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden}}
+img{{width:100%;display:block}} figcaption{{padding:.6rem;white-space:pre-wrap;word-break:break-word}}
+small{{display:block;color:#666;margin-top:.4rem}}
+</style></head><body>
+<h1>Outbox ({count} posts, newest first)</h1>
+{notices}
+<main>
+{cards}
+</main></body></html>
+"""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+    return out
+
+
+def receipt_dict(receipt: PostReceipt) -> dict[str, Any]:
+    return asdict(receipt)

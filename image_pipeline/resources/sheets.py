@@ -1,0 +1,712 @@
+"""The prompt sheet: the "Process" queue and the "Done" log.
+
+One resource with two backends that share every rule about the queue:
+- ``GoogleSheet``: Google Sheets through gspread + a google-auth service account;
+- ``LocalWorkbook``: a folder with ``process.csv`` and ``done.csv`` that a person edits by hand.
+
+The backends only move tables of strings (read a worksheet, write cells, append rows, delete rows, a
+cheap change token). Everything that gives rows meaning (ids, headers, the Done column mapping, the
+"re-read before removing" rule) lives once, in ``PromptSheet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from ..errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError
+from ..models import (
+    DONE_ALIASES,
+    DONE_COLUMNS,
+    ID_COLUMN,
+    OPTIONAL_COLUMNS,
+    DoneEntry,
+    PromptRow,
+    is_valid_id,
+    new_prompt_id,
+    normalize_header,
+)
+from ..redact import redact, register_secret
+from ..retry import RetryPolicy, call_with_retry
+
+log = logging.getLogger("image_pipeline.sheets")
+
+# Outcomes of removing a row from the queue.
+REMOVED = "removed"
+CHANGED = "changed"  # the row still has the id but its text changed meanwhile: a person edited it, keep it
+VANISHED = "vanished"  # no row has the id any more: a person deleted it (or it was removed already)
+
+
+@dataclass
+class QueueSnapshot:
+    """One read of "Process"."""
+
+    header: list[str]
+    rows: list[PromptRow]
+    id_column: int | None  # 0-based column index of "id", None when the header has no such column
+    token: str = ""  # change token taken right after the read
+
+    def by_id(self) -> dict[str, PromptRow]:
+        out: dict[str, PromptRow] = {}
+        for row in self.rows:
+            if row.prompt_id and row.prompt_id not in out:
+                out[row.prompt_id] = row
+        return out
+
+
+@dataclass
+class CellWrite:
+    row: int  # 1-based
+    col: int  # 1-based
+    value: str
+
+
+@dataclass
+class TableBackend:
+    """Moves tables of strings. Row and column numbers are 1-based, like the sheet UI."""
+
+    process: str
+    done: str
+    notes: list[str] = field(default_factory=list)
+
+    def read(self, worksheet: str) -> list[list[str]]:
+        raise NotImplementedError
+
+    def read_header(self, worksheet: str) -> list[str]:
+        table = self.read(worksheet)
+        return table[0] if table else []
+
+    def write_cells(self, worksheet: str, cells: Sequence[CellWrite]) -> None:
+        raise NotImplementedError
+
+    def append(self, worksheet: str, rows: Sequence[Sequence[str]]) -> None:
+        raise NotImplementedError
+
+    def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def change_token(self) -> str:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold off other writers of this backend between a read and the writes that depend on it."""
+        yield
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+def _trim(table: list[list[str]]) -> list[list[str]]:
+    """Drop trailing empty cells and rows, as the Sheets API does, so both backends read alike."""
+    out = [list(r) for r in table]
+    for r in out:
+        while r and str(r[-1]).strip() == "":
+            r.pop()
+    while out and not out[-1]:
+        out.pop()
+    return out
+
+
+def _col_letter(col: int) -> str:
+    letters = ""
+    while col > 0:
+        col, rem = divmod(col - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local workbook
+# ---------------------------------------------------------------------------------------------------
+class WorkbookBackend(TableBackend):
+    """CSV files in a folder; every change is a whole-file atomic replace under an exclusive lock."""
+
+    def __init__(self, folder: Path, process: str, done: str) -> None:
+        super().__init__(process, done)
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_path = folder / ".workbook.lock"
+        self._local = threading.local()  # re-entrancy is per thread; flock excludes other threads/processes
+
+    def path(self, worksheet: str) -> Path:
+        return self.folder / f"{worksheet.strip().lower()}.csv"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            # A fresh open file description per acquisition, so flock also excludes other threads
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._local.fd = fd
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if self._local.depth == 0:
+                fcntl.flock(self._local.fd, fcntl.LOCK_UN)
+                os.close(self._local.fd)
+
+    def _read_raw(self, worksheet: str) -> list[list[str]]:
+        path = self.path(worksheet)
+        if not path.exists():
+            if worksheet == self.process:
+                raise QueueFormatError(
+                    f"the local workbook has no {path.name} in {self.folder}; "
+                    "create it with a header row (prompt) or run `make run` to copy the sample",
+                    service="workbook",
+                )
+            return []
+        # utf-8-sig: spreadsheet programs often save CSV with a byte-order mark
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return [list(r) for r in csv.reader(fh)]
+
+    def _write_raw(self, worksheet: str, table: list[list[str]]) -> None:
+        path = self.path(worksheet)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(table)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(buf.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def read(self, worksheet: str) -> list[list[str]]:
+        with self.transaction():
+            return _trim(self._read_raw(worksheet))
+
+    def write_cells(self, worksheet: str, cells: Sequence[CellWrite]) -> None:
+        with self.transaction():
+            table = self._read_raw(worksheet)
+            for c in cells:
+                while len(table) < c.row:
+                    table.append([])
+                row = table[c.row - 1]
+                while len(row) < c.col:
+                    row.append("")
+                row[c.col - 1] = c.value
+            self._write_raw(worksheet, table)
+
+    def append(self, worksheet: str, rows: Sequence[Sequence[str]]) -> None:
+        with self.transaction():
+            table = _trim(self._read_raw(worksheet))
+            table.extend([list(r) for r in rows])
+            self._write_raw(worksheet, table)
+
+    def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
+        with self.transaction():
+            table = self._read_raw(worksheet)
+            drop = set(row_numbers)
+            self._write_raw(worksheet, [r for i, r in enumerate(table, start=1) if i not in drop])
+
+    def change_token(self) -> str:
+        try:
+            st = self.path(self.process).stat()
+        except FileNotFoundError:
+            return "missing"
+        return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+    def describe(self) -> str:
+        return f"local workbook {self.folder}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Google Sheets
+# ---------------------------------------------------------------------------------------------------
+SHEETS_HOST = "https://sheets.googleapis.com"
+DRIVE_HOST = "https://www.googleapis.com"
+
+
+def _http_client_class(sheets_base: str | None, drive_base: str | None) -> type:
+    """A gspread HTTPClient that sends the real requests to another host (a proxy, an emulator)."""
+    import gspread
+
+    class RoutedHTTPClient(gspread.HTTPClient):
+        def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+            if sheets_base and endpoint.startswith(SHEETS_HOST):
+                endpoint = sheets_base.rstrip("/") + endpoint[len(SHEETS_HOST) :]
+            elif drive_base and endpoint.startswith(DRIVE_HOST):
+                endpoint = drive_base.rstrip("/") + endpoint[len(DRIVE_HOST) :]
+            return super().request(method, endpoint, *args, **kwargs)
+
+    return RoutedHTTPClient
+
+
+def _google_error(exc: BaseException, what: str) -> PipelineError:
+    """Map gspread / google-auth / requests failures to our typed errors, with clean messages."""
+    import google.auth.exceptions
+    import gspread
+    import requests
+
+    if isinstance(exc, gspread.exceptions.APIError):
+        code = exc.code if isinstance(exc.code, int) and exc.code > 0 else exc.response.status_code
+        status = ""
+        message = ""
+        if isinstance(exc.error, dict):
+            status = str(exc.error.get("status", ""))
+            message = str(exc.error.get("message", ""))
+        message = redact(message)[:300]
+        retry_after = _retry_after_header(exc.response)
+        if code == 429 or code >= 500 or code == 408:
+            return TransientError(
+                f"Google Sheets {what}: HTTP {code} {status} {message}".strip(),
+                service="sheets",
+                status=code,
+                retry_after=retry_after,
+            )
+        if code in (401, 403):
+            return ServiceBlocked(
+                f"Google Sheets {what}: HTTP {code} {status}: {message}. Share the spreadsheet with the "
+                "service account's e-mail as Editor and check that the Sheets and Drive APIs are enabled",
+                service="sheets",
+                status=code,
+            )
+        if code == 404:
+            return ServiceBlocked(
+                f"Google Sheets {what}: spreadsheet not found (HTTP 404). Check GOOGLE_SHEET_KEY / "
+                "GOOGLE_SHEET_TITLE and that the sheet is shared with the service account",
+                service="sheets",
+                status=code,
+            )
+        return ServiceBlocked(f"Google Sheets {what}: HTTP {code} {status}: {message}", service="sheets", status=code)
+    if isinstance(exc, gspread.exceptions.SpreadsheetNotFound):
+        return ServiceBlocked(
+            f"Google Sheets {what}: no spreadsheet with that title is shared with the service account",
+            service="sheets",
+            status=404,
+        )
+    if isinstance(exc, PermissionError):
+        return ServiceBlocked(
+            f"Google Sheets {what}: permission denied. Share the spreadsheet with the service account's e-mail",
+            service="sheets",
+            status=403,
+        )
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        return TransientError(f"Google auth {what}: token endpoint unreachable", service="sheets")
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        retryable = bool(getattr(exc, "retryable", False))
+        text = redact(exc.args[0] if exc.args else "")[:200]
+        if retryable:
+            return TransientError(f"Google auth {what}: {text}", service="sheets")
+        return ServiceBlocked(
+            f"Google auth {what}: the service-account key was rejected ({text}). Create a new key "
+            "for the service account and point GOOGLE_SERVICE_ACCOUNT_FILE at it",
+            service="sheets",
+        )
+    if isinstance(exc, requests.Timeout):
+        return TransientError(f"Google Sheets {what}: timed out", service="sheets")
+    if isinstance(exc, requests.RequestException):
+        return TransientError(f"Google Sheets {what}: connection failed ({type(exc).__name__})", service="sheets")
+    if isinstance(exc, ValueError | KeyError):
+        return TransientError(f"Google Sheets {what}: malformed response ({type(exc).__name__})", service="sheets")
+    return TransientError(f"Google Sheets {what}: {type(exc).__name__}", service="sheets")
+
+
+def _retry_after_header(response: Any) -> float | None:
+    try:
+        value = response.headers.get("Retry-After")
+        return float(value) if value else None
+    except (AttributeError, ValueError):
+        return None
+
+
+class GoogleSheetsBackend(TableBackend):
+    def __init__(
+        self,
+        *,
+        info: dict[str, Any],
+        spreadsheet_key: str | None,
+        spreadsheet_title: str,
+        process: str,
+        done: str,
+        sheets_base: str | None,
+        drive_base: str | None,
+        timeout_s: float,
+        policy: RetryPolicy,
+    ) -> None:
+        import gspread
+
+        super().__init__(process, done)
+        self._policy = policy
+        self._title = spreadsheet_title
+        self._key = spreadsheet_key
+        self.service_account_email = str(info.get("client_email", ""))
+        try:
+            self._gc = gspread.service_account_from_dict(
+                info, http_client=_http_client_class(sheets_base, drive_base)
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServiceBlocked(
+                f"the Google service-account key is not usable ({type(exc).__name__}); download a new JSON key",
+                service="sheets",
+            ) from None
+        # gspread passes timeout=None by default, which disables every timeout
+        self._gc.set_timeout(timeout_s)
+        self._sheet_ids: dict[str, int] | None = None
+
+    # every API call goes through here: typed errors, retries with the service's hint
+    def _call(self, what: str, fn: Any) -> Any:
+        def attempt() -> Any:
+            try:
+                return fn()
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise _google_error(exc, what) from None
+
+        return call_with_retry(attempt, self._policy, what=f"sheets {what}")
+
+    @property
+    def http(self) -> Any:
+        return self._gc.http_client
+
+    def key(self) -> str:
+        if self._key:
+            return self._key
+
+        def find() -> str:
+            files = self._gc.list_spreadsheet_files(self._title)
+            for f in files:
+                if f.get("name") == self._title:
+                    return str(f["id"])
+            raise ServiceBlocked(
+                f"no spreadsheet titled {self._title!r} is shared with {self.service_account_email}; "
+                "share it with that e-mail as Editor, or set GOOGLE_SHEET_KEY",
+                service="sheets",
+                status=404,
+            )
+
+        self._key = self._call("find spreadsheet", find)
+        return self._key
+
+    def sheet_ids(self) -> dict[str, int]:
+        if self._sheet_ids is None:
+            meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
+            self._sheet_ids = {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+        return self._sheet_ids
+
+    def _require(self, worksheet: str) -> None:
+        if worksheet not in self.sheet_ids():
+            if worksheet == self.done:
+                self._add_worksheet(worksheet)
+                return
+            raise QueueFormatError(
+                f"the spreadsheet has no worksheet named {worksheet!r} (found: {', '.join(self.sheet_ids())}); "
+                "rename the queue worksheet or set the worksheet name in the resource config",
+                service="sheets",
+            )
+
+    def _add_worksheet(self, title: str) -> None:
+        body = {"requests": [{"addSheet": {"properties": {"title": title}}}]}
+        reply = self._call("add worksheet", lambda: self.http.batch_update(self.key(), body))
+        props = reply["replies"][0]["addSheet"]["properties"]
+        assert self._sheet_ids is not None
+        self._sheet_ids[title] = int(props["sheetId"])
+
+    @staticmethod
+    def _a1(worksheet: str, cells: str = "") -> str:
+        quoted = "'" + worksheet.replace("'", "''") + "'"
+        return f"{quoted}!{cells}" if cells else quoted
+
+    def read(self, worksheet: str) -> list[list[str]]:
+        self._require(worksheet)
+        reply = self._call("read values", lambda: self.http.values_get(self.key(), self._a1(worksheet)))
+        return _trim([[str(c) for c in row] for row in reply.get("values", [])])
+
+    def read_header(self, worksheet: str) -> list[str]:
+        self._require(worksheet)
+        reply = self._call("read header", lambda: self.http.values_get(self.key(), self._a1(worksheet, "1:1")))
+        values = reply.get("values", [])
+        return [str(c) for c in values[0]] if values else []
+
+    def write_cells(self, worksheet: str, cells: Sequence[CellWrite]) -> None:
+        if not cells:
+            return
+        self._require(worksheet)
+        body = {
+            "valueInputOption": "RAW",  # never let Sheets evaluate text we write
+            "data": [
+                {"range": self._a1(worksheet, f"{_col_letter(c.col)}{c.row}"), "values": [[c.value]]} for c in cells
+            ],
+        }
+        self._call("write cells", lambda: self.http.values_batch_update(self.key(), body))
+
+    def append(self, worksheet: str, rows: Sequence[Sequence[str]]) -> None:
+        if not rows:
+            return
+        self._require(worksheet)
+        params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
+        body = {"values": [list(r) for r in rows]}
+        self._call(
+            "append rows", lambda: self.http.values_append(self.key(), self._a1(worksheet, "A1"), params, body)
+        )
+
+    def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
+        if not row_numbers:
+            return
+        self._require(worksheet)
+        sheet_id = self.sheet_ids()[worksheet]
+        # Descending order so earlier deletions do not shift the later indices; one request, applied atomically.
+        requests_ = [
+            {
+                "deleteDimension": {
+                    "range": {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": n - 1, "endIndex": n}
+                }
+            }
+            for n in sorted(set(row_numbers), reverse=True)
+        ]
+        self._call("delete rows", lambda: self.http.batch_update(self.key(), {"requests": requests_}))
+
+    def change_token(self) -> str:
+        import gspread.urls
+
+        def fetch() -> str:
+            r = self.http.request(
+                "get",
+                f"{gspread.urls.DRIVE_FILES_API_V3_URL}/{self.key()}",
+                params={"fields": "modifiedTime,version", "supportsAllDrives": True},
+            )
+            data = r.json()
+            return f"{data.get('version', '')}:{data.get('modifiedTime', '')}"
+
+        return self._call("read modifiedTime", fetch)
+
+    def describe(self) -> str:
+        target = f"key {self._key}" if self._key else f"title {self._title!r}"
+        return f"Google Sheets ({target}, as {self.service_account_email})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The resource
+# ---------------------------------------------------------------------------------------------------
+class PromptSheet(dg.ConfigurableResource):
+    """The queue ("Process") and the audit log ("Done"). Subclasses pick the backend."""
+
+    process_worksheet: str = Field(default="Process", description="Worksheet holding the queue.")
+    done_worksheet: str = Field(default="Done", description="Worksheet receiving one audit row per prompt.")
+    retry_attempts: int = Field(default=4, description="Tries per request, the first included.")
+    retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
+
+    _backend_cache: TableBackend | None = PrivateAttr(default=None)
+
+    # -- backend selection ---------------------------------------------------------------------------
+    def _make_backend(self) -> TableBackend:
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> TableBackend:
+        if self._backend_cache is None:
+            self._backend_cache = self._make_backend()
+        return self._backend_cache
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=max(1, self.retry_attempts), base_delay_s=self.retry_base_delay_s)
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    # -- the queue -------------------------------------------------------------------------------------
+    def _parse(self, table: list[list[str]]) -> QueueSnapshot:
+        if not table or not any(str(c).strip() for c in table[0]):
+            raise QueueFormatError(
+                f"worksheet {self.process_worksheet!r} has no header row: put 'prompt' in A1 "
+                "(and optionally id, negative_prompt, model, width, height, seed, caption)",
+                service="sheets",
+            )
+        header = [str(c) for c in table[0]]
+        names = [normalize_header(h) for h in header]
+        id_col = names.index(ID_COLUMN) if ID_COLUMN in names else None
+        optional = {name: names.index(name) for name in OPTIONAL_COLUMNS if name in names}
+        rows: list[PromptRow] = []
+        for number, cells in enumerate(table[1:], start=2):
+            if not any(str(c).strip() for c in cells):
+                continue  # a blank line in the sheet is not a prompt
+
+            def cell(i: int | None, cells: list[str] = cells) -> str:
+                return str(cells[i]) if i is not None and i < len(cells) else ""
+
+            params = {name: cell(i) for name, i in optional.items() if cell(i).strip() != ""}
+            # Column A is the prompt whatever its header says, as the ancestor had it.
+            rows.append(PromptRow(number, cell(0), cell(id_col).strip(), params))
+        return QueueSnapshot(header, rows, id_col)
+
+    def read_queue(self) -> QueueSnapshot:
+        snapshot = self._parse(self.backend.read(self.process_worksheet))
+        return snapshot
+
+    def ensure_ids(self) -> QueueSnapshot:
+        """Read the queue and give every row without a usable id a fresh one (a single write)."""
+        with self.backend.transaction():
+            snapshot = self.read_queue()
+            cells: list[CellWrite] = []
+            id_col = snapshot.id_column
+            if id_col is None:
+                id_col = len(snapshot.header)
+                snapshot.header.append(ID_COLUMN)
+                snapshot.id_column = id_col
+                cells.append(CellWrite(1, id_col + 1, ID_COLUMN))
+            seen: set[str] = set()
+            rows: list[PromptRow] = []
+            for row in snapshot.rows:
+                pid = row.prompt_id
+                # A copied row carries its id along: the copy is a new prompt and gets its own id.
+                if not pid or not is_valid_id(pid) or pid in seen:
+                    pid = new_prompt_id()
+                    while pid in seen:
+                        pid = new_prompt_id()
+                    cells.append(CellWrite(row.row_number, id_col + 1, pid))
+                    row = PromptRow(row.row_number, row.prompt, pid, row.params)
+                seen.add(pid)
+                rows.append(row)
+            snapshot.rows = rows
+            if cells:
+                self.backend.write_cells(self.process_worksheet, cells)
+            return snapshot
+
+    def find_rows(self, ids: Sequence[str]) -> dict[str, PromptRow]:
+        """Re-read the queue; the rows that currently carry these ids."""
+        current = self.read_queue().by_id()
+        return {pid: current[pid] for pid in ids if pid in current}
+
+    def remove_rows(self, expected: dict[str, str]) -> dict[str, str]:
+        """Remove rows by id after re-reading them. ``expected`` maps id -> the fingerprint we processed.
+
+        A row whose content changed meanwhile is kept (CHANGED); a missing id deletes nothing (VANISHED).
+        """
+        if not expected:
+            return {}
+        with self.backend.transaction():
+            snapshot = self.read_queue()
+            outcome: dict[str, str] = {}
+            to_delete: list[int] = []
+            for pid, fingerprint in expected.items():
+                matches = [r for r in snapshot.rows if r.prompt_id == pid]
+                if not matches:
+                    outcome[pid] = VANISHED
+                    continue
+                same = [r for r in matches if r.fingerprint() == fingerprint]
+                if not same:
+                    outcome[pid] = CHANGED
+                    continue
+                to_delete.append(same[0].row_number)
+                outcome[pid] = REMOVED
+            if to_delete:
+                self.backend.delete_rows(self.process_worksheet, to_delete)
+            return outcome
+
+    # -- the log ---------------------------------------------------------------------------------------
+    def append_done(self, entries: Sequence[DoneEntry]) -> None:
+        """Append audit rows, matching columns by header name and adding the headers that are missing."""
+        if not entries:
+            return
+        with self.backend.transaction():
+            header = self.backend.read_header(self.done_worksheet)
+            names = [DONE_ALIASES.get(normalize_header(h), normalize_header(h)) for h in header]
+            header_cells: list[CellWrite] = []
+            if not any(n.strip() for n in names):
+                names = list(DONE_COLUMNS)
+                header_cells = [CellWrite(1, i + 1, n) for i, n in enumerate(DONE_COLUMNS)]
+            else:
+                for col in DONE_COLUMNS:
+                    if col not in names:
+                        names.append(col)
+                        header_cells.append(CellWrite(1, len(names), col))
+            if header_cells:
+                self.backend.write_cells(self.done_worksheet, header_cells)
+            rows = []
+            for e in entries:
+                values = e.as_dict()
+                rows.append([values.get(n, "") for n in names])
+            self.backend.append(self.done_worksheet, rows)
+
+    def read_done(self) -> list[dict[str, str]]:
+        table = self.backend.read(self.done_worksheet)
+        if not table:
+            return []
+        names = [DONE_ALIASES.get(normalize_header(h), normalize_header(h)) for h in table[0]]
+        return [{n: (r[i] if i < len(r) else "") for i, n in enumerate(names)} for r in table[1:]]
+
+    def change_token(self) -> str:
+        return self.backend.change_token()
+
+
+class LocalWorkbook(PromptSheet):
+    """Embedded default: ``process.csv`` and ``done.csv`` in a folder, edited by hand."""
+
+    folder: str = Field(description="Folder holding process.csv and done.csv.")
+
+    def _make_backend(self) -> TableBackend:
+        return WorkbookBackend(Path(self.folder), self.process_worksheet, self.done_worksheet)
+
+
+class GoogleSheet(PromptSheet):
+    """Google Sheets through gspread and a service account."""
+
+    service_account_file: str | None = Field(default=None, description="Path of the service-account key JSON.")
+    service_account_json: str | None = Field(
+        default=None, description="The key JSON itself (bind with EnvVar; never shown in the UI)."
+    )
+    spreadsheet_key: str | None = Field(default=None, description="Spreadsheet id; wins over the title.")
+    spreadsheet_title: str = Field(default="Image Prompt", description="Spreadsheet title, looked up via Drive.")
+    sheets_api_base_url: str | None = Field(default=None, description="Instead of https://sheets.googleapis.com.")
+    drive_api_base_url: str | None = Field(default=None, description="Instead of https://www.googleapis.com.")
+    timeout_s: float = Field(default=30.0, description="Timeout of every HTTP request.")
+
+    def _key_info(self) -> dict[str, Any]:
+        try:
+            if self.service_account_json:
+                info = json.loads(self.service_account_json)
+            elif self.service_account_file:
+                info = json.loads(Path(self.service_account_file).read_text(encoding="utf-8"))
+            else:
+                raise ServiceBlocked(
+                    "no service-account key: set GOOGLE_SERVICE_ACCOUNT_FILE (or put chatbot_key.json in the project)",
+                    service="sheets",
+                )
+        except OSError as exc:
+            raise ServiceBlocked(
+                f"cannot read the service-account key file {self.service_account_file}: {exc.strerror}",
+                service="sheets",
+            ) from None
+        except json.JSONDecodeError:
+            raise ServiceBlocked("the service-account key is not valid JSON", service="sheets") from None
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            raise ServiceBlocked("the key JSON is not a service-account key (type != service_account)", service="sheets")
+        register_secret(info.get("private_key"))
+        register_secret(info.get("private_key_id"))
+        return info
+
+    def _make_backend(self) -> TableBackend:
+        return GoogleSheetsBackend(
+            info=self._key_info(),
+            spreadsheet_key=self.spreadsheet_key or None,
+            spreadsheet_title=self.spreadsheet_title,
+            process=self.process_worksheet,
+            done=self.done_worksheet,
+            sheets_base=self.sheets_api_base_url or None,
+            drive_base=self.drive_api_base_url or None,
+            timeout_s=self.timeout_s,
+            policy=self.retry_policy(),
+        )

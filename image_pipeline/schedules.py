@@ -1,0 +1,40 @@
+"""The daily schedule: the oldest pending prompt(s), like the ancestor's daily run."""
+
+
+import dagster as dg
+
+from .errors import PipelineError
+from .jobs import process_prompts_job
+from .partitions import prompt_partitions
+from .resources.sheets import PromptSheet
+
+
+def build_daily_schedule(*, cron: str, timezone: str, per_tick: int) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="daily_prompt_schedule",
+        job=process_prompts_job,
+        cron_schedule=cron,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Processes the {per_tick} oldest queued prompt(s) at {cron} ({timezone}).",
+    )
+    def daily_prompt_schedule(context: dg.ScheduleEvaluationContext, prompt_sheet: PromptSheet):
+        try:
+            snapshot = prompt_sheet.ensure_ids()
+        except PipelineError as exc:
+            return dg.SkipReason(f"cannot read the queue: {exc}")
+        if not snapshot.rows:
+            return dg.SkipReason("the queue is empty")
+        chosen = [row.prompt_id for row in snapshot.rows[: max(1, per_tick)]]
+        # Schedules cannot return partition requests, so register new ids directly before targeting them.
+        known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))
+        missing = [pid for pid in chosen if pid not in known]
+        if missing:
+            context.instance.add_dynamic_partitions(prompt_partitions.name, missing)
+        tick = context.scheduled_execution_time
+        day = tick.strftime("%Y-%m-%d") if tick else "manual"
+        return [
+            dg.RunRequest(partition_key=pid, run_key=f"{day}-{pid}", tags={"trigger": "schedule"}) for pid in chosen
+        ]
+
+    return daily_prompt_schedule
