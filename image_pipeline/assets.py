@@ -6,8 +6,8 @@ that flows downstream to its Done row; a service that refuses us (token, permiss
 run instead, leaving the queue untouched.
 """
 
-
 import base64
+import contextlib
 import hashlib
 import io
 from typing import Any
@@ -56,8 +56,15 @@ def _single(context: dg.AssetExecutionContext) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
+def _in_queue_order(records: ByPartition) -> list[tuple[str, dict[str, Any]]]:
+    """Oldest first, as the queue lists them: a batch posts in the order a person queued."""
+    return sorted(records.items(), key=lambda kv: (int(kv[1].get("row_number") or 0), kv[0]))
+
+
 def _row_from_record(record: dict[str, Any]) -> PromptRow:
-    return PromptRow(int(record.get("row_number") or 0), record["prompt"], record["id"], dict(record.get("params", {})))
+    return PromptRow(
+        int(record.get("row_number") or 0), record["prompt"], record["id"], dict(record.get("params", {}))
+    )
 
 
 def _thumbnail_markdown(png: bytes, alt: str) -> str:
@@ -160,7 +167,7 @@ def generated_image(
     """The image generated for the prompt, stored as a PNG file, with a preview in the UI."""
     context.log.info(f"image generator backend: {image_generator.describe()}")
     outcomes = ByPartition()
-    for key, record in prompt_record.items():
+    for key, record in _in_queue_order(prompt_record):
         if record["status"] != READY:
             outcomes[key] = ImageOutcome("SKIPPED", {"reason": record.get("reason", record["status"])})
             continue
@@ -195,7 +202,10 @@ def generated_image(
 def _image_metadata(context: dg.AssetExecutionContext, outcomes: ByPartition) -> dict[str, Any]:
     key = _single(context)
     if key is None:
-        return {"partitions": len(outcomes), "statuses": dg.MetadataValue.json(_count(o.status for o in outcomes.values()))}
+        return {
+            "partitions": len(outcomes),
+            "statuses": dg.MetadataValue.json(_count(o.status for o in outcomes.values())),
+        }
     outcome: ImageOutcome = outcomes[key]
     if not outcome.ok:
         return {"status": outcome.status, "reason": outcome.meta.get("reason", "")}
@@ -236,7 +246,7 @@ def telegram_post(
     """The post of the image to the channel, with the chat id and message id Telegram gave it."""
     context.log.info(f"publisher backend: {publisher.describe()}")
     posts = ByPartition()
-    for key, record in prompt_record.items():
+    for key, record in _in_queue_order(prompt_record):
         image: ImageOutcome = generated_image[key]
         if not image.ok:
             posts[key] = {"status": "SKIPPED", "reason": image.meta.get("reason", image.status)}
@@ -245,7 +255,9 @@ def telegram_post(
         previous = _previous_post(context, key, image.meta.get("sha256", ""))
         if previous is not None:
             # This exact image was already accepted by the channel in an earlier run: never post it twice.
-            context.log.warning(f"{key}: already posted as message {previous['message_id']}; not posting again")
+            context.log.warning(
+                f"{key}: already posted as message {previous['message_id']}; not posting again"
+            )
             posts[key] = previous
             continue
         suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
@@ -258,7 +270,12 @@ def telegram_post(
             context.log.warning(f"{key}: posting failed: {exc}")
             posts[key] = {"status": "FAILED", "reason": f"posting failed: {exc}"}
             continue
-        posts[key] = {"status": "POSTED", "image_sha256": image.meta.get("sha256", ""), "caption": caption, **receipt_dict(receipt)}
+        posts[key] = {
+            "status": "POSTED",
+            "image_sha256": image.meta.get("sha256", ""),
+            "caption": caption,
+            **receipt_dict(receipt),
+        }
         context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
     metadata: dict[str, Any] = {"partitions": len(posts)}
     if (key := _single(context)) is not None:
@@ -327,7 +344,7 @@ def done_entry(
     """The audit row appended to "Done"; afterwards the prompt's row leaves "Process" (by id)."""
     entries: dict[str, DoneEntry] = {}
     results = ByPartition()
-    for key, record in prompt_record.items():
+    for key, record in _in_queue_order(prompt_record):
         if record["status"] == GONE:
             results[key] = {"status": "SKIPPED", "reason": record["reason"]}
             continue
@@ -389,10 +406,9 @@ def done_entry(
 
 
 def _notify(publisher: Publisher, text: str) -> None:
-    try:
+    # the Done row already says what happened; a lost notice is not a second failure
+    with contextlib.suppress(PipelineError):
         publisher.notify(text)
-    except PipelineError:
-        pass  # the Done row already says what happened; a lost notice is not a second failure
 
 
 ASSETS = [prompt_record, generated_image, telegram_post, done_entry]

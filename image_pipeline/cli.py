@@ -49,7 +49,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .definitions import build_definitions
     from .errors import PipelineError
     from .partitions import prompt_partitions
-    from .resources.publisher import LocalOutbox
     from .resources.sheets import LocalWorkbook
 
     defs = build_definitions()
@@ -83,7 +82,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     exit_code = 0
     for n, pid in enumerate(ids, start=1):
         result = job.execute_in_process(
-            partition_key=pid, instance=instance, raise_on_error=False, tags={"trigger": "make run"}
+            partition_key=pid,
+            instance=instance,
+            raise_on_error=False,
+            tags={"trigger": "make run"},
+            # the progress lines below are the console output; the full log stays in the instance
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         status = "RUN FAILED"
         detail = ""
@@ -99,13 +103,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         eta = elapsed / n * (len(ids) - n)
         print(f"[{n}/{len(ids)}] {pid}: {status} {detail[:160]}  (ETA {eta:.0f}s)")
         if not result.success:
-            print("stopping: fix the problem above and run again; the remaining prompts stay queued", file=sys.stderr)
+            print(
+                "stopping: fix the problem above and run again; the remaining prompts stay queued",
+                file=sys.stderr,
+            )
             exit_code = 1
             break
     print("done: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     _print_locations(resources)
-    if isinstance(resources["publisher"], LocalOutbox):
-        pass
     return exit_code
 
 

@@ -74,7 +74,9 @@ class PartitionFileStore:
             record = {"__image__": True, "status": value.status, "meta": value.meta}
         else:
             record = value
-        _atomic_write(self.json_path(asset, key), json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
+        _atomic_write(
+            self.json_path(asset, key), json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
+        )
 
     def read(self, asset: str, key: str) -> Any:
         path = self.json_path(asset, key)
@@ -113,7 +115,9 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         for key, value in obj.items():
             store.write(self._asset(context), key, value)
             if isinstance(value, ImageOutcome) and value.png is not None and len(obj) == 1:
-                context.add_output_metadata({"path": dg.MetadataValue.path(str(store.png_path(self._asset(context), key)))})
+                context.add_output_metadata(
+                    {"path": dg.MetadataValue.path(str(store.png_path(self._asset(context), key)))}
+                )
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]

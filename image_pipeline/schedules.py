@@ -1,6 +1,5 @@
 """The daily schedule: the oldest pending prompt(s), like the ancestor's daily run."""
 
-
 import dagster as dg
 
 from .errors import PipelineError
@@ -34,7 +33,8 @@ def build_daily_schedule(*, cron: str, timezone: str, per_tick: int) -> dg.Sched
         tick = context.scheduled_execution_time
         day = tick.strftime("%Y-%m-%d") if tick else "manual"
         return [
-            dg.RunRequest(partition_key=pid, run_key=f"{day}-{pid}", tags={"trigger": "schedule"}) for pid in chosen
+            dg.RunRequest(partition_key=pid, run_key=f"{day}-{pid}", tags={"trigger": "schedule"})
+            for pid in chosen
         ]
 
     return daily_prompt_schedule

@@ -4,7 +4,6 @@ A tick first asks for the queue's change token (a file stat locally, Drive ``mod
 Sheets); when it equals the cursor's, that one cheap request is all the tick costs.
 """
 
-
 import json
 
 import dagster as dg

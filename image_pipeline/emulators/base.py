@@ -136,7 +136,10 @@ class EmulatorServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.name}-emulator", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.name}-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -173,7 +176,9 @@ class EmulatorServer:
     def fail_next(self, *faults: Fault | None, endpoints: Iterable[str] | None = None) -> None:
         self.fault_plan = FaultPlan(sequence=list(faults), endpoints=set(endpoints) if endpoints else None)
 
-    def set_latency(self, low: float, high: float | None = None, endpoints: Iterable[str] | None = None) -> None:
+    def set_latency(
+        self, low: float, high: float | None = None, endpoints: Iterable[str] | None = None
+    ) -> None:
         self.latency = Latency(low, low if high is None else high, set(endpoints) if endpoints else None)
 
     def count(self, endpoint: str) -> int:
@@ -212,13 +217,25 @@ class EmulatorServer:
         try:
             return self.route(request), None, endpoint
         except Exception as exc:  # an emulator bug must look like a 500, not kill the server thread
-            return Response.json({"error": {"code": 500, "message": f"emulator error: {exc!r}"}}, 500), None, endpoint
+            return (
+                Response.json({"error": {"code": 500, "message": f"emulator error: {exc!r}"}}, 500),
+                None,
+                endpoint,
+            )
 
     def _log(self, request: Request, endpoint: str, status: int | str) -> None:
         safe_headers = {k: v for k, v in request.headers.items() if k != "authorization"}
         with self._lock:
             self.requests.append(
-                LoggedRequest(time.time(), request.method, request.path, endpoint, status, safe_headers, len(request.body))
+                LoggedRequest(
+                    time.time(),
+                    request.method,
+                    request.path,
+                    endpoint,
+                    status,
+                    safe_headers,
+                    len(request.body),
+                )
             )
 
 

@@ -119,7 +119,9 @@ class HuggingFaceGenerator(ImageGenerator):
         if self.base_url:
             # A URL as the model makes the client POST to exactly that URL, with no Hub look-ups.
             return InferenceClient(model=self.base_url, token=self.token or None, timeout=self.timeout_s)
-        return InferenceClient(provider=self.provider or None, token=self.token or None, timeout=self.timeout_s)
+        return InferenceClient(
+            provider=self.provider or None, token=self.token or None, timeout=self.timeout_s
+        )
 
     def _generate_once(self, request: GenerationRequest, seed: int | None) -> Image.Image:
         client = self._client()
@@ -162,7 +164,9 @@ class HuggingFaceGenerator(ImageGenerator):
                     retry_after=_rate_limit_wait(exc.response),
                 )
             if status >= 500 or status == 408:
-                return TransientError(f"Hugging Face server error (HTTP {status})", service="images", status=status)
+                return TransientError(
+                    f"Hugging Face server error (HTTP {status})", service="images", status=status
+                )
             if status == 401:
                 return ServiceBlocked(
                     "Hugging Face rejected the token (HTTP 401): check HF_TOKEN, it needs the "
@@ -185,7 +189,9 @@ class HuggingFaceGenerator(ImageGenerator):
                 )
             if status == 404:
                 if request.model != self.model:
-                    return PromptRejected(f"model {request.model} not found (HTTP 404)", service="images", status=404)
+                    return PromptRejected(
+                        f"model {request.model} not found (HTTP 404)", service="images", status=404
+                    )
                 return ServiceBlocked(
                     f"model {request.model} not found (HTTP 404): check HF_MODEL and HF_PROVIDER",
                     service="images",
@@ -276,7 +282,9 @@ def render_preview(prompt: str, width: int, height: int, seed: int) -> Image.Ima
     # A diagonal two-colour gradient as the ground, then translucent shapes.
     mask = Image.linear_gradient("L").rotate(rng.choice([0, 45, 90, 135, 180]), expand=False)
     mask = mask.resize((width, height))
-    image = Image.composite(Image.new("RGB", (width, height), colour()), Image.new("RGB", (width, height), colour()), mask)
+    image = Image.composite(
+        Image.new("RGB", (width, height), colour()), Image.new("RGB", (width, height), colour()), mask
+    )
     overlay = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     side = min(width, height)

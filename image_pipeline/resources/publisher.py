@@ -75,7 +75,9 @@ def prepare_upload(png: bytes, prompt_id: str) -> PreparedUpload:
 
 def _as_document(png: bytes, prompt_id: str, why: str) -> PreparedUpload:
     if len(png) > DOCUMENT_MAX_BYTES:
-        raise PromptRejected(f"the image is {len(png)} bytes, over Telegram's 50 MB document limit", service="telegram")
+        raise PromptRejected(
+            f"the image is {len(png)} bytes, over Telegram's 50 MB document limit", service="telegram"
+        )
     return PreparedUpload("sendDocument", png, f"{prompt_id}.png", "image/png", f"sent as a document: {why}")
 
 
@@ -158,7 +160,9 @@ class TelegramPublisher(Publisher):
                 raise TransientError(f"Telegram {method}: connect timed out", service="telegram") from None
             except requests.ReadTimeout:
                 if retry_read_timeout:
-                    raise TransientError(f"Telegram {method}: no answer in time", service="telegram") from None
+                    raise TransientError(
+                        f"Telegram {method}: no answer in time", service="telegram"
+                    ) from None
                 raise DeliveryUncertain(
                     f"Telegram {method}: no answer within {self.read_timeout_s:g}s; the post may have gone "
                     "through, so it is not retried automatically. Check the channel before running again",
@@ -241,7 +245,8 @@ class TelegramPublisher(Publisher):
         except TelegramBadRequest as exc:
             text = str(exc).upper()
             if upload.method == "sendPhoto" and any(
-                code in text for code in ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
+                code in text
+                for code in ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
             ):
                 # Telegram refused it as a photo; as a document it is delivered byte for byte.
                 upload = _as_document(png, prompt_id, f"Telegram refused the photo ({exc})")
@@ -365,7 +370,14 @@ class LocalOutbox(Publisher):
             _append_jsonl(self.root / "posts.jsonl", post)
             posts.append(post)
             self._write_gallery(posts)
-        receipt = PostReceipt("outbox", message_id, upload.method, (self.root / "index.html").as_uri(), len(upload.data), upload.note)
+        receipt = PostReceipt(
+            "outbox",
+            message_id,
+            upload.method,
+            (self.root / "index.html").as_uri(),
+            len(upload.data),
+            upload.note,
+        )
         return receipt
 
     def notify(self, text: str) -> bool:
@@ -380,7 +392,7 @@ class LocalOutbox(Publisher):
         for p in sorted(posts, key=lambda p: int(p["message_id"]), reverse=True):
             cards.append(
                 '<figure><img src="{src}" loading="lazy" alt="{alt}"><figcaption>{cap}'
-                '<small>#{mid} · {date} · {pid}{note}</small></figcaption></figure>'.format(
+                "<small>#{mid} · {date} · {pid}{note}</small></figcaption></figure>".format(
                     src=html.escape(p["file"]),
                     alt=html.escape(p["caption"][:200]),
                     cap=html.escape(p["caption"]).replace("\n", "<br>"),
@@ -391,7 +403,8 @@ class LocalOutbox(Publisher):
                 )
             )
         notices = "".join(
-            f"<li>{html.escape(n['date'])}: {html.escape(n['text'])}</li>" for n in reversed(self.notices()[-20:])
+            f"<li>{html.escape(n['date'])}: {html.escape(n['text'])}</li>"
+            for n in reversed(self.notices()[-20:])
         )
         page = _GALLERY.format(
             count=len(posts),

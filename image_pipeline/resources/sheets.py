@@ -115,7 +115,7 @@ def _trim(table: list[list[str]]) -> list[list[str]]:
     """Drop trailing empty cells and rows, as the Sheets API does, so both backends read alike."""
     out = [list(r) for r in table]
     for r in out:
-        while r and str(r[-1]).strip() == "":
+        while r and str(r[-1]) == "":
             r.pop()
     while out and not out[-1]:
         out.pop()
@@ -290,7 +290,9 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
                 service="sheets",
                 status=code,
             )
-        return ServiceBlocked(f"Google Sheets {what}: HTTP {code} {status}: {message}", service="sheets", status=code)
+        return ServiceBlocked(
+            f"Google Sheets {what}: HTTP {code} {status}: {message}", service="sheets", status=code
+        )
     if isinstance(exc, gspread.exceptions.SpreadsheetNotFound):
         return ServiceBlocked(
             f"Google Sheets {what}: no spreadsheet with that title is shared with the service account",
@@ -318,9 +320,13 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
     if isinstance(exc, requests.Timeout):
         return TransientError(f"Google Sheets {what}: timed out", service="sheets")
     if isinstance(exc, requests.RequestException):
-        return TransientError(f"Google Sheets {what}: connection failed ({type(exc).__name__})", service="sheets")
+        return TransientError(
+            f"Google Sheets {what}: connection failed ({type(exc).__name__})", service="sheets"
+        )
     if isinstance(exc, ValueError | KeyError):
-        return TransientError(f"Google Sheets {what}: malformed response ({type(exc).__name__})", service="sheets")
+        return TransientError(
+            f"Google Sheets {what}: malformed response ({type(exc).__name__})", service="sheets"
+        )
     return TransientError(f"Google Sheets {what}: {type(exc).__name__}", service="sheets")
 
 
@@ -404,7 +410,9 @@ class GoogleSheetsBackend(TableBackend):
     def sheet_ids(self) -> dict[str, int]:
         if self._sheet_ids is None:
             meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
-            self._sheet_ids = {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+            self._sheet_ids = {
+                s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]
+            }
         return self._sheet_ids
 
     def _require(self, worksheet: str) -> None:
@@ -437,7 +445,9 @@ class GoogleSheetsBackend(TableBackend):
 
     def read_header(self, worksheet: str) -> list[str]:
         self._require(worksheet)
-        reply = self._call("read header", lambda: self.http.values_get(self.key(), self._a1(worksheet, "1:1")))
+        reply = self._call(
+            "read header", lambda: self.http.values_get(self.key(), self._a1(worksheet, "1:1"))
+        )
         values = reply.get("values", [])
         return [str(c) for c in values[0]] if values else []
 
@@ -448,7 +458,8 @@ class GoogleSheetsBackend(TableBackend):
         body = {
             "valueInputOption": "RAW",  # never let Sheets evaluate text we write
             "data": [
-                {"range": self._a1(worksheet, f"{_col_letter(c.col)}{c.row}"), "values": [[c.value]]} for c in cells
+                {"range": self._a1(worksheet, f"{_col_letter(c.col)}{c.row}"), "values": [[c.value]]}
+                for c in cells
             ],
         }
         self._call("write cells", lambda: self.http.values_batch_update(self.key(), body))
@@ -460,7 +471,8 @@ class GoogleSheetsBackend(TableBackend):
         params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
         body = {"values": [list(r) for r in rows]}
         self._call(
-            "append rows", lambda: self.http.values_append(self.key(), self._a1(worksheet, "A1"), params, body)
+            "append rows",
+            lambda: self.http.values_append(self.key(), self._a1(worksheet, "A1"), params, body),
         )
 
     def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
@@ -541,8 +553,8 @@ class PromptSheet(dg.ConfigurableResource):
         optional = {name: names.index(name) for name in OPTIONAL_COLUMNS if name in names}
         rows: list[PromptRow] = []
         for number, cells in enumerate(table[1:], start=2):
-            if not any(str(c).strip() for c in cells):
-                continue  # a blank line in the sheet is not a prompt
+            if not any(str(c) != "" for c in cells):
+                continue  # an empty line in the sheet is not a prompt; a whitespace-only one is INVALID
 
             def cell(i: int | None, cells: list[str] = cells) -> str:
                 return str(cells[i]) if i is not None and i < len(cells) else ""
@@ -664,13 +676,19 @@ class LocalWorkbook(PromptSheet):
 class GoogleSheet(PromptSheet):
     """Google Sheets through gspread and a service account."""
 
-    service_account_file: str | None = Field(default=None, description="Path of the service-account key JSON.")
+    service_account_file: str | None = Field(
+        default=None, description="Path of the service-account key JSON."
+    )
     service_account_json: str | None = Field(
         default=None, description="The key JSON itself (bind with EnvVar; never shown in the UI)."
     )
     spreadsheet_key: str | None = Field(default=None, description="Spreadsheet id; wins over the title.")
-    spreadsheet_title: str = Field(default="Image Prompt", description="Spreadsheet title, looked up via Drive.")
-    sheets_api_base_url: str | None = Field(default=None, description="Instead of https://sheets.googleapis.com.")
+    spreadsheet_title: str = Field(
+        default="Image Prompt", description="Spreadsheet title, looked up via Drive."
+    )
+    sheets_api_base_url: str | None = Field(
+        default=None, description="Instead of https://sheets.googleapis.com."
+    )
     drive_api_base_url: str | None = Field(default=None, description="Instead of https://www.googleapis.com.")
     timeout_s: float = Field(default=30.0, description="Timeout of every HTTP request.")
 
@@ -693,7 +711,9 @@ class GoogleSheet(PromptSheet):
         except json.JSONDecodeError:
             raise ServiceBlocked("the service-account key is not valid JSON", service="sheets") from None
         if not isinstance(info, dict) or info.get("type") != "service_account":
-            raise ServiceBlocked("the key JSON is not a service-account key (type != service_account)", service="sheets")
+            raise ServiceBlocked(
+                "the key JSON is not a service-account key (type != service_account)", service="sheets"
+            )
         register_secret(info.get("private_key"))
         register_secret(info.get("private_key_id"))
         return info

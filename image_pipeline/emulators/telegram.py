@@ -1,0 +1,748 @@
+"""Loopback emulator of the Telegram Bot API (the subset the pipeline uses), faithful on the wire.
+
+It answers ``/bot<token>[/test]/<method>`` like ``api.telegram.org`` / ``tdlib/telegram-bot-api`` do:
+the same routing errors, the ``{"ok":...}`` envelope with HTTP status == ``error_code``, the size,
+dimension, caption and text limits, real ``Message`` objects, and per-chat / global flood control with
+``Retry-After``. See ``/work/shared/api-contracts.md`` section 2 for the evidence behind each rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import math
+import mimetypes
+import re
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesHeaderParser
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from PIL import Image
+
+from image_pipeline.emulators.base import EmulatorServer, Fault, Request, Response
+
+DEFAULT_TOKEN = "123456789:AAEmulatorTokenForTestsOnly_abcdefghij"
+DEFAULT_CHANNEL_ID = -1001234567890
+DEFAULT_CHANNEL_USERNAME = "image_pipeline_test"
+ALERTS_CHANNEL_ID = -1009876543210
+
+MAX_PHOTO_BYTES = 10 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 50 * 1024 * 1024
+MAX_PHOTO_SIDE_SUM = 10000
+MAX_PHOTO_RATIO = 20
+MAX_CAPTION_CHARS = 1024
+MAX_TEXT_CHARS = 4096
+
+# Telegram keeps a few downscaled copies of every photo; these are the long-side limits of the
+# "s", "m", "x" and "y" sizes. Photos are recompressed to at most 1280 px on the long side.
+_PHOTO_SIZE_STEPS = (90, 320, 800, 1280)
+
+# Tags the Bot API's HTML parse mode understands; anything else is a hard 400, which is exactly
+# what bites pipelines that put raw prompts ("a cat <3") into an HTML caption.
+_HTML_TAGS = {
+    "a", "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
+    "tg-emoji", "code", "pre", "blockquote", "tg-time",
+}  # fmt: skip
+_HTML_ENTITY = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});")
+
+_SEND_METHODS = {"sendphoto", "senddocument", "sendmessage"}
+_KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS}
+_BOT_STATUSES = {"administrator", "member", "left", "kicked"}
+
+
+class TelegramError(Exception):
+    """A Bot API error: raised anywhere in a handler, turned into the envelope by ``route``."""
+
+    def __init__(self, code: int, description: str, parameters: dict[str, Any] | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.parameters = parameters
+
+
+@dataclass
+class Chat:
+    id: int
+    type: str
+    title: str
+    username: str | None = None
+    bot_status: str = "administrator"
+
+    def short(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.type == "private":
+            out["first_name"] = self.title
+        else:
+            out["title"] = self.title
+        if self.username:
+            out["username"] = self.username
+        out["type"] = self.type
+        return out
+
+    def kind(self) -> str:
+        # the wording tdlib uses in "bot is not a member of the <kind>"
+        return {"channel": "channel chat", "supergroup": "supergroup chat", "group": "group chat"}.get(
+            self.type, "chat"
+        )
+
+
+@dataclass
+class UploadedFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class StoredFile:
+    kind: str  # "photo" or "document"
+    data: bytes
+    filename: str
+    content_type: str
+    width: int | None
+    height: int | None
+    file_unique_id: str
+
+
+def _json_response(
+    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    # tdlib's JSON writer is compact and emits UTF-8 as-is; the content type has no charset
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    hdrs = {"Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    return Response(status, body, hdrs)
+
+
+def error_envelope(code: int, description: str, parameters: dict[str, Any] | None = None) -> Response:
+    payload: dict[str, Any] = {"ok": False, "error_code": code, "description": description}
+    headers: dict[str, str] = {}
+    if parameters:
+        payload["parameters"] = parameters
+        if "retry_after" in parameters:
+            headers["Retry-After"] = str(parameters["retry_after"])
+    return _json_response(payload, code, headers)
+
+
+def split_bot_path(path: str) -> tuple[str, str] | None:
+    """``/bot<token>[/test]/<method>`` -> (token, method as sent); None when the path is not a bot path."""
+    if not path.startswith("/bot"):
+        return None
+    token, _, tail = path[4:].partition("/")
+    if tail.startswith("test/"):
+        tail = tail[5:]
+    return token, tail
+
+
+def token_is_well_formed(token: str) -> bool:
+    # mirrors ClientManager: "<positive bot id>:<secret>", at most 80 chars, no leading zero
+    if not token or len(token) > 80 or "/" in token or ":" not in token:
+        return False
+    bot_id = token.split(":", 1)[0]
+    return bot_id.isdigit() and not bot_id.startswith("0")
+
+
+def _entities_error(detail: str) -> TelegramError:
+    return TelegramError(400, f"Bad Request: can't parse entities: {detail}")
+
+
+def _html_to_plain(text: str) -> str:
+    """Plain text the Bot API would keep after HTML entity parsing; raises the parse errors it raises."""
+    out: list[str] = []
+    stack: list[str] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "&":
+            m = _HTML_ENTITY.match(text, i)
+            if m:
+                out.append(html.unescape(m.group(0)))
+                i = m.end()
+                continue
+            # an unknown entity is kept literally, it is not an error
+            out.append(c)
+            i += 1
+            continue
+        if c != "<":
+            out.append(c)
+            i += 1
+            continue
+        # tdlib reports positions in UTF-8 bytes, not characters
+        offset = len(text[:i].encode("utf-8"))
+        j = i + 1
+        closing = j < n and text[j] == "/"
+        if closing:
+            j += 1
+        k = j
+        while k < n and not text[k].isspace() and text[k] != ">":
+            k += 1
+        name = text[j:k].lower()
+        end = text.find(">", k)
+        if not closing:
+            # same order as tdlib: the name is judged before the rest of the tag is looked at
+            if k >= n:
+                raise _entities_error(f"Unclosed start tag at byte offset {offset}")
+            if name not in _HTML_TAGS:
+                raise _entities_error(f'Unsupported start tag "{name}" at byte offset {offset}')
+            if end < 0:
+                raise _entities_error(f"Unclosed start tag at byte offset {offset}")
+            stack.append(name)
+        else:
+            if not stack:
+                raise _entities_error(f"Unexpected end tag at byte offset {offset}")
+            if end < 0 or text[k:end].strip():
+                raise _entities_error(f"Unclosed end tag at byte offset {offset}")
+            expected = stack.pop()
+            if name and name != expected:
+                raise _entities_error(
+                    f'Unmatched end tag at byte offset {offset}, expected "</{expected}>", found "</{name}>"'
+                )
+        i = end + 1
+    if stack:
+        raise _entities_error(f'Can\'t find end tag corresponding to start tag "{stack[-1]}"')
+    return "".join(out)
+
+
+def visible_text(text: str, parse_mode: str | None) -> str:
+    """The text the limits are counted on (in code points) and the Message carries: markup removed."""
+    if parse_mode and parse_mode.lower() == "html":
+        return _html_to_plain(text)
+    return text
+
+
+def parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, UploadedFile]]:
+    """Split a multipart/form-data body into text fields and file parts (parts with a filename)."""
+    ct = Message()
+    ct["content-type"] = content_type
+    boundary = ct.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise TelegramError(400, "Bad Request: can't parse multipart/form-data: no boundary")
+    fields: dict[str, str] = {}
+    files: dict[str, UploadedFile] = {}
+    # every delimiter is CRLF "--" boundary; prefixing a CRLF makes the first one look like the rest,
+    # and splitting on the full delimiter leaves each part's content byte-exact
+    chunks = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break
+        _, _, part = chunk.partition(b"\r\n")
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        headers = BytesHeaderParser().parsebytes(head + b"\r\n\r\n")
+        name = headers.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        filename = headers.get_filename()
+        if filename is None:
+            fields[name] = content.decode("utf-8", errors="replace")
+        else:
+            files[name] = UploadedFile(filename, headers.get_content_type(), content)
+    return fields, files
+
+
+def _stringify(value: Any) -> str:
+    # JSON bodies carry typed values; the server treats every argument as a string
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _to_bool(value: str | None) -> bool:
+    return (value or "").lower() in ("true", "yes", "1")
+
+
+class TelegramEmulator(EmulatorServer):
+    name = "telegram"
+    max_photo_bytes = MAX_PHOTO_BYTES
+    max_document_bytes = MAX_DOCUMENT_BYTES
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        per_chat_per_minute: int | None = 20,
+        global_per_second: int | None = 30,
+    ) -> None:
+        super().__init__()
+        self.token = token
+        self.per_chat_per_minute = per_chat_per_minute
+        self.global_per_second = global_per_second
+        self.rate_window_s = 60.0
+        self.bot_id = int(token.split(":", 1)[0]) if token_is_well_formed(token) else 123456789
+        self.chats: dict[int, Chat] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.count_429 = 0
+        self._files: dict[str, StoredFile] = {}
+        self._next_message_id: dict[int, int] = {}
+        self._chat_sends: dict[int, deque[float]] = {}
+        self._global_sends: deque[float] = deque()
+        self._file_seq = 0
+        self.add_chat(DEFAULT_CHANNEL_ID, "channel", "Test channel", DEFAULT_CHANNEL_USERNAME)
+        self.add_chat(ALERTS_CHANNEL_ID, "channel", "Alerts")
+
+    # ----------------------------------------------------------------- setup and inspection
+    def add_chat(
+        self,
+        chat_id: int | str,
+        type: str = "channel",  # noqa: A002 - the Bot API's own field name
+        title: str = "Test channel",
+        username: str | None = None,
+        bot_status: str = "administrator",
+    ) -> Chat:
+        if bot_status not in _BOT_STATUSES:
+            raise ValueError(f"bot_status must be one of {sorted(_BOT_STATUSES)}")
+        chat = Chat(int(chat_id), type, title, username.lstrip("@") if username else None, bot_status)
+        with self._lock:
+            self.chats[chat.id] = chat
+        return chat
+
+    def find_chat(self, chat_id: int | str) -> Chat | None:
+        if isinstance(chat_id, str):
+            ref = chat_id.strip()
+            if ref.startswith("@"):
+                wanted = ref[1:].lower()
+                return next(
+                    (c for c in self.chats.values() if c.username and c.username.lower() == wanted), None
+                )
+            try:
+                chat_id = int(ref)
+            except ValueError:
+                return None
+        return self.chats.get(chat_id)
+
+    def messages_for(self, chat_id: int | str) -> list[dict[str, Any]]:
+        chat = self.find_chat(chat_id)
+        if chat is None:
+            return []
+        with self._lock:
+            return [m for m in self.messages if m["chat_id"] == chat.id]
+
+    # ----------------------------------------------------------------- base hooks
+    def endpoint_of(self, request: Request) -> str:
+        parts = split_bot_path(request.path)
+        if parts is None or not parts[1]:
+            return "invalid"
+        return parts[1].lower()
+
+    def _log(self, request: Request, endpoint: str, status: int | str) -> None:
+        # the token is a credential: keep it out of the request log the way the base keeps headers out
+        parts = split_bot_path(request.path)
+        if parts is not None and parts[0]:
+            redacted = request.path.replace(f"/bot{parts[0]}", "/bot<token>", 1)
+            request = dataclasses.replace(request, path=redacted)
+        super()._log(request, endpoint, status)
+
+    def error_response(self, status: int, request: Request) -> Response:
+        if status == 429:
+            with self._lock:
+                self.count_429 += 1
+            return error_envelope(429, "Too Many Requests: retry after 1", {"retry_after": 1})
+        prefixes = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
+        if status in prefixes:
+            return error_envelope(status, prefixes[status])
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        return error_envelope(status, phrase)
+
+    def garbage_response(self, request: Request) -> Response:
+        # what a misbehaving reverse proxy in front of the Bot API serves
+        body = (
+            b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+            b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n"
+            b"</body>\r\n</html>\r\n"
+        )
+        return Response(200, body, {"Content-Type": "text/html"})
+
+    def fail_next(self, *faults: Fault | None, endpoints: Iterable[str] | None = None) -> None:
+        # endpoint names are lower-cased method names; accept "sendPhoto" too
+        names = {e.lower() for e in endpoints} if endpoints else None
+        super().fail_next(*faults, endpoints=names)
+
+    # ----------------------------------------------------------------- routing
+    def route(self, request: Request) -> Response:
+        try:
+            return self._route(request)
+        except TelegramError as err:
+            if err.code == 429:
+                with self._lock:
+                    self.count_429 += 1
+            return error_envelope(err.code, err.description, err.parameters)
+        except Exception as exc:  # an emulator bug must still look like a Bot API answer
+            return error_envelope(500, f"Internal Server Error: emulator error: {exc!r}")
+
+    def _route(self, request: Request) -> Response:
+        parts = split_bot_path(request.path)
+        if parts is None:
+            raise TelegramError(404, "Not Found")
+        token, method = parts
+        if not token_is_well_formed(token):
+            raise TelegramError(401, "Unauthorized: invalid token specified")
+        if token != self.token:
+            raise TelegramError(401, "Unauthorized")
+        method = method.lower()
+        if method not in _KNOWN_METHODS:
+            raise TelegramError(404, "Not Found: method not found")
+        params, files = self._parse_params(request)
+        handler = getattr(self, f"_m_{method}")
+        result = handler(params, files)
+        return _json_response({"ok": True, "result": result})
+
+    def _parse_params(self, request: Request) -> tuple[dict[str, str], dict[str, UploadedFile]]:
+        params = {k: v[0] for k, v in request.query.items() if v}
+        files: dict[str, UploadedFile] = {}
+        ctype = request.header("content-type").lower()
+        if not request.body:
+            return params, files
+        if ctype.startswith("multipart/form-data"):
+            fields, files = parse_multipart(request.body, request.header("content-type"))
+            params.update(fields)
+        elif ctype.startswith("application/json"):
+            try:
+                payload = json.loads(request.body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise TelegramError(400, "Bad Request: can't parse JSON object") from exc
+            if not isinstance(payload, dict):
+                raise TelegramError(400, "Bad Request: JSON object expected")
+            params.update({k: _stringify(v) for k, v in payload.items() if v is not None})
+        elif ctype.startswith("application/x-www-form-urlencoded") or not ctype:
+            try:
+                form = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
+            except UnicodeDecodeError as exc:
+                raise TelegramError(400, "Bad Request: request must be encoded in UTF-8") from exc
+            params.update({k: v[0] for k, v in form.items() if v})
+        return params, files
+
+    # ----------------------------------------------------------------- methods
+    def _bot_user(self) -> dict[str, Any]:
+        return {
+            "id": self.bot_id,
+            "is_bot": True,
+            "first_name": "Image Pipeline Bot",
+            "username": "image_pipeline_bot",
+        }
+
+    def _m_getme(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        return {
+            **self._bot_user(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    def _require_chat(self, params: dict[str, str]) -> Chat:
+        ref = params.get("chat_id", "").strip()
+        if not ref:
+            raise TelegramError(400, "Bad Request: chat_id is empty")
+        chat = self.find_chat(ref)
+        if chat is None:
+            raise TelegramError(400, "Bad Request: chat not found")
+        return chat
+
+    def _m_getchat(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        chat = self._require_chat(params)
+        if chat.bot_status == "kicked":
+            raise TelegramError(403, f"Forbidden: bot was kicked from the {chat.kind()}")
+        info = chat.short()
+        info.update(
+            {
+                "accent_color_id": abs(chat.id) % 7,
+                "max_reaction_count": 11,
+                "accepted_gift_types": {
+                    "unlimited_gifts": False,
+                    "limited_gifts": False,
+                    "unique_gifts": False,
+                    "premium_subscription": False,
+                },
+            }
+        )
+        return info
+
+    def _m_getchatmember(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        chat = self._require_chat(params)
+        user_ref = params.get("user_id", "").strip()
+        if not user_ref:
+            raise TelegramError(400, "Bad Request: user_id is empty")
+        try:
+            user_id = int(user_ref)
+        except ValueError as exc:
+            raise TelegramError(400, "Bad Request: invalid user_id specified") from exc
+        if user_id != self.bot_id:
+            raise TelegramError(400, "Bad Request: user not found")
+        member: dict[str, Any] = {"user": self._bot_user(), "status": chat.bot_status}
+        if chat.bot_status == "administrator":
+            member.update(
+                {
+                    "can_be_edited": False,
+                    "is_anonymous": False,
+                    "can_manage_chat": True,
+                    "can_delete_messages": True,
+                    "can_manage_video_chats": True,
+                    "can_restrict_members": True,
+                    "can_promote_members": False,
+                    "can_change_info": True,
+                    "can_invite_users": True,
+                    "can_post_stories": True,
+                    "can_edit_stories": True,
+                    "can_delete_stories": True,
+                }
+            )
+            if chat.type == "channel":
+                member.update({"can_post_messages": True, "can_edit_messages": True})
+        elif chat.bot_status == "kicked":
+            member["until_date"] = 0
+        return member
+
+    def _check_can_post(self, chat: Chat) -> None:
+        if chat.bot_status == "kicked":
+            if chat.type == "private":
+                raise TelegramError(403, "Forbidden: bot was blocked by the user")
+            raise TelegramError(403, f"Forbidden: bot was kicked from the {chat.kind()}")
+        if chat.bot_status == "left":
+            raise TelegramError(403, f"Forbidden: bot is not a member of the {chat.kind()}")
+        if chat.type == "channel" and chat.bot_status != "administrator":
+            # only admins with can_post_messages may post in a channel
+            raise TelegramError(400, "Bad Request: need administrator rights in the channel chat")
+
+    def _resolve_file(
+        self, field: str, kind: str, params: dict[str, str], files: dict[str, UploadedFile]
+    ) -> tuple[UploadedFile, StoredFile | None]:
+        """The uploaded part, an ``attach://`` reference, or a previously returned file_id."""
+        if field in files:
+            return files[field], None
+        ref = params.get(field, "").strip()
+        if ref.startswith("attach://") and ref[9:] in files:
+            return files[ref[9:]], None
+        if not ref:
+            raise TelegramError(400, f"Bad Request: there is no {kind} in the request")
+        stored = self._files.get(ref)
+        if stored is None:
+            raise TelegramError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        if stored.kind != kind:
+            raise TelegramError(400, f"Bad Request: type of file mismatch, can't use {stored.kind} as {kind}")
+        return UploadedFile(stored.filename, stored.content_type, stored.data), stored
+
+    def _check_caption(self, params: dict[str, str]) -> str | None:
+        caption = params.get("caption")
+        if caption is None:
+            return None
+        plain = visible_text(caption, params.get("parse_mode"))
+        if len(plain) > MAX_CAPTION_CHARS:
+            raise TelegramError(400, "Bad Request: message caption is too long")
+        return plain
+
+    def _m_sendphoto(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        upload, stored = self._resolve_file("photo", "photo", params, files)
+        chat = self._require_chat(params)
+        self._check_can_post(chat)
+        caption = self._check_caption(params)
+        if stored is not None:
+            width, height = stored.width, stored.height
+        else:
+            if len(upload.data) > self.max_photo_bytes:
+                raise TelegramError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+            width, height = self._photo_dimensions(upload.data)
+        assert width is not None and height is not None
+        file_id, unique_id, stored = self._store("photo", upload, width, height, stored)
+        sizes = self._photo_sizes(file_id, unique_id, width, height, len(upload.data))
+        extra: dict[str, Any] = {"photo": sizes}
+        if caption:
+            extra["caption"] = caption
+        if _to_bool(params.get("has_spoiler")):
+            extra["has_media_spoiler"] = True
+        return self._deliver(chat, "sendPhoto", params, extra, upload, width, height)
+
+    def _m_senddocument(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        upload, stored = self._resolve_file("document", "document", params, files)
+        chat = self._require_chat(params)
+        self._check_can_post(chat)
+        caption = self._check_caption(params)
+        if len(upload.data) > self.max_document_bytes:
+            raise TelegramError(413, "Request Entity Too Large")
+        if not upload.data:
+            raise TelegramError(400, "Bad Request: file must be non-empty")
+        width, height = self._try_dimensions(upload.data)
+        file_id, unique_id, stored = self._store("document", upload, width, height, stored)
+        mime = upload.content_type
+        if not mime or mime == "application/octet-stream":
+            mime = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
+        document = {
+            "file_name": upload.filename,
+            "mime_type": mime,
+            "file_id": file_id,
+            "file_unique_id": unique_id,
+            "file_size": len(upload.data),
+        }
+        extra: dict[str, Any] = {"document": document}
+        if caption:
+            extra["caption"] = caption
+        return self._deliver(chat, "sendDocument", params, extra, upload, width, height)
+
+    def _m_sendmessage(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        chat = self._require_chat(params)
+        self._check_can_post(chat)
+        plain = visible_text(params.get("text", ""), params.get("parse_mode"))
+        if not plain.strip():
+            raise TelegramError(400, "Bad Request: message text is empty")
+        if len(plain) > MAX_TEXT_CHARS:
+            raise TelegramError(400, "Bad Request: message is too long")
+        return self._deliver(chat, "sendMessage", params, {"text": plain}, None, None, None)
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _photo_dimensions(data: bytes) -> tuple[int, int]:
+        try:
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+        except Exception as exc:
+            raise TelegramError(400, "Bad Request: IMAGE_PROCESS_FAILED") from exc
+        # checked on the header before decoding, so an oversized test image costs nothing to reject
+        if width + height > MAX_PHOTO_SIDE_SUM or max(width, height) > MAX_PHOTO_RATIO * min(width, height):
+            raise TelegramError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        try:
+            img.load()
+        except Exception as exc:  # truncated or corrupt pixel data
+            raise TelegramError(400, "Bad Request: IMAGE_PROCESS_FAILED") from exc
+        return width, height
+
+    @staticmethod
+    def _try_dimensions(data: bytes) -> tuple[int | None, int | None]:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return img.size
+        except Exception:
+            return None, None
+
+    def _store(
+        self,
+        kind: str,
+        upload: UploadedFile,
+        width: int | None,
+        height: int | None,
+        existing: StoredFile | None,
+    ) -> tuple[str, str, StoredFile]:
+        with self._lock:
+            self._file_seq += 1
+            seq = self._file_seq
+        digest = hashlib.sha256(upload.data).digest()
+        unique_id = existing.file_unique_id if existing else "AQAD" + _b64(digest[:9])
+        # the real prefixes: photos' file_ids start with "AgAC", documents' with "BQAC"
+        prefix = "AgACAgIAAxkDAAI" if kind == "photo" else "BQACAgIAAxkDAAI"
+        file_id = prefix + _b64(hashlib.sha256(digest + seq.to_bytes(8, "big")).digest()[:48])
+        stored = existing or StoredFile(
+            kind, upload.data, upload.filename, upload.content_type, width, height, unique_id
+        )
+        with self._lock:
+            self._files[file_id] = stored
+        return file_id, unique_id, stored
+
+    def _photo_sizes(
+        self, file_id: str, unique_id: str, width: int, height: int, size: int
+    ) -> list[dict[str, Any]]:
+        sizes: list[dict[str, Any]] = []
+        longest = max(width, height)
+        seen: set[tuple[int, int]] = set()
+        for step, letter in zip(_PHOTO_SIZE_STEPS, "smxy", strict=True):
+            scale = min(1.0, step / longest)
+            w, h = max(1, round(width * scale)), max(1, round(height * scale))
+            if (w, h) in seen:
+                break
+            seen.add((w, h))
+            # each size is its own file on Telegram; the suffix keeps the ids distinct but resolvable
+            size_id = f"{file_id}{letter}"
+            with self._lock:
+                self._files[size_id] = self._files[file_id]
+            sizes.append(
+                {
+                    "file_id": size_id,
+                    "file_unique_id": f"{unique_id}{letter}",
+                    "file_size": max(1, int(size * (w * h) / (width * height))),
+                    "width": w,
+                    "height": h,
+                }
+            )
+            if scale == 1.0:
+                break
+        return sizes
+
+    def _check_rate(self, chat: Chat, now: float) -> None:
+        """Flood control; must run under ``self._lock`` together with the send it guards."""
+        waits: list[float] = []
+        per_chat = self._chat_sends.setdefault(chat.id, deque())
+        while per_chat and per_chat[0] <= now - self.rate_window_s:
+            per_chat.popleft()
+        while self._global_sends and self._global_sends[0] <= now - 1.0:
+            self._global_sends.popleft()
+        if self.per_chat_per_minute is not None and len(per_chat) >= self.per_chat_per_minute:
+            waits.append(per_chat[-self.per_chat_per_minute] + self.rate_window_s - now)
+        if self.global_per_second is not None and len(self._global_sends) >= self.global_per_second:
+            waits.append(self._global_sends[-self.global_per_second] + 1.0 - now)
+        if waits:
+            retry_after = max(1, math.ceil(max(waits)))
+            raise TelegramError(
+                429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
+            )
+        per_chat.append(now)
+        self._global_sends.append(now)
+
+    def _deliver(
+        self,
+        chat: Chat,
+        method: str,
+        params: dict[str, str],
+        extra: dict[str, Any],
+        upload: UploadedFile | None,
+        width: int | None,
+        height: int | None,
+    ) -> dict[str, Any]:
+        now_mono = time.monotonic()
+        date = int(time.time())
+        with self._lock:
+            self._check_rate(chat, now_mono)
+            message_id = self._next_message_id.get(chat.id, 0) + 1
+            self._next_message_id[chat.id] = message_id
+            self.messages.append(
+                {
+                    "chat_id": chat.id,
+                    "message_id": message_id,
+                    "method": method,
+                    "caption": params.get("caption"),
+                    "parse_mode": params.get("parse_mode"),
+                    "text": params.get("text"),
+                    "visible_text": extra.get("caption", extra.get("text")),
+                    "filename": upload.filename if upload else None,
+                    "content_type": upload.content_type if upload else None,
+                    "image": upload.data if upload else None,
+                    "width": width,
+                    "height": height,
+                    "date": date,
+                    "params": dict(params),
+                }
+            )
+        message: dict[str, Any] = {"message_id": message_id}
+        if chat.type == "channel":
+            message["sender_chat"] = chat.short()
+        else:
+            message["from"] = self._bot_user()
+        message["chat"] = chat.short()
+        message["date"] = date
+        message.update(extra)
+        return message
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")

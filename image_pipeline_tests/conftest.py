@@ -1,0 +1,128 @@
+"""Shared fixtures: isolated environment, temp workbook/outbox, temp Dagster instance, emulators."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from image_pipeline.assets import ASSETS
+from image_pipeline.io_managers import PartitionFileIOManager
+from image_pipeline.resources.images import OfflinePreviewGenerator
+from image_pipeline.resources.publisher import LocalOutbox
+from image_pipeline.resources.sheets import LocalWorkbook
+
+PIPELINE_ENV = (
+    "TELEGRAM_TOKEN",
+    "TELEGRAM_CHAT_ID",
+    "TELEGRAM_ALERT_CHAT_ID",
+    "HF_TOKEN",
+    "HF_MODEL",
+    "HF_PROVIDER",
+    "HF_INFERENCE_BASE_URL",
+    "GOOGLE_SERVICE_ACCOUNT_FILE",
+    "GOOGLE_SERVICE_ACCOUNT_JSON",
+    "GOOGLE_SHEET_KEY",
+    "GOOGLE_SHEET_TITLE",
+    "GOOGLE_SHEETS_API_BASE_URL",
+    "GOOGLE_DRIVE_API_BASE_URL",
+    "TELEGRAM_API_BASE_URL",
+    "IMAGE_PIPELINE_WORKBOOK",
+    "IMAGE_PIPELINE_OUTBOX",
+    "IMAGE_PIPELINE_DATA",
+    "IMAGE_PIPELINE_INSTANT",
+    "HF_HUB_OFFLINE",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No developer credentials, no telemetry, a throwaway HF_HOME; tests never reach the internet."""
+    for name in PIPELINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [list(r) for r in csv.reader(fh)]
+
+
+@pytest.fixture
+def workbook_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "workbook"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def local_resources(tmp_path: Path, workbook_dir: Path) -> dict[str, object]:
+    """The embedded default, with retries fast enough for tests."""
+    return {
+        "prompt_sheet": LocalWorkbook(folder=str(workbook_dir), retry_base_delay_s=0.01),
+        "image_generator": OfflinePreviewGenerator(width=256, height=256, retry_base_delay_s=0.01),
+        "publisher": LocalOutbox(folder=str(tmp_path / "outbox"), retry_base_delay_s=0.01),
+        "pipeline_io_manager": PartitionFileIOManager(base_dir=str(tmp_path / "assets")),
+    }
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_partitions(
+    resources: dict[str, object], instance: dg.DagsterInstance, keys: list[str]
+) -> dg.ExecuteInProcessResult:
+    """Materialize all four assets for ``keys`` in one run (a partition range when several)."""
+    known = set(instance.get_dynamic_partitions("prompts"))
+    missing = [k for k in keys if k not in known]
+    if missing:
+        instance.add_dynamic_partitions("prompts", missing)
+    if len(keys) == 1:
+        return dg.materialize(
+            ASSETS,
+            partition_key=keys[0],
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=QUIET,
+        )
+    ordered = [k for k in instance.get_dynamic_partitions("prompts") if k in set(keys)]
+    assert len(ordered) == len(keys), "a range run needs contiguous partitions"
+    return dg.materialize(
+        ASSETS,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config=QUIET,
+        tags={
+            "dagster/asset_partition_range_start": ordered[0],
+            "dagster/asset_partition_range_end": ordered[-1],
+        },
+    )
+
+
+@pytest.fixture
+def clean_environ() -> Iterator[dict[str, str]]:
+    saved = dict(os.environ)
+    yield os.environ  # type: ignore[misc]
+    os.environ.clear()
+    os.environ.update(saved)
