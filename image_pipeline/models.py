@@ -130,13 +130,18 @@ def _parse_int(name: str, raw: str, low: int, high: int) -> int | None:
     return value
 
 
+def _multiple_of_8(side: int) -> int:
+    # Diffusion pipelines (SDXL, FLUX) reject sizes that are not divisible by 8.
+    return max(MIN_SIDE, side - side % 8)
+
+
 def build_request(
     row: PromptRow, *, default_model: str, default_width: int, default_height: int
 ) -> GenerationRequest:
     """The generation request a row asks for; raises ValueError with a person-readable reason."""
     p = row.params
-    width = _parse_int("width", p.get("width", ""), MIN_SIDE, MAX_SIDE) or default_width
-    height = _parse_int("height", p.get("height", ""), MIN_SIDE, MAX_SIDE) or default_height
+    width = _multiple_of_8(_parse_int("width", p.get("width", ""), MIN_SIDE, MAX_SIDE) or default_width)
+    height = _multiple_of_8(_parse_int("height", p.get("height", ""), MIN_SIDE, MAX_SIDE) or default_height)
     seed = _parse_int("seed", p.get("seed", ""), 0, 2**32 - 1)
     model = clean_text(p.get("model", "")).strip() or default_model
     negative = clean_text(p.get("negative_prompt", "")).strip() or None

@@ -64,9 +64,14 @@ def install_log_redaction() -> None:
     if _installed:
         return
     _installed = True
-    for name in ("urllib3", "httpx", "httpx2", "httpcore", "requests", "google.auth", "gspread"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     flt = RedactingFilter()
+    for name in ("urllib3", "httpx", "httpx2", "httpcore", "requests", "google.auth", "gspread"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        # A logger's own filter sees every record created on it, whatever handlers a host app adds later.
+        logger.addFilter(flt)
+    for name in ("urllib3.connectionpool", "httpx2._client", "httpcore.http11"):
+        logging.getLogger(name).addFilter(flt)
     root = logging.getLogger()
     root.addFilter(flt)
     for handler in root.handlers:

@@ -126,3 +126,19 @@ def clean_environ() -> Iterator[dict[str, str]]:
     yield os.environ  # type: ignore[misc]
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def telegram_emulator() -> Iterator[object]:
+    from image_pipeline.emulators.telegram import TelegramEmulator
+
+    with TelegramEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def hf_emulator() -> Iterator[object]:
+    from image_pipeline.emulators.huggingface import HuggingFaceEmulator
+
+    with HuggingFaceEmulator() as emulator:
+        yield emulator

@@ -93,3 +93,9 @@ def test_done_entry_maps_ancestor_header_names() -> None:
     assert entry.value_for("Prompt") == "fox"
     assert entry.value_for("Timestamp").endswith("Z")
     assert entry.value_for("unknown column") is None
+
+
+def test_sizes_are_rounded_down_to_multiples_of_8() -> None:
+    row = PromptRow(2, "fox", "p1", {"width": "1001", "height": "250"})
+    req = build_request(row, default_model="m", default_width=1024, default_height=1024)
+    assert (req.width, req.height) == (1000, 248)

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..models import GenerationRequest
-from ..redact import redact, register_secret
+from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("image_pipeline.images")
@@ -116,6 +116,7 @@ class HuggingFaceGenerator(ImageGenerator):
         from huggingface_hub import InferenceClient
 
         register_secret(self.token)
+        install_log_redaction()
         if self.base_url:
             # A URL as the model makes the client POST to exactly that URL, with no Hub look-ups.
             return InferenceClient(model=self.base_url, token=self.token or None, timeout=self.timeout_s)

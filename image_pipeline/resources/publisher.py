@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import Field, PrivateAttr
 
 from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from ..redact import redact, register_secret
+from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("image_pipeline.publisher")
@@ -127,6 +127,7 @@ class TelegramPublisher(Publisher):
     def _http(self) -> requests.Session:
         if self._session is None:
             register_secret(self.token)
+            install_log_redaction()
             self._session = requests.Session()
         return self._session
 

@@ -40,7 +40,7 @@ from ..models import (
     new_prompt_id,
     normalize_header,
 )
-from ..redact import redact, register_secret
+from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("image_pipeline.sheets")
@@ -714,6 +714,7 @@ class GoogleSheet(PromptSheet):
             raise ServiceBlocked(
                 "the key JSON is not a service-account key (type != service_account)", service="sheets"
             )
+        install_log_redaction()
         register_secret(info.get("private_key"))
         register_secret(info.get("private_key_id"))
         return info
