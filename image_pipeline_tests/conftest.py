@@ -142,3 +142,11 @@ def hf_emulator() -> Iterator[object]:
 
     with HuggingFaceEmulator() as emulator:
         yield emulator
+
+
+@pytest.fixture
+def google_emulator() -> Iterator[object]:
+    from image_pipeline.emulators.google import GoogleEmulator
+
+    with GoogleEmulator() as emulator:
+        yield emulator

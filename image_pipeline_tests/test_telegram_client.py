@@ -109,8 +109,8 @@ def test_chat_problems_say_what_to_do(telegram_emulator) -> None:
         publisher(telegram_emulator, chat_id="-100777").publish(prompt_id="p1", png=png(10, 10), caption="x")
 
 
-def test_undecodable_photo_is_sent_as_document_then_rejected_if_still_bad(telegram_emulator) -> None:
-    with pytest.raises(Exception):  # not even Pillow opens it: our side refuses before any upload
+def test_undecodable_image_is_refused_before_any_upload(telegram_emulator) -> None:
+    with pytest.raises(PromptRejected, match="cannot be decoded"):
         publisher(telegram_emulator).publish(prompt_id="p1", png=b"not a png", caption="x")
     assert telegram_emulator.messages == []
 

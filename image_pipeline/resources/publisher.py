@@ -56,7 +56,12 @@ class PreparedUpload:
 
 def prepare_upload(png: bytes, prompt_id: str) -> PreparedUpload:
     """Fit an image into sendPhoto's limits, or fall back to sendDocument (which keeps it untouched)."""
-    with Image.open(io.BytesIO(png)) as im:
+    try:
+        im = Image.open(io.BytesIO(png))
+        im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise PromptRejected("the image cannot be decoded; nothing was sent", service="telegram") from None
+    with im:
         width, height = im.size
         ratio = max(width, height) / max(1, min(width, height))
         if width + height > PHOTO_MAX_SIDE_SUM or ratio > PHOTO_MAX_RATIO:

@@ -351,11 +351,13 @@ class GoogleSheetsBackend(TableBackend):
         drive_base: str | None,
         timeout_s: float,
         policy: RetryPolicy,
+        quota_retry_s: float,
     ) -> None:
         import gspread
 
         super().__init__(process, done)
         self._policy = policy
+        self._quota_retry_s = quota_retry_s
         self._title = spreadsheet_title
         self._key = spreadsheet_key
         self.service_account_email = str(info.get("client_email", ""))
@@ -380,7 +382,12 @@ class GoogleSheetsBackend(TableBackend):
             except PipelineError:
                 raise
             except Exception as exc:
-                raise _google_error(exc, what) from None
+                error = _google_error(exc, what)
+                if isinstance(error, TransientError) and error.status == 429 and error.retry_after is None:
+                    # Sheets quotas refill per minute and the 429 carries no Retry-After: short
+                    # exponential steps would all land inside the same exhausted minute.
+                    error.retry_after = self._quota_retry_s
+                raise error from None
 
         return call_with_retry(attempt, self._policy, what=f"sheets {what}")
 
@@ -691,6 +698,9 @@ class GoogleSheet(PromptSheet):
     )
     drive_api_base_url: str | None = Field(default=None, description="Instead of https://www.googleapis.com.")
     timeout_s: float = Field(default=30.0, description="Timeout of every HTTP request.")
+    quota_retry_s: float = Field(
+        default=20.0, description="Wait after a per-minute quota 429 (Sheets sends no Retry-After)."
+    )
 
     def _key_info(self) -> dict[str, Any]:
         try:
@@ -730,4 +740,5 @@ class GoogleSheet(PromptSheet):
             drive_base=self.drive_api_base_url or None,
             timeout_s=self.timeout_s,
             policy=self.retry_policy(),
+            quota_retry_s=self.quota_retry_s,
         )

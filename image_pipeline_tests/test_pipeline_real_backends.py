@@ -1,0 +1,124 @@
+"""The whole pipeline on the real backends (gspread, InferenceClient, requests) against the emulators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from image_pipeline.definitions import build_definitions
+from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+
+from .conftest import QUIET
+
+PROMPTS = [
+    ["prompt", "width", "height", "seed"],
+    ["a lighthouse at dawn", "320", "192", "3"],
+    ["   ", "", "", ""],
+    ["something forbidden", "", "", ""],
+    ["a fox in snow, <b>bold</b> & more", "", "", ""],
+]
+
+
+@pytest.fixture
+def real_env(google_emulator, hf_emulator, telegram_emulator, tmp_path: Path, monkeypatch) -> dict[str, str]:
+    key_file = google_emulator.write_service_account_file(tmp_path / "chatbot_key.json")
+    sid = google_emulator.create_spreadsheet(
+        "Image Prompt", {"Process": PROMPTS, "Done": [["Prompt", "Status", "Info", "Timestamp"]]}
+    )
+    hf_emulator.rejected_prompts.add("forbidden")
+    env = {
+        "GOOGLE_SERVICE_ACCOUNT_FILE": str(key_file),
+        "GOOGLE_SHEETS_API_BASE_URL": google_emulator.base_url,
+        "GOOGLE_DRIVE_API_BASE_URL": google_emulator.base_url,
+        "HF_TOKEN": HF_TOKEN,
+        "HF_INFERENCE_BASE_URL": f"{hf_emulator.base_url}/models/stabilityai/stable-diffusion-xl-base-1.0",
+        "TELEGRAM_TOKEN": TG_TOKEN,
+        "TELEGRAM_CHAT_ID": str(DEFAULT_CHANNEL_ID),
+        "TELEGRAM_ALERT_CHAT_ID": str(ALERTS_CHANNEL_ID),
+        "TELEGRAM_API_BASE_URL": telegram_emulator.base_url,
+        "IMAGE_PIPELINE_DATA": str(tmp_path / "data"),
+        "IMAGE_PIPELINE_INSTANT": "1",
+        "TEST_SPREADSHEET_ID": sid,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def test_sensor_then_one_batched_run_on_the_real_backends(
+    real_env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    defs = build_definitions(real_env)
+    sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=None, resources={"prompt_sheet": defs.resources["prompt_sheet"]}
+    )
+    tick = sensor(ctx)
+    ids = list(tick.dynamic_partitions_requests[0].partition_keys)
+    assert len(ids) == 4 and [r.partition_key for r in tick.run_requests] == ids
+    instance.add_dynamic_partitions("prompts", ids)
+
+    job = defs.resolve_job_def("process_prompts_job")
+    result = job.execute_in_process(
+        instance=instance,
+        run_config=QUIET,
+        tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
+    )
+    assert result.success
+
+    sid = real_env["TEST_SPREADSHEET_ID"]
+    done = _done_rows(google_emulator, sid)
+    by_id = {r["id"]: r for r in done}
+    assert [by_id[i]["Status"] for i in ids] == ["SUCCESS", "INVALID", "FAILED", "SUCCESS"]
+    assert "400" in by_id[ids[2]]["Info"]
+    assert (
+        by_id[ids[0]]["message_id"] == "1"
+        and by_id[ids[0]]["size"] == "320x192"
+        and by_id[ids[0]]["seed"] == "3"
+    )
+    assert by_id[ids[0]]["model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert google_emulator.values(sid, "Process") == [["prompt", "width", "height", "seed", "id"]]
+
+    posts = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert [p["caption"] for p in posts] == ["a lighthouse at dawn", "a fox in snow, <b>bold</b> & more"]
+    assert (posts[0]["width"], posts[0]["height"]) == (320, 192)
+    [notice] = telegram_emulator.messages_for(ALERTS_CHANNEL_ID)
+    assert ids[2] in notice["text"] and "FAILED" in notice["text"]
+    assert len(hf_emulator.calls) == 2 + 1  # two images and one rejected prompt; the invalid one never left
+
+    # which backends ran is in the run log, and no secret is anywhere in it
+    logs = "\n".join(str(e.user_message) for e in instance.all_logs(result.run_id))
+    assert "Google Sheets (" in logs and "Hugging Face InferenceClient" in logs and "Telegram Bot API" in logs
+    for secret in (TG_TOKEN, HF_TOKEN):
+        assert secret not in logs
+        assert secret not in repr(done)
+
+
+def test_credentials_failure_stops_the_run_and_leaves_the_queue(
+    real_env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    hf_emulator.credits_depleted = True
+    defs = build_definitions(real_env)
+    ids = [r.prompt_id for r in defs.resources["prompt_sheet"].ensure_ids().rows]
+    instance.add_dynamic_partitions("prompts", ids)
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=ids[0], instance=instance, run_config=QUIET, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "credits are depleted" in failure.step_failure_data.user_failure_data.description
+    sid = real_env["TEST_SPREADSHEET_ID"]
+    assert len(google_emulator.values(sid, "Process")) == 5  # nothing left the queue
+    assert _done_rows(google_emulator, sid) == []
+    assert telegram_emulator.messages_for(DEFAULT_CHANNEL_ID) == []
+    [notice] = telegram_emulator.messages_for(ALERTS_CHANNEL_ID)
+    assert "credits" in notice["text"]
+
+
+def _done_rows(google_emulator, sid: str) -> list[dict[str, str]]:
+    table = google_emulator.values(sid, "Done")
+    return [dict(zip(table[0], r + [""] * (len(table[0]) - len(r)), strict=False)) for r in table[1:]]

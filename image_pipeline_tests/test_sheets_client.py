@@ -1,0 +1,154 @@
+"""The Google Sheets backend through gspread + google-auth against the loopback Google emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from image_pipeline.errors import QueueFormatError, ServiceBlocked
+from image_pipeline.models import DoneEntry
+from image_pipeline.resources.sheets import CHANGED, REMOVED, VANISHED, GoogleSheet
+
+ANCESTOR_DONE_HEADER = ["Prompt", "Status", "Info", "Timestamp"]
+
+
+def sheet_for(emulator, tmp_path: Path, **overrides) -> GoogleSheet:
+    key_file = emulator.write_service_account_file(tmp_path / "chatbot_key.json")
+    fields = {
+        "service_account_file": str(key_file),
+        "sheets_api_base_url": emulator.base_url,
+        "drive_api_base_url": emulator.base_url,
+        "retry_base_delay_s": 0.01,
+        "timeout_s": 5.0,
+    }
+    fields.update(overrides)
+    return GoogleSheet(**fields)
+
+
+@pytest.fixture
+def spreadsheet(google_emulator, tmp_path: Path) -> str:
+    google_emulator.service_account_info()  # the key exists before the sheet is shared with it
+    return google_emulator.create_spreadsheet(
+        "Image Prompt",
+        {
+            "Process": [["prompt", "seed"], ["a fox", "1"], ["a cat", ""], ["a owl", ""]],
+            "Done": [ANCESTOR_DONE_HEADER],
+        },
+    )
+
+
+def test_found_by_title_and_ids_written_raw(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    sheet = sheet_for(google_emulator, tmp_path)
+    snapshot = sheet.ensure_ids()
+    ids = [r.prompt_id for r in snapshot.rows]
+    values = google_emulator.values(spreadsheet, "Process")
+    assert values[0] == ["prompt", "seed", "id"]
+    assert [r[2] for r in values[1:]] == ids
+    assert snapshot.rows[0].params == {"seed": "1"}
+    assert google_emulator.count("drive.files.list") == 1
+    # a second read keeps the ids and writes nothing
+    writes = google_emulator.write_requests
+    assert [r.prompt_id for r in sheet.ensure_ids().rows] == ids
+    assert google_emulator.write_requests == writes
+
+
+def test_remove_by_id_survives_a_person_editing_meanwhile(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    fox, cat, owl = rows["a fox"], rows["a cat"], rows["a owl"]
+    google_emulator.insert_row(spreadsheet, "Process", 2, ["a person's new prompt"])
+    google_emulator.update_cell(spreadsheet, "Process", 4, 1, "a cat, edited")
+    google_emulator.delete_row(spreadsheet, "Process", 5)  # the owl
+    outcome = sheet.remove_rows(
+        {fox.prompt_id: fox.fingerprint(), cat.prompt_id: cat.fingerprint(), owl.prompt_id: owl.fingerprint()}
+    )
+    assert outcome == {fox.prompt_id: REMOVED, cat.prompt_id: CHANGED, owl.prompt_id: VANISHED}
+    assert google_emulator.values(spreadsheet, "Process") == [
+        ["prompt", "seed", "id"],
+        ["a person's new prompt"],
+        ["a cat, edited", "", cat.prompt_id],
+    ]
+    assert google_emulator.count("sheets.batchUpdate") == 1
+
+
+def test_done_rows_follow_the_ancestor_header_and_stay_literal(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    formula = '=IMPORTXML("http://x","//a")'
+    sheet.append_done(
+        [DoneEntry(id="p1", prompt=formula, status="INVALID", information="+cmd @x", model="m")]
+    )
+    done = google_emulator.values(spreadsheet, "Done")
+    header = done[0]
+    assert header[:4] == ANCESTOR_DONE_HEADER and "id" in header and "message_id" in header
+    row = dict(zip(header, done[1], strict=False))
+    assert row["Prompt"] == formula and row["Info"] == "+cmd @x" and row["id"] == "p1"
+    assert not google_emulator.is_formula(spreadsheet, "Done", 2, 1)
+
+
+def test_missing_done_worksheet_is_created(google_emulator, tmp_path: Path) -> None:
+    google_emulator.service_account_info()
+    key = google_emulator.create_spreadsheet("Image Prompt", {"Process": [["prompt"], ["x"]]})
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=key)
+    sheet.append_done([DoneEntry(id="p1", prompt="x", status="SUCCESS", information="")])
+    assert google_emulator.values(key, "Done")[0][:3] == ["id", "prompt", "status"]
+
+
+def test_missing_process_worksheet_is_a_clear_error(google_emulator, tmp_path: Path) -> None:
+    google_emulator.service_account_info()
+    key = google_emulator.create_spreadsheet("Image Prompt", {"Queue": [["prompt"]]})
+    with pytest.raises(QueueFormatError, match="no worksheet named 'Process'"):
+        sheet_for(google_emulator, tmp_path, spreadsheet_key=key).read_queue()
+
+
+def test_unshared_sheet_says_whom_to_share_with(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    info = google_emulator.service_account_info()
+    google_emulator.unshare(spreadsheet, info["client_email"])
+    with pytest.raises(ServiceBlocked, match="Share") as by_key:
+        sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet).read_queue()
+    assert by_key.value.status == 403
+    with pytest.raises(ServiceBlocked, match=info["client_email"]):
+        sheet_for(google_emulator, tmp_path).read_queue()
+
+
+def test_unknown_key_is_rejected_without_leaking_it(google_emulator, tmp_path: Path) -> None:
+    from image_pipeline.emulators.google import GoogleEmulator
+
+    with GoogleEmulator() as other:
+        foreign = other.service_account_info("stranger@elsewhere.iam.gserviceaccount.com")
+    foreign["token_uri"] = f"{google_emulator.base_url}/token"
+    import json
+
+    with pytest.raises(ServiceBlocked, match="key was rejected") as info:
+        GoogleSheet(
+            service_account_json=json.dumps(foreign),
+            spreadsheet_key="x",
+            sheets_api_base_url=google_emulator.base_url,
+            retry_base_delay_s=0.01,
+        ).read_queue()
+    assert "PRIVATE KEY" not in str(info.value)
+
+
+def test_quota_429_waits_for_the_quota_window(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet, quota_retry_s=0.3)
+    sheet.read_queue()  # metadata + values: 2 reads
+    google_emulator.read_quota_per_minute = 3
+    google_emulator.quota_window_s = 0.5
+    for _ in range(3):
+        assert len(sheet.read_queue().rows) == 3
+    statuses = [r.status for r in google_emulator.requests if r.endpoint == "values.get"]
+    assert 429 in statuses and statuses[-1] == 200
+
+
+def test_change_token_moves_on_edits_only(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    first = sheet.change_token()
+    sheet.read_queue()
+    assert sheet.change_token() == first
+    google_emulator.append_rows(spreadsheet, "Process", [["a new row"]])
+    assert sheet.change_token() != first
+    assert google_emulator.count("drive.files.get") == 3
