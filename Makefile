@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run dev test lint clean home
+.PHONY: setup run dev test lint clean home sandbox dev-sandbox
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -27,6 +27,15 @@ run: setup
 
 dev: setup
 	$(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+
+# Loopback emulators of Google Sheets, Hugging Face and Telegram, with a seeded sheet (see README).
+sandbox: setup
+	$(BIN)/image-pipeline sandbox
+
+# The Dagster UI against a running `make sandbox` (reads the variables it wrote).
+dev-sandbox: setup
+	@test -f data/sandbox/sandbox.env || { echo "start 'make sandbox' in another terminal first"; exit 1; }
+	set -a; . data/sandbox/sandbox.env; set +a; $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

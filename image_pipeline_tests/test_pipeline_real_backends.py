@@ -122,3 +122,70 @@ def test_credentials_failure_stops_the_run_and_leaves_the_queue(
 def _done_rows(google_emulator, sid: str) -> list[dict[str, str]]:
     table = google_emulator.values(sid, "Done")
     return [dict(zip(table[0], r + [""] * (len(table[0]) - len(r)), strict=False)) for r in table[1:]]
+
+
+def test_request_budget_per_prompt_and_per_idle_sensor_tick(
+    real_env, google_emulator, hf_emulator, telegram_emulator, instance, capsys
+) -> None:
+    defs = build_definitions(real_env)
+    sheet = defs.resources["prompt_sheet"]
+    sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
+
+    def tick(cursor):
+        return sensor(
+            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet})
+        )
+
+    first = tick(None)
+    ids = list(first.dynamic_partitions_requests[0].partition_keys)
+    instance.add_dynamic_partitions("prompts", ids)
+    settle = tick(first.cursor)  # sees our own id write once
+    before = (
+        google_emulator.read_requests,
+        google_emulator.write_requests,
+        google_emulator.count("drive.files.get"),
+    )
+    idle = tick(settle.cursor)
+    after = (
+        google_emulator.read_requests,
+        google_emulator.write_requests,
+        google_emulator.count("drive.files.get"),
+    )
+    assert isinstance(idle, dg.SkipReason)
+    idle_cost = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
+    assert idle_cost == (0, 0, 1)  # one Drive metadata request, no Sheets quota at all
+
+    reads0, writes0 = google_emulator.read_requests, google_emulator.write_requests
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=ids[0], instance=instance, run_config=QUIET
+    )
+    assert result.success
+    reads, writes = google_emulator.read_requests - reads0, google_emulator.write_requests - writes0
+    with capsys.disabled():
+        print(
+            f"\n[request budget] one prompt end to end: {reads} Sheets reads + {writes} Sheets writes; "
+            f"idle sensor tick: {idle_cost[2]} Drive request, {idle_cost[0] + idle_cost[1]} Sheets requests"
+        )
+    # metadata + queue re-read (prompt_record), Done header + queue re-read (done_entry): 6 reads at most;
+    # Done append + row delete (+ header cells on first use): 3 writes at most
+    assert reads <= 6 and writes <= 3
+
+
+def test_a_3000_character_prompt_is_posted_with_a_cut_caption(
+    real_env, google_emulator, telegram_emulator, instance
+) -> None:
+    long_prompt = ("a very detailed scene " * 140)[:3000]
+    sid = real_env["TEST_SPREADSHEET_ID"]
+    google_emulator.set_values(sid, "Process", [["prompt"], [long_prompt]], raw=True)
+    defs = build_definitions(real_env)
+    [pid] = [r.prompt_id for r in defs.resources["prompt_sheet"].ensure_ids().rows]
+    instance.add_dynamic_partitions("prompts", [pid])
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=pid, instance=instance, run_config=QUIET
+    )
+    assert result.success
+    [post] = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert len(post["caption"]) == 1024 and post["caption"].endswith("…")
+    assert long_prompt.startswith(post["caption"][:-1].rstrip())
+    [done] = _done_rows(google_emulator, sid)
+    assert done["Prompt"] == long_prompt and done["Status"] == "SUCCESS"

@@ -152,3 +152,26 @@ def test_change_token_moves_on_edits_only(google_emulator, spreadsheet: str, tmp
     google_emulator.append_rows(spreadsheet, "Process", [["a new row"]])
     assert sheet.change_token() != first
     assert google_emulator.count("drive.files.get") == 3
+
+
+@pytest.mark.parametrize("fault", [500, 502, 503, "reset", "truncate", "timeout", "garbage"])
+def test_transient_faults_are_retried(google_emulator, spreadsheet: str, tmp_path: Path, fault) -> None:
+    google_emulator.timeout_hold_s = 2
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet, timeout_s=0.5)
+    sheet.read_queue()
+    google_emulator.fail_next(fault, endpoints=["values.get"])
+    before = google_emulator.count("values.get")
+    assert len(sheet.read_queue().rows) == 3
+    assert google_emulator.count("values.get") == before + 2  # the fault, then the retry that worked
+
+
+@pytest.mark.parametrize(("fault", "fragment"), [(400, "HTTP 400"), (404, "not found"), (401, "HTTP 401")])
+def test_permanent_answers_are_not_retried(
+    google_emulator, spreadsheet: str, tmp_path: Path, fault, fragment
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    sheet.read_queue()
+    # a 401 makes google-auth refresh the token and try again (twice), then it surfaces
+    google_emulator.fail_next(fault, fault, fault, endpoints=["values.get"])
+    with pytest.raises(ServiceBlocked, match=fragment):
+        sheet.read_queue()

@@ -317,6 +317,10 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
             "for the service account and point GOOGLE_SERVICE_ACCOUNT_FILE at it",
             service="sheets",
         )
+    if isinstance(exc, requests.exceptions.JSONDecodeError | ValueError | KeyError):
+        return TransientError(
+            f"Google Sheets {what}: malformed response ({type(exc).__name__})", service="sheets"
+        )
     if isinstance(exc, requests.Timeout):
         return TransientError(f"Google Sheets {what}: timed out", service="sheets")
     if isinstance(exc, requests.RequestException):
