@@ -142,11 +142,19 @@ def _print_locations(resources: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sandbox"]:
+        from .sandbox import main as sandbox_main
+
+        return sandbox_main(argv[1:])
     parser = argparse.ArgumentParser(prog="image-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="process every pending prompt of the queue, then exit")
     run.add_argument("--limit", type=int, default=0, help="process at most this many prompts")
     run.set_defaults(func=cmd_run)
+    sub.add_parser(
+        "sandbox", help="start loopback emulators of Google, Hugging Face and Telegram (see README)"
+    )
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from PIL import Image
 
-from image_pipeline.emulators.base import RESET, TIMEOUT
+from image_pipeline.emulators.base import RESET, TIMEOUT, TRUNCATE
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline.errors import PromptRejected, ServiceBlocked, TransientError
 from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher
@@ -44,7 +44,7 @@ def test_send_photo_records_chat_and_message_id(telegram_emulator) -> None:
 
 def test_retries_resend_the_whole_photo(telegram_emulator) -> None:
     image = png(80, 80)
-    telegram_emulator.fail_next(502, RESET, endpoints=["sendPhoto"])
+    telegram_emulator.fail_next(502, 503, endpoints=["sendPhoto"])
     receipt = publisher(telegram_emulator).publish(prompt_id="p1", png=image, caption="x")
     assert receipt.message_id == "1"
     [message] = telegram_emulator.messages
@@ -113,6 +113,14 @@ def test_undecodable_image_is_refused_before_any_upload(telegram_emulator) -> No
     with pytest.raises(PromptRejected, match="cannot be decoded"):
         publisher(telegram_emulator).publish(prompt_id="p1", png=b"not a png", caption="x")
     assert telegram_emulator.messages == []
+
+
+@pytest.mark.parametrize("fault", [RESET, TRUNCATE])
+def test_broken_connection_after_sending_is_not_retried(telegram_emulator, fault) -> None:
+    telegram_emulator.fail_next(fault, endpoints=["sendPhoto"])
+    with pytest.raises(DeliveryUncertain, match="may have gone through"):
+        publisher(telegram_emulator).publish(prompt_id="p1", png=png(10, 10), caption="x")
+    assert telegram_emulator.count("sendphoto") == 1
 
 
 def test_read_timeout_on_send_is_not_retried(telegram_emulator) -> None:

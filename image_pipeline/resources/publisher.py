@@ -175,8 +175,17 @@ class TelegramPublisher(Publisher):
                     service="telegram",
                 ) from None
             except requests.RequestException as exc:
-                raise TransientError(
-                    f"Telegram {method}: connection failed ({type(exc).__name__})", service="telegram"
+                if retry_read_timeout or _never_reached_server(exc):
+                    raise TransientError(
+                        f"Telegram {method}: connection failed ({type(exc).__name__})", service="telegram"
+                    ) from None
+                # The request went out and the connection broke before a full answer came back: Telegram
+                # may have posted it, so a blind retry could post it twice.
+                raise DeliveryUncertain(
+                    f"Telegram {method}: the connection broke before Telegram answered "
+                    f"({type(exc).__name__}); the post may have gone through, so it is not retried "
+                    "automatically. Check the channel before running again",
+                    service="telegram",
                 ) from None
             return self._parse(method, response)
 
@@ -292,6 +301,21 @@ class TelegramPublisher(Publisher):
             log.warning("could not send the failure notice: %s", exc)
             return False
         return True
+
+
+def _never_reached_server(exc: requests.RequestException) -> bool:
+    """True when the connection itself failed (refused, DNS, connect timeout): nothing was sent."""
+    import urllib3.exceptions
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        inner = getattr(reason, "reason", None)
+        return isinstance(reason, urllib3.exceptions.NewConnectionError) or isinstance(
+            inner, urllib3.exceptions.NewConnectionError
+        )
+    return False
 
 
 class TelegramBadRequest(PipelineError):

@@ -1,0 +1,62 @@
+"""`image-pipeline run` (what `make run` calls) and the Dagster CLI loading the workspace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import read_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TELEGRAM_", "HF_TOKEN", "GOOGLE_", "IMAGE_PIPELINE_"))
+    }
+    env.update(
+        DAGSTER_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "hf")
+    )
+    return env
+
+
+def test_run_processes_the_sample_queue_then_finds_it_empty(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    cmd = [sys.executable, "-m", "image_pipeline.cli", "run"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = first.stdout
+    assert "copied the sample queue" in out
+    assert "[5/5]" in out and "done: SUCCESS 5" in out
+    assert "gallery:" in out and "done log:" in out
+    assert (tmp_path / "data" / "outbox" / "index.html").exists()
+    done = read_csv(tmp_path / "data" / "workbook" / "done.csv")
+    assert len(done) == 6 and {r[2] for r in done[1:]} == {"SUCCESS"}
+    assert len(read_csv(tmp_path / "data" / "workbook" / "process.csv")) == 1
+    # runs are recorded in the instance under DAGSTER_HOME, so the UI shows them later
+    assert (tmp_path / "home" / "dagster.yaml").exists()
+    assert any((tmp_path / "home").rglob("runs.db")) or any((tmp_path / "home").rglob("*.db"))
+
+    second = subprocess.run(
+        cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=240
+    )
+    assert second.returncode == 0 and "the queue is empty" in second.stdout
+    assert len(read_csv(tmp_path / "data" / "workbook" / "done.csv")) == 6  # an empty queue writes nothing
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "image_pipeline" in result.stdout + result.stderr
