@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 from typing import Any
 
 import dagster as dg
@@ -17,11 +18,25 @@ from PIL import Image
 
 from .errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
 from .io_managers import ByPartition, ImageOutcome
+from .ledger import (
+    LOGGED,
+    LOGGING,
+    POSTED,
+    POSTING,
+    REMOVED,
+    UNCERTAIN,
+    Entry,
+    Ledger,
+    PostLedger,
+    owner_token,
+    stale_owner_check,
+)
 from .models import (
     FAILED,
     INVALID,
     SUCCESS,
     DoneEntry,
+    GenerationRequest,
     PromptRow,
     build_request,
     caption_for,
@@ -31,7 +46,7 @@ from .models import (
 from .partitions import prompt_partitions
 from .redact import redact
 from .resources.images import PREVIEW_LABEL, ImageGenerator
-from .resources.publisher import Publisher, receipt_dict
+from .resources.publisher import DeliveryUncertain, Publisher, receipt_dict
 from .resources.sheets import PromptSheet
 
 GROUP = "image_pipeline"
@@ -40,6 +55,10 @@ IO = "pipeline_io_manager"
 # prompt_record statuses
 READY = "READY"
 GONE = "GONE"  # no row carries the id any more: deleted by a person, or already processed and removed
+BUSY = "BUSY"  # another live run holds the claim
+QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILED Done row
+# outcome of a transient failure that did not use up the attempts: the prompt stays queued
+RETRY = "RETRY"
 
 
 def _stop(context: dg.AssetExecutionContext, publisher: Publisher | None, exc: ServiceBlocked) -> dg.Failure:
@@ -79,22 +98,42 @@ def _thumbnail_markdown(png: bytes, alt: str) -> str:
     return f"![{safe_alt}](data:image/jpeg;base64,{b64})"
 
 
+def _ledger_context(context: dg.AssetExecutionContext, ledger: PostLedger) -> tuple[Ledger, str, Any]:
+    return ledger.open(), owner_token(context.run.run_id), stale_owner_check(context.instance)
+
+
+def _done_index(prompt_sheet: PromptSheet) -> dict[tuple[str, str], str]:
+    """(id, prompt) -> status of the rows already in Done: the durable record when the ledger is new."""
+    index: dict[tuple[str, str], str] = {}
+    for row in prompt_sheet.read_done():
+        pid = row.get("id", "").strip()
+        if pid:
+            index[(pid, row.get("prompt", ""))] = row.get("status", "")
+    return index
+
+
 @dg.asset(
     partitions_def=prompt_partitions,
     group_name=GROUP,
     io_manager_key=IO,
     kinds={"googlesheets"},
     pool="sheets_api",
-    code_version="1",
+    code_version="2",
 )
 def prompt_record(
-    context: dg.AssetExecutionContext, prompt_sheet: PromptSheet, image_generator: ImageGenerator
+    context: dg.AssetExecutionContext,
+    prompt_sheet: PromptSheet,
+    image_generator: ImageGenerator,
+    ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
-    """The queued prompt as the sheet holds it now, validated, with its generation parameters."""
+    """The queued prompt as the sheet holds it now, validated and claimed for this run."""
     keys = context.partition_keys
     context.log.info(f"prompt sheet backend: {prompt_sheet.describe()}")
+    book, owner, is_stale = _ledger_context(context, ledger)
     try:
         rows = prompt_sheet.find_rows(keys)
+        # Reconcile with the sheets on every start: a prompt already in Done is only removed.
+        done = _done_index(prompt_sheet)
     except ServiceBlocked as exc:
         raise _stop(context, None, exc) from None
     except TransientError as exc:
@@ -106,29 +145,56 @@ def prompt_record(
             records[key] = {"id": key, "status": GONE, "reason": "no row in the queue carries this id"}
             context.log.warning(f"{key}: no row in the queue carries this id; nothing to do")
             continue
+        fingerprint = row.fingerprint()
         record: dict[str, Any] = {
             "id": key,
             "row_number": row.row_number,
             "prompt": row.prompt,
             "params": row.params,
-            "fingerprint": row.fingerprint(),
+            "fingerprint": fingerprint,
         }
+        records[key] = record
+        if not book.claim(
+            key,
+            fingerprint,
+            owner=owner,
+            prompt=clean_text(row.prompt),
+            lease_s=ledger.lease_s,
+            is_stale=is_stale,
+        ):
+            record.update(status=BUSY, reason="another run is working on this prompt")
+            context.log.warning(f"{key}: another run is working on this prompt; skipped")
+            continue
+        entry = book.get(key, fingerprint)
+        assert entry is not None
+        logged = done.get((key, clean_text(row.prompt)))
+        if entry.done_state == LOGGED or logged:
+            record.update(
+                status=LOGGED, reason=f"already in Done ({logged or entry.final_status}); only removed"
+            )
+            if entry.done_state != LOGGED:
+                book.update(key, fingerprint, done_state=LOGGED, final_status=logged or "")
+            continue
         check = validate_prompt(row.prompt)
         if not check.ok:
             record.update(status=INVALID, reason=check.reason)
-        else:
-            try:
-                req = build_request(
-                    row,
-                    default_model=image_generator.model,
-                    default_width=image_generator.width,
-                    default_height=image_generator.height,
-                )
-            except ValueError as exc:
-                record.update(status=INVALID, reason=str(exc))
-            else:
-                record.update(status=READY, reason="", request=req.__dict__)
-        records[key] = record
+            continue
+        try:
+            req = build_request(
+                row,
+                default_model=image_generator.model,
+                default_width=image_generator.width,
+                default_height=image_generator.height,
+            )
+        except ValueError as exc:
+            record.update(status=INVALID, reason=str(exc))
+            continue
+        record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
+        if entry.attempts >= ledger.max_attempts and entry.post_state is None:
+            record.update(
+                status=QUARANTINED,
+                reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
+            )
     metadata: dict[str, Any] = {"partitions": len(keys)}
     if (key := _single(context)) is not None:
         rec = records[key]
@@ -150,38 +216,68 @@ def _count(values: Any) -> dict[str, int]:
     return out
 
 
+def _transient_outcome(
+    book: Ledger, ledger: PostLedger, key: str, fingerprint: str, what: str, exc: Exception
+) -> tuple[str, str]:
+    """A fault that outlasted the retries: try again in a later run, until the prompt is quarantined."""
+    attempts = book.add_attempt(key, fingerprint, f"{what}: {exc}")
+    if attempts >= ledger.max_attempts:
+        return FAILED, f"{what} failed {attempts} times (quarantined): {exc}"
+    return RETRY, f"{what} failed (attempt {attempts} of {ledger.max_attempts}, will retry): {exc}"
+
+
 @dg.asset(
     partitions_def=prompt_partitions,
     group_name=GROUP,
     io_manager_key=IO,
     kinds={"huggingface"},
     pool="hf_api",
-    code_version="1",
+    code_version="2",
 )
 def generated_image(
     context: dg.AssetExecutionContext,
     prompt_record: ByPartition,
     image_generator: ImageGenerator,
     publisher: Publisher,
+    ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
     """The image generated for the prompt, stored as a PNG file, with a preview in the UI."""
     context.log.info(f"image generator backend: {image_generator.describe()}")
+    book, owner, is_stale = _ledger_context(context, ledger)
     outcomes = ByPartition()
     for key, record in _in_queue_order(prompt_record):
         if record["status"] != READY:
             outcomes[key] = ImageOutcome("SKIPPED", {"reason": record.get("reason", record["status"])})
             continue
-        req = record["request"]
-        from .models import GenerationRequest
-
-        request = GenerationRequest(**req)
+        fingerprint = record["fingerprint"]
+        entry = book.get(key, fingerprint)
+        if entry is not None and entry.post_state is not None:
+            # Posted (or maybe posted) in an earlier run: generating again would only spend credits.
+            outcomes[key] = ImageOutcome("SKIPPED", {"reason": f"post already {entry.post_state.lower()}"})
+            continue
+        if not book.claim(
+            key,
+            fingerprint,
+            owner=owner,
+            prompt=clean_text(record["prompt"]),
+            lease_s=ledger.lease_s,
+            is_stale=is_stale,
+        ):
+            outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
+            continue
+        request = GenerationRequest(**record["request"])
         try:
             image = image_generator.generate(request)
         except ServiceBlocked as exc:
             raise _stop(context, publisher, exc) from None
-        except (PromptRejected, TransientError) as exc:
+        except PromptRejected as exc:
             context.log.warning(f"{key}: generation failed: {exc}")
-            outcomes[key] = ImageOutcome("FAILED", {"reason": f"generation failed: {exc}"})
+            outcomes[key] = ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"})
+            continue
+        except TransientError as exc:
+            status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
+            context.log.warning(f"{key}: {reason}")
+            outcomes[key] = ImageOutcome(status, {"reason": reason})
             continue
         meta = {
             "width": image.width,
@@ -235,41 +331,87 @@ def _image_metadata(context: dg.AssetExecutionContext, outcomes: ByPartition) ->
     io_manager_key=IO,
     kinds={"telegram"},
     pool="telegram_api",
-    code_version="1",
+    code_version="2",
 )
 def telegram_post(
     context: dg.AssetExecutionContext,
     prompt_record: ByPartition,
     generated_image: ByPartition,
     publisher: Publisher,
+    ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
     """The post of the image to the channel, with the chat id and message id Telegram gave it."""
     context.log.info(f"publisher backend: {publisher.describe()}")
+    book, owner, is_stale = _ledger_context(context, ledger)
     posts = ByPartition()
     for key, record in _in_queue_order(prompt_record):
         image: ImageOutcome = generated_image[key]
+        if record["status"] != READY:
+            posts[key] = {"status": "SKIPPED", "reason": record.get("reason", record["status"])}
+            continue
+        fingerprint = record["fingerprint"]
+        entry = book.get(key, fingerprint)
+        if entry is not None and entry.post_state == POSTED:
+            context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
+            posts[key] = _post_from_ledger(entry)
+            continue
+        if entry is not None and entry.post_state in (POSTING, UNCERTAIN):
+            reason = (
+                "delivery uncertain: an earlier attempt was interrupted after the photo was sent, so it may be "
+                "in the channel; not posted again to avoid a duplicate. Re-queue the prompt if it is missing"
+            )
+            book.update(key, fingerprint, post_state=UNCERTAIN)
+            posts[key] = {"status": FAILED, "reason": reason}
+            continue
         if not image.ok:
-            posts[key] = {"status": "SKIPPED", "reason": image.meta.get("reason", image.status)}
+            posts[key] = {"status": image.status, "reason": image.meta.get("reason", image.status)}
+            continue
+        if not book.claim(
+            key,
+            fingerprint,
+            owner=owner,
+            prompt=clean_text(record["prompt"]),
+            lease_s=ledger.lease_s,
+            is_stale=is_stale,
+        ):
+            posts[key] = {"status": "BUSY", "reason": "another run took over this prompt"}
             continue
         assert image.png is not None
-        previous = _previous_post(context, key, image.meta.get("sha256", ""))
-        if previous is not None:
-            # This exact image was already accepted by the channel in an earlier run: never post it twice.
-            context.log.warning(
-                f"{key}: already posted as message {previous['message_id']}; not posting again"
-            )
-            posts[key] = previous
-            continue
         suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
         caption = caption_for(_row_from_record(record), suffix=suffix)
+        # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
+        book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
         try:
             receipt = publisher.publish(prompt_id=key, png=image.png, caption=caption)
-        except ServiceBlocked as exc:
-            raise _stop(context, publisher, exc) from None
-        except (PromptRejected, TransientError) as exc:
-            context.log.warning(f"{key}: posting failed: {exc}")
-            posts[key] = {"status": "FAILED", "reason": f"posting failed: {exc}"}
+        except DeliveryUncertain as exc:
+            book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
+            context.log.warning(f"{key}: {exc}")
+            posts[key] = {"status": FAILED, "reason": f"delivery uncertain: {exc}"}
             continue
+        except ServiceBlocked as exc:
+            book.update(key, fingerprint, post_state=None)
+            raise _stop(context, publisher, exc) from None
+        except PromptRejected as exc:
+            book.update(key, fingerprint, post_state=None)
+            context.log.warning(f"{key}: posting failed: {exc}")
+            posts[key] = {"status": FAILED, "reason": f"posting failed: {exc}"}
+            continue
+        except TransientError as exc:
+            book.update(key, fingerprint, post_state=None)
+            status, reason = _transient_outcome(book, ledger, key, fingerprint, "posting", exc)
+            context.log.warning(f"{key}: {reason}")
+            posts[key] = {"status": status, "reason": reason}
+            continue
+        # The one write that closes the duplicate window: Telegram's message id, recorded at once.
+        book.update(
+            key,
+            fingerprint,
+            post_state=POSTED,
+            chat_id=receipt.chat_id,
+            message_id=receipt.message_id,
+            link=receipt.link,
+            method=receipt.method,
+        )
         posts[key] = {
             "status": "POSTED",
             "image_sha256": image.meta.get("sha256", ""),
@@ -285,8 +427,8 @@ def telegram_post(
             metadata.update(
                 chat_id=post["chat_id"],
                 message_id=post["message_id"],
-                method=post["method"],
-                image_sha256=post["image_sha256"],
+                method=post.get("method", ""),
+                image_sha256=post.get("image_sha256", ""),
             )
             if post.get("link"):
                 metadata["link"] = dg.MetadataValue.url(post["link"])
@@ -297,32 +439,87 @@ def telegram_post(
     return dg.Output(posts, metadata=metadata)
 
 
-def _previous_post(context: dg.AssetExecutionContext, key: str, sha256: str) -> dict[str, Any] | None:
-    """The last recorded post of this partition if it carried the same image."""
-    result = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1
-    )
-    for record in result.records:
-        mat = record.asset_materialization
-        if mat is None:
+def _post_from_ledger(entry: Entry) -> dict[str, Any]:
+    meta = json.loads(entry.image_meta) if entry.image_meta else {}
+    return {
+        "status": "POSTED",
+        "image_sha256": meta.get("sha256", ""),
+        "chat_id": entry.chat_id,
+        "message_id": entry.message_id,
+        "method": entry.method,
+        "link": entry.link,
+        "sent_bytes": 0,
+        "note": "posted in an earlier run",
+        "image_meta": meta,
+    }
+
+
+def _entry_for(
+    key: str, record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]
+) -> DoneEntry | None:
+    """The Done row for a prompt, or None when it stays queued (RETRY, BUSY) or is not ours (GONE)."""
+    status = record["status"]
+    if (
+        status in (GONE, BUSY, LOGGED)
+        or image.status in (RETRY, "BUSY")
+        or post.get("status") in (RETRY, "BUSY")
+    ):
+        return None
+    entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
+    entry.model = record.get("request", {}).get("model", "")
+    if status == INVALID:
+        entry.status, entry.information = INVALID, record["reason"]
+    elif status == QUARANTINED:
+        entry.status, entry.information = FAILED, record["reason"]
+    elif post.get("status") == "POSTED":
+        entry.information = f"posted to chat {post['chat_id']} as message {post['message_id']}"
+        if post.get("note"):
+            entry.information += f" ({post['note']})"
+        entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
+    elif not image.ok and image.status == FAILED:
+        entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
+    else:
+        entry.status, entry.information = FAILED, post.get("reason", "posting failed")
+    meta = image.meta if image.ok else post.get("image_meta", {})
+    if meta.get("sha256"):
+        entry.model = meta.get("model", entry.model)
+        entry.seed = str(meta["seed"] if meta.get("seed") is not None else "")
+        entry.size = f"{meta['width']}x{meta['height']}"
+        entry.generation_s = str(meta.get("generation_s", ""))
+        entry.image_sha256 = meta["sha256"]
+        if meta.get("preview"):
+            entry.information += " [offline preview]"
+    entry.information = redact(entry.information)[:1000]
+    return entry
+
+
+def _orphan_posts(
+    book: Ledger, key: str, current: str | None, done: dict[tuple[str, str], str]
+) -> list[tuple[Entry, DoneEntry]]:
+    """Posts of an earlier version of the row (edited or deleted after posting) that never got a Done row."""
+    out = []
+    for e in book.entries_for(key):
+        if e.fingerprint == current or e.post_state != POSTED or e.done_state == LOGGED:
             continue
-        md = mat.metadata
-        status = md.get("status")
-        if status is None or status.value != "POSTED":
+        if (key, e.prompt) in done:
+            book.update(key, e.fingerprint, done_state=LOGGED, final_status=done[(key, e.prompt)])
             continue
-        sha = md.get("image_sha256")
-        if sha is not None and sha.value == sha256:
-            return {
-                "status": "POSTED",
-                "image_sha256": sha256,
-                "chat_id": str(md["chat_id"].value),
-                "message_id": str(md["message_id"].value),
-                "method": str(md["method"].value) if "method" in md else "",
-                "link": str(md["link"].value) if "link" in md else "",
-                "sent_bytes": 0,
-                "note": "posted in an earlier run",
-            }
-    return None
+        meta = json.loads(e.image_meta) if e.image_meta else {}
+        row = DoneEntry(
+            id=key,
+            prompt=e.prompt,
+            status=SUCCESS,
+            information=f"posted to chat {e.chat_id} as message {e.message_id} (the row was edited or deleted since)",
+            model=meta.get("model", ""),
+            message_id=e.message_id,
+            chat_id=e.chat_id,
+            seed=str(meta.get("seed", "")),
+            size=f"{meta['width']}x{meta['height']}" if meta.get("width") else "",
+            generation_s=str(meta.get("generation_s", "")),
+            image_sha256=meta.get("sha256", ""),
+        )
+        out.append((e, row))
+    return out
 
 
 @dg.asset(
@@ -331,7 +528,7 @@ def _previous_post(context: dg.AssetExecutionContext, key: str, sha256: str) -> 
     io_manager_key=IO,
     kinds={"googlesheets"},
     pool="sheets_api",
-    code_version="1",
+    code_version="2",
 )
 def done_entry(
     context: dg.AssetExecutionContext,
@@ -340,58 +537,76 @@ def done_entry(
     telegram_post: ByPartition,
     prompt_sheet: PromptSheet,
     publisher: Publisher,
+    ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
     """The audit row appended to "Done"; afterwards the prompt's row leaves "Process" (by id)."""
-    entries: dict[str, DoneEntry] = {}
+    book, owner, _ = _ledger_context(context, ledger)
     results = ByPartition()
+    to_log: list[tuple[str, str, DoneEntry]] = []  # (id, fingerprint, row)
+    to_remove: dict[str, str] = {}
+    needs_done_check = False
     for key, record in _in_queue_order(prompt_record):
-        if record["status"] == GONE:
-            results[key] = {"status": "SKIPPED", "reason": record["reason"]}
-            continue
-        image: ImageOutcome = generated_image[key]
-        post = telegram_post[key]
-        entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
-        if record["status"] == INVALID:
-            entry.status, entry.information = INVALID, record["reason"]
-        elif not image.ok:
-            entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
-            entry.model = record.get("request", {}).get("model", "")
-        elif post["status"] != "POSTED":
-            entry.status, entry.information = FAILED, post.get("reason", "posting failed")
+        fingerprint = record.get("fingerprint")
+        entry = _entry_for(key, record, generated_image[key], telegram_post[key])
+        if record["status"] == LOGGED:
+            to_remove[key] = fingerprint
+            results[key] = {"status": "LOGGED", "reason": record["reason"]}
+        elif entry is None:
+            reason = (
+                record.get("reason")
+                or generated_image[key].meta.get("reason")
+                or telegram_post[key].get("reason", "")
+            )
+            results[key] = {
+                "status": record["status"] if record["status"] in (GONE, BUSY) else RETRY,
+                "reason": reason,
+            }
         else:
-            entry.information = f"posted to chat {post['chat_id']} as message {post['message_id']}"
-            if post.get("note"):
-                entry.information += f" ({post['note']})"
-        if image.ok:
-            m = image.meta
-            entry.model = m["model"]
-            entry.seed = str(m["seed"] if m["seed"] is not None else "")
-            entry.size = f"{m['width']}x{m['height']}"
-            entry.generation_s = str(m["generation_s"])
-            entry.image_sha256 = m["sha256"]
-            if m.get("preview"):
-                entry.information += " [offline preview]"
-        if post.get("status") == "POSTED":
-            entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
-        entry.information = redact(entry.information)[:1000]
-        entries[key] = entry
-    if entries:
-        try:
-            prompt_sheet.append_done(list(entries.values()))
-            removal = prompt_sheet.remove_rows({k: prompt_record[k]["fingerprint"] for k in entries})
-        except ServiceBlocked as exc:
-            raise _stop(context, publisher, exc) from None
-        except TransientError as exc:
-            raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
-        for key, entry in entries.items():
-            results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
-            if removal.get(key) != "removed":
-                context.log.warning(
-                    f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
-                )
-            if entry.status == FAILED:
-                _notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
-    metadata: dict[str, Any] = {"partitions": len(results)}
+            to_log.append((key, fingerprint, entry))
+            to_remove[key] = fingerprint
+        if any(
+            e.post_state == POSTED and e.done_state != LOGGED and e.fingerprint != fingerprint
+            for e in book.entries_for(key)
+        ):
+            needs_done_check = True
+    try:
+        done_index = _done_index(prompt_sheet) if needs_done_check else {}
+        orphans = [
+            (key, e.fingerprint, row)
+            for key, record in prompt_record.items()
+            for e, row in (
+                _orphan_posts(book, key, record.get("fingerprint"), done_index) if needs_done_check else []
+            )
+        ]
+        rows = to_log + orphans
+        if rows:
+            for key, fingerprint, _row in rows:
+                book.update(key, fingerprint, done_state=LOGGING)
+            prompt_sheet.append_done([row for _, _, row in rows])
+            for key, fingerprint, row in rows:
+                book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
+        removal = prompt_sheet.remove_rows(to_remove) if to_remove else {}
+    except ServiceBlocked as exc:
+        raise _stop(context, publisher, exc) from None
+    except TransientError as exc:
+        raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
+    for key, fingerprint in to_remove.items():
+        if removal.get(key) == "removed":
+            book.update(key, fingerprint, queue_state=REMOVED)
+    for key, _fingerprint, entry in to_log:
+        results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
+        if entry.status == FAILED:
+            _notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
+    for key in to_remove:
+        if removal.get(key) not in (None, "removed"):
+            context.log.warning(
+                f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
+            )
+        results[key]["queue_row"] = removal.get(key, "")
+    for key, record in prompt_record.items():
+        if record.get("fingerprint"):
+            book.release(key, record["fingerprint"], owner)
+    metadata: dict[str, Any] = {"partitions": len(results), "orphan_posts_logged": len(orphans)}
     if (key := _single(context)) is not None:
         res = results[key]
         metadata.update(

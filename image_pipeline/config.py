@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from .io_managers import PartitionFileIOManager
+from .ledger import PostLedger
 from .resources.images import DEFAULT_MODEL, HuggingFaceGenerator, ImageGenerator, OfflinePreviewGenerator
 from .resources.publisher import LocalOutbox, Publisher, TelegramPublisher
 from .resources.sheets import GoogleSheet, LocalWorkbook, PromptSheet
@@ -55,17 +56,33 @@ def settings_from(env: Mapping[str, str]) -> Settings:
     )
 
 
+def _retry_fields(env: Mapping[str, str]) -> dict[str, object]:
+    """Optional overrides of every resource's retry settings (the chaos harness and impatient users)."""
+    out: dict[str, object] = {}
+    if _get(env, "IMAGE_PIPELINE_RETRY_ATTEMPTS"):
+        out["retry_attempts"] = int(_get(env, "IMAGE_PIPELINE_RETRY_ATTEMPTS"))
+    if _get(env, "IMAGE_PIPELINE_RETRY_BASE_DELAY_S"):
+        out["retry_base_delay_s"] = float(_get(env, "IMAGE_PIPELINE_RETRY_BASE_DELAY_S"))
+    return out
+
+
+def _timeout(env: Mapping[str, str]) -> float | None:
+    value = _get(env, "IMAGE_PIPELINE_HTTP_TIMEOUT_S")
+    return float(value) if value else None
+
+
 def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet:
-    common = {
+    common: dict[str, object] = {
         "process_worksheet": _get(env, "GOOGLE_PROCESS_WORKSHEET", "Process"),
         "done_worksheet": _get(env, "GOOGLE_DONE_WORKSHEET", "Done"),
+        **_retry_fields(env),
     }
     key_file = _get(env, "GOOGLE_SERVICE_ACCOUNT_FILE")
     has_json = bool(_get(env, "GOOGLE_SERVICE_ACCOUNT_JSON"))
     if not key_file and not has_json and Path(DEFAULT_KEY_FILE).is_file():
         key_file = str(Path(DEFAULT_KEY_FILE).resolve())
     if not key_file and not has_json:
-        return LocalWorkbook(folder=str(settings.workbook), **common)
+        return LocalWorkbook(folder=str(settings.workbook), **common)  # type: ignore[arg-type]
     return GoogleSheet(
         service_account_file=key_file or None,
         service_account_json=dg.EnvVar("GOOGLE_SERVICE_ACCOUNT_JSON") if has_json else None,
@@ -73,6 +90,8 @@ def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet
         spreadsheet_title=_get(env, "GOOGLE_SHEET_TITLE", "Image Prompt"),
         sheets_api_base_url=_get(env, "GOOGLE_SHEETS_API_BASE_URL") or None,
         drive_api_base_url=_get(env, "GOOGLE_DRIVE_API_BASE_URL") or None,
+        **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
+        **({"quota_retry_s": float(_get(env, "GOOGLE_QUOTA_RETRY_S"))} if _get(env, "GOOGLE_QUOTA_RETRY_S") else {}),
         **common,
     )
 
@@ -80,23 +99,28 @@ def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet
 def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
     base_url = _get(env, "HF_INFERENCE_BASE_URL")
     if not _get(env, "HF_TOKEN") and not base_url:
-        return OfflinePreviewGenerator()
+        return OfflinePreviewGenerator(**_retry_fields(env))
     return HuggingFaceGenerator(
         token=dg.EnvVar("HF_TOKEN") if _get(env, "HF_TOKEN") else None,
         model=_get(env, "HF_MODEL", DEFAULT_MODEL),
         provider=_get(env, "HF_PROVIDER", "auto"),
         base_url=base_url or None,
+        **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
+        **_retry_fields(env),
     )
 
 
 def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
     if not (_get(env, "TELEGRAM_TOKEN") and _get(env, "TELEGRAM_CHAT_ID")):
-        return LocalOutbox(folder=str(settings.outbox))
+        return LocalOutbox(folder=str(settings.outbox), **_retry_fields(env))
+    timeout = _timeout(env)
     return TelegramPublisher(
         token=dg.EnvVar("TELEGRAM_TOKEN"),
         chat_id=dg.EnvVar("TELEGRAM_CHAT_ID"),
         alert_chat_id=dg.EnvVar("TELEGRAM_ALERT_CHAT_ID") if _get(env, "TELEGRAM_ALERT_CHAT_ID") else None,
         api_base_url=_get(env, "TELEGRAM_API_BASE_URL", "https://api.telegram.org"),
+        **({"read_timeout_s": timeout, "connect_timeout_s": timeout} if timeout else {}),
+        **_retry_fields(env),
     )
 
 
@@ -108,4 +132,9 @@ def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
         "image_generator": image_generator_from(env),
         "publisher": publisher_from(env, settings),
         "pipeline_io_manager": PartitionFileIOManager(base_dir=str(settings.data / "assets")),
+        "ledger": PostLedger(
+            path=str(settings.data / "ledger.sqlite"),
+            **({"lease_s": float(_get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S"))} if _get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S") else {}),
+            **({"max_attempts": int(_get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS"))} if _get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS") else {}),
+        ),
     }

@@ -12,6 +12,7 @@ import pytest
 
 from image_pipeline.assets import ASSETS
 from image_pipeline.io_managers import PartitionFileIOManager
+from image_pipeline.ledger import PostLedger
 from image_pipeline.resources.images import OfflinePreviewGenerator
 from image_pipeline.resources.publisher import LocalOutbox
 from image_pipeline.resources.sheets import LocalWorkbook
@@ -76,6 +77,7 @@ def local_resources(tmp_path: Path, workbook_dir: Path) -> dict[str, object]:
         "image_generator": OfflinePreviewGenerator(width=256, height=256, retry_base_delay_s=0.01),
         "publisher": LocalOutbox(folder=str(tmp_path / "outbox"), retry_base_delay_s=0.01),
         "pipeline_io_manager": PartitionFileIOManager(base_dir=str(tmp_path / "assets")),
+        "ledger": PostLedger(path=str(tmp_path / "ledger.sqlite")),
     }
 
 

@@ -92,7 +92,7 @@ def test_each_partition_separately_and_rematerializing_does_not_repost(
     # the row is gone now: running the partition again writes nothing and posts nothing
     again = run_partitions(local_resources, instance, [ids[0]])
     assert again.success
-    assert again.output_for_node("done_entry")[ids[0]]["status"] == "SKIPPED"
+    assert again.output_for_node("done_entry")[ids[0]]["status"] == "GONE"
     assert len(local_resources["publisher"].posts()) == 2
     assert len(local_resources["prompt_sheet"].read_done()) == 2
 

@@ -1,0 +1,285 @@
+"""The post ledger: what happened to each prompt, written before and after every irreversible step.
+
+One row per (prompt id, fingerprint): an edited row is a new prompt. The steps are recorded in order —
+the claim, the intent to post, Telegram's message id, the intent to log, the Done row, the removal — each
+as one durable SQLite write (WAL, synchronous=FULL), so a process killed at any moment leaves a record
+that the next run reconciles instead of repeating:
+
+- message id recorded: never posted again, only logged and removed;
+- intent recorded but no message id: the post may or may not have reached the channel (the process died
+  during the HTTP call, or Telegram's answer was lost), so it is not repeated: the prompt gets a FAILED Done
+  row saying so and the operator is told. The only window in which a post can be repeated is between
+  Telegram accepting it and the one write that records its message id;
+- intent to log recorded: the Done sheet is checked for the row before appending again.
+
+Claims keep two runs from working on the same prompt. A claim is stale when its lease ran out, when its
+process is gone (same host), or when its Dagster run has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+POSTING = "POSTING"
+POSTED = "POSTED"
+UNCERTAIN = "UNCERTAIN"
+LOGGING = "LOGGING"
+LOGGED = "LOGGED"
+REMOVED = "REMOVED"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id     TEXT NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    prompt        TEXT NOT NULL DEFAULT '',
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT NOT NULL DEFAULT '',
+    post_state    TEXT,
+    chat_id       TEXT NOT NULL DEFAULT '',
+    message_id    TEXT NOT NULL DEFAULT '',
+    link          TEXT NOT NULL DEFAULT '',
+    method        TEXT NOT NULL DEFAULT '',
+    image_meta    TEXT NOT NULL DEFAULT '',
+    done_state    TEXT,
+    final_status  TEXT NOT NULL DEFAULT '',
+    queue_state   TEXT,
+    owner         TEXT NOT NULL DEFAULT '',
+    lease_until   REAL NOT NULL DEFAULT 0,
+    updated_at    REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (prompt_id, fingerprint)
+);
+"""
+
+_COLUMNS = [
+    "prompt_id",
+    "fingerprint",
+    "prompt",
+    "attempts",
+    "last_error",
+    "post_state",
+    "chat_id",
+    "message_id",
+    "link",
+    "method",
+    "image_meta",
+    "done_state",
+    "final_status",
+    "queue_state",
+    "owner",
+    "lease_until",
+    "updated_at",
+]
+
+
+@dataclass
+class Entry:
+    prompt_id: str
+    fingerprint: str
+    prompt: str = ""
+    attempts: int = 0
+    last_error: str = ""
+    post_state: str | None = None
+    chat_id: str = ""
+    message_id: str = ""
+    link: str = ""
+    method: str = ""
+    image_meta: str = ""
+    done_state: str | None = None
+    final_status: str = ""
+    queue_state: str | None = None
+    owner: str = ""
+    lease_until: float = 0.0
+    updated_at: float = 0.0
+
+
+def owner_token(run_id: str) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Ledger:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_ms = int(busy_timeout_s * 1000)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a recorded message id survives a power cut, not only a killed process
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _entry(row: tuple[Any, ...] | None) -> Entry | None:
+        return Entry(**dict(zip(_COLUMNS, row, strict=True))) if row else None
+
+    def get(self, prompt_id: str, fingerprint: str) -> Entry | None:
+        with self._connect() as db:
+            row = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? AND fingerprint=?",
+                (prompt_id, fingerprint),
+            ).fetchone()
+        return self._entry(row)
+
+    def entries_for(self, prompt_id: str) -> list[Entry]:
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? ORDER BY updated_at", (prompt_id,)
+            ).fetchall()
+        return [e for e in (self._entry(r) for r in rows) if e is not None]
+
+    def attempts(self, prompt_ids: list[str]) -> dict[str, int]:
+        if not prompt_ids:
+            return {}
+        with self._connect() as db:
+            marks = ",".join("?" * len(prompt_ids))
+            rows = db.execute(
+                f"SELECT prompt_id, MAX(attempts) FROM prompts WHERE prompt_id IN ({marks}) GROUP BY prompt_id",
+                prompt_ids,
+            ).fetchall()
+        return {pid: int(n or 0) for pid, n in rows}
+
+    def claim(
+        self,
+        prompt_id: str,
+        fingerprint: str,
+        *,
+        owner: str,
+        prompt: str,
+        lease_s: float,
+        is_stale: Callable[[str], bool],
+    ) -> bool:
+        """Take the prompt for ``owner`` unless another live owner holds it. Idempotent for the same owner."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT owner, lease_until FROM prompts WHERE prompt_id=? AND fingerprint=?", (prompt_id, fingerprint)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO prompts (prompt_id, fingerprint, prompt, owner, lease_until, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (prompt_id, fingerprint, prompt, owner, now + lease_s, now),
+                )
+                return True
+            current, lease_until = row
+            if current and current != owner and lease_until > now and not is_stale(current):
+                return False
+            db.execute(
+                "UPDATE prompts SET owner=?, lease_until=?, updated_at=? WHERE prompt_id=? AND fingerprint=?",
+                (owner, now + lease_s, now, prompt_id, fingerprint),
+            )
+            return True
+
+    def release(self, prompt_id: str, fingerprint: str, owner: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE prompts SET owner='', lease_until=0 WHERE prompt_id=? AND fingerprint=? AND owner=?",
+                (prompt_id, fingerprint, owner),
+            )
+
+    def update(self, prompt_id: str, fingerprint: str, **fields: Any) -> None:
+        """One durable write of some fields (the row must exist: it is created by ``claim``)."""
+        unknown = set(fields) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown ledger fields: {sorted(unknown)}")
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE prompts SET {assignments} WHERE prompt_id=? AND fingerprint=?",
+                (*fields.values(), prompt_id, fingerprint),
+            )
+            if cur.rowcount == 0:
+                db.execute(
+                    "INSERT INTO prompts (prompt_id, fingerprint, updated_at) VALUES (?, ?, ?)",
+                    (prompt_id, fingerprint, fields["updated_at"]),
+                )
+                db.execute(
+                    f"UPDATE prompts SET {assignments} WHERE prompt_id=? AND fingerprint=?",
+                    (*fields.values(), prompt_id, fingerprint),
+                )
+
+    def add_attempt(self, prompt_id: str, fingerprint: str, error: str) -> int:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE prompts SET attempts=attempts+1, last_error=?, updated_at=? WHERE prompt_id=? AND fingerprint=?",
+                (error[:500], time.time(), prompt_id, fingerprint),
+            )
+            row = db.execute(
+                "SELECT attempts FROM prompts WHERE prompt_id=? AND fingerprint=?", (prompt_id, fingerprint)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bool]:
+    """A claim's owner is stale when its process is gone (same host) or its run has finished."""
+    host = socket.gethostname()
+
+    def is_stale(owner: str) -> bool:
+        try:
+            owner_host, pid_text, run_id = owner.split(":", 2)
+            pid = int(pid_text)
+        except ValueError:
+            return True
+        if owner_host == host and not _process_alive(pid):
+            return True
+        if instance is not None and run_id:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                return True
+        return False
+
+    return is_stale
+
+
+class PostLedger(dg.ConfigurableResource):
+    """Durable record of each prompt's progress (SQLite), so nothing is posted twice or lost."""
+
+    path: str = Field(description="SQLite file of the ledger.")
+    lease_s: float = Field(default=900.0, description="How long a claim holds without being renewed.")
+    max_attempts: int = Field(
+        default=3, description="Runs in which a prompt may fail transiently before it is quarantined as FAILED."
+    )
+
+    def open(self) -> Ledger:
+        return Ledger(self.path)
