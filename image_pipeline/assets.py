@@ -247,7 +247,8 @@ def generated_image(
     outcomes = ByPartition()
     for key, record in _in_queue_order(prompt_record):
         if record["status"] != READY:
-            outcomes[key] = ImageOutcome("SKIPPED", {"reason": record.get("reason", record["status"])})
+            status = BUSY if record["status"] == BUSY else "SKIPPED"
+            outcomes[key] = ImageOutcome(status, {"reason": record.get("reason", record["status"])})
             continue
         fingerprint = record["fingerprint"]
         entry = book.get(key, fingerprint)
@@ -347,7 +348,8 @@ def telegram_post(
     for key, record in _in_queue_order(prompt_record):
         image: ImageOutcome = generated_image[key]
         if record["status"] != READY:
-            posts[key] = {"status": "SKIPPED", "reason": record.get("reason", record["status"])}
+            status = BUSY if record["status"] == BUSY else "SKIPPED"
+            posts[key] = {"status": status, "reason": record.get("reason", record["status"])}
             continue
         fingerprint = record["fingerprint"]
         entry = book.get(key, fingerprint)

@@ -91,7 +91,11 @@ def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet
         sheets_api_base_url=_get(env, "GOOGLE_SHEETS_API_BASE_URL") or None,
         drive_api_base_url=_get(env, "GOOGLE_DRIVE_API_BASE_URL") or None,
         **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
-        **({"quota_retry_s": float(_get(env, "GOOGLE_QUOTA_RETRY_S"))} if _get(env, "GOOGLE_QUOTA_RETRY_S") else {}),
+        **(
+            {"quota_retry_s": float(_get(env, "GOOGLE_QUOTA_RETRY_S"))}
+            if _get(env, "GOOGLE_QUOTA_RETRY_S")
+            else {}
+        ),
         **common,
     )
 
@@ -134,7 +138,15 @@ def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
         "pipeline_io_manager": PartitionFileIOManager(base_dir=str(settings.data / "assets")),
         "ledger": PostLedger(
             path=str(settings.data / "ledger.sqlite"),
-            **({"lease_s": float(_get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S"))} if _get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S") else {}),
-            **({"max_attempts": int(_get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS"))} if _get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS") else {}),
+            **(
+                {"lease_s": float(_get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S"))}
+                if _get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S")
+                else {}
+            ),
+            **(
+                {"max_attempts": int(_get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS"))}
+                if _get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS")
+                else {}
+            ),
         ),
     }

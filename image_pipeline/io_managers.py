@@ -48,14 +48,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-class PartitionFileStore:
-    """``<base>/<asset>/<partition>.json`` (+ ``.png`` for images)."""
+# Values that mean "this run did nothing for the partition" (another run holds it, the row is gone, it was
+# already done). They are kept per run, so they never overwrite what the run that did the work stored.
+NOOP_STATUSES = frozenset({"BUSY", "GONE", "SKIPPED", "LOGGED"})
 
-    def __init__(self, base_dir: str | Path) -> None:
+
+def is_noop(value: Any) -> bool:
+    if isinstance(value, ImageOutcome):
+        return not value.ok
+    return isinstance(value, dict) and value.get("status") in NOOP_STATUSES
+
+
+class PartitionFileStore:
+    """``<base>/<asset>/<partition>.json`` (+ ``.png`` for images); no-op values under ``.runs/<run id>/``."""
+
+    def __init__(self, base_dir: str | Path, run_id: str = "") -> None:
         self.base = Path(base_dir)
+        self.run_id = run_id
 
     def folder(self, asset: str) -> Path:
         return self.base / asset
+
+    def run_local_path(self, asset: str, key: str) -> Path:
+        return self.base / ".runs" / (self.run_id or "none") / asset / f"{key}.json"
 
     def png_path(self, asset: str, key: str) -> Path:
         return self.folder(asset) / f"{key}.png"
@@ -65,21 +80,19 @@ class PartitionFileStore:
 
     def write(self, asset: str, key: str, value: Any) -> None:
         if isinstance(value, ImageOutcome):
-            png = self.png_path(asset, key)
+            # never unlink: a run that did nothing for the partition must not delete another run's image
             if value.png is not None:
-                _atomic_write(png, value.png)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    png.unlink()
+                _atomic_write(self.png_path(asset, key), value.png)
             record = {"__image__": True, "status": value.status, "meta": value.meta}
         else:
             record = value
-        _atomic_write(
-            self.json_path(asset, key), json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8")
-        )
+        path = self.run_local_path(asset, key) if is_noop(value) else self.json_path(asset, key)
+        _atomic_write(path, json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
 
     def read(self, asset: str, key: str) -> Any:
-        path = self.json_path(asset, key)
+        path = self.run_local_path(asset, key)
+        if not path.exists():
+            path = self.json_path(asset, key)
         if not path.exists():
             raise FileNotFoundError(f"no stored value of {asset} for partition {key} ({path})")
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -95,8 +108,8 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
 
     base_dir: str = Field(description="Folder for asset values (images as .png, records as .json).")
 
-    def _store(self) -> PartitionFileStore:
-        return PartitionFileStore(self.base_dir)
+    def _store(self, run_id: str = "") -> PartitionFileStore:
+        return PartitionFileStore(self.base_dir, run_id)
 
     @staticmethod
     def _asset(context: dg.OutputContext | dg.InputContext) -> str:
@@ -111,7 +124,7 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         unknown = set(obj) - expected
         if unknown:
             raise ValueError(f"values for partitions outside this run: {sorted(unknown)[:5]}")
-        store = self._store()
+        store = self._store(context.run_id)
         for key, value in obj.items():
             store.write(self._asset(context), key, value)
             if isinstance(value, ImageOutcome) and value.png is not None and len(obj) == 1:
@@ -121,6 +134,6 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
-        store = self._store()
+        store = self._store(context.step_context.run_id)
         asset = self._asset(context)
         return ByPartition({key: store.read(asset, key) for key in keys})

@@ -163,7 +163,8 @@ class Ledger:
     def entries_for(self, prompt_id: str) -> list[Entry]:
         with self._connect() as db:
             rows = db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? ORDER BY updated_at", (prompt_id,)
+                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? ORDER BY updated_at",
+                (prompt_id,),
             ).fetchall()
         return [e for e in (self._entry(r) for r in rows) if e is not None]
 
@@ -192,7 +193,8 @@ class Ledger:
         now = time.time()
         with self._tx() as db:
             row = db.execute(
-                "SELECT owner, lease_until FROM prompts WHERE prompt_id=? AND fingerprint=?", (prompt_id, fingerprint)
+                "SELECT owner, lease_until FROM prompts WHERE prompt_id=? AND fingerprint=?",
+                (prompt_id, fingerprint),
             ).fetchone()
             if row is None:
                 db.execute(
@@ -278,7 +280,8 @@ class PostLedger(dg.ConfigurableResource):
     path: str = Field(description="SQLite file of the ledger.")
     lease_s: float = Field(default=900.0, description="How long a claim holds without being renewed.")
     max_attempts: int = Field(
-        default=3, description="Runs in which a prompt may fail transiently before it is quarantined as FAILED."
+        default=3,
+        description="Runs in which a prompt may fail transiently before it is quarantined as FAILED.",
     )
 
     def open(self) -> Ledger:

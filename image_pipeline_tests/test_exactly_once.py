@@ -1,0 +1,221 @@
+"""Nothing lost, nothing posted twice: the ledger, reconciliation with the sheets, claims, quarantine."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dagster as dg
+
+from image_pipeline.assets import ASSETS, generated_image, prompt_record, telegram_post
+from image_pipeline.emulators.base import GARBAGE
+from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.ledger import POSTED, POSTING, Ledger, owner_token
+from image_pipeline.models import DoneEntry
+from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.resources.sheets import LocalWorkbook
+
+from .conftest import QUIET, read_csv, run_partitions, write_csv
+
+
+def queue(workbook_dir: Path, prompts: list[str]) -> list[str]:
+    write_csv(workbook_dir / "process.csv", [["prompt"], *[[p] for p in prompts]])
+    return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]
+
+
+def ledger_of(resources) -> Ledger:
+    return resources["ledger"].open()
+
+
+def materialize(resources, instance, pid: str, selection) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        ASSETS,
+        partition_key=pid,
+        instance=instance,
+        resources=resources,
+        selection=selection,
+        run_config=QUIET,
+    )
+
+
+def test_crash_after_telegram_accepted_is_logged_not_reposted(
+    local_resources, instance, workbook_dir
+) -> None:
+    [pid] = queue(workbook_dir, ["a lighthouse"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    # the process "dies" after the post: Done and removal never ran
+    assert materialize(
+        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
+    ).success
+    assert len(local_resources["publisher"].posts()) == 1
+    # the restart re-runs everything for the partition, as a re-execution from the UI would
+    result = run_partitions(local_resources, instance, [pid])
+    assert result.success
+    assert len(local_resources["publisher"].posts()) == 1
+    [done] = local_resources["prompt_sheet"].read_done()
+    assert done["status"] == "SUCCESS" and done["message_id"] == "1"
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+
+
+def test_interrupted_post_is_never_repeated_blindly(local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["a fox"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    row = LocalWorkbook(folder=str(workbook_dir)).read_queue().rows[0]
+    book = ledger_of(local_resources)
+    # what a process killed during sendPhoto leaves behind: the intent, no message id
+    book.claim(
+        pid, row.fingerprint(), owner="elsewhere:1:gone", prompt="a fox", lease_s=0, is_stale=lambda o: True
+    )
+    book.update(pid, row.fingerprint(), post_state=POSTING)
+    result = run_partitions(local_resources, instance, [pid])
+    assert result.success
+    assert local_resources["publisher"].posts() == []
+    [done] = local_resources["prompt_sheet"].read_done()
+    assert done["status"] == "FAILED" and "delivery uncertain" in done["information"]
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+
+
+def test_prompt_already_in_done_is_only_removed(local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["an owl"])
+    # the ledger is new (another machine, a fresh CI runner) but Done already has the row
+    local_resources["prompt_sheet"].append_done(
+        [DoneEntry(id=pid, prompt="an owl", status="SUCCESS", information="")]
+    )
+    result = run_partitions(local_resources, instance, [pid])
+    assert result.success
+    assert local_resources["publisher"].posts() == []
+    assert len(local_resources["prompt_sheet"].read_done()) == 1
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+    assert result.output_for_node("done_entry")[pid]["status"] == "LOGGED"
+
+
+def test_crash_mid_done_append_does_not_duplicate_the_row(local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["a heron"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    assert materialize(
+        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
+    ).success
+    row = LocalWorkbook(folder=str(workbook_dir)).read_queue().rows[0]
+    # the append reached the sheet, then the process died before recording it
+    local_resources["prompt_sheet"].append_done(
+        [DoneEntry(id=pid, prompt="a heron", status="SUCCESS", information="x")]
+    )
+    ledger_of(local_resources).update(pid, row.fingerprint(), done_state="LOGGING")
+    assert run_partitions(local_resources, instance, [pid]).success
+    assert len(local_resources["prompt_sheet"].read_done()) == 1
+    assert len(local_resources["publisher"].posts()) == 1
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+
+
+def test_row_edited_after_posting_is_a_new_prompt_and_the_old_post_is_logged(
+    local_resources, instance, workbook_dir
+) -> None:
+    [pid] = queue(workbook_dir, ["first version"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    assert materialize(
+        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
+    ).success
+    write_csv(workbook_dir / "process.csv", [["prompt", "id"], ["second version", pid]])
+    assert run_partitions(local_resources, instance, [pid]).success
+    captions = [p["caption"].split("\n")[0] for p in local_resources["publisher"].posts()]
+    assert captions == ["first version", "second version"]
+    done = {r["prompt"]: r for r in local_resources["prompt_sheet"].read_done()}
+    assert set(done) == {"first version", "second version"}
+    assert {r["status"] for r in done.values()} == {"SUCCESS"}
+
+
+def test_two_runs_never_take_the_same_prompt(hf_emulator, local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["a slow painting"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    hf_emulator.set_latency(1.5)
+    resources = dict(local_resources)
+    resources["image_generator"] = HuggingFaceGenerator(
+        token=HF_TOKEN, base_url=f"{hf_emulator.base_url}/models/m", model="m", width=64, height=64
+    )
+    results: list[dg.ExecuteInProcessResult] = []
+
+    def run() -> None:
+        results.append(
+            dg.materialize(
+                ASSETS, partition_key=pid, instance=instance, resources=resources, run_config=QUIET
+            )
+        )
+
+    first = threading.Thread(target=run)
+    first.start()
+    import time
+
+    time.sleep(0.5)
+    run()  # the second run starts while the first one generates
+    first.join(30)
+    assert all(r.success for r in results) and len(results) == 2
+    statuses = sorted(r.output_for_node("done_entry")[pid]["status"] for r in results)
+    assert statuses == ["BUSY", "SUCCESS"]
+    assert len(local_resources["publisher"].posts()) == 1
+    assert len(hf_emulator.calls) == 1
+    assert len(local_resources["prompt_sheet"].read_done()) == 1
+
+
+def test_claims_of_dead_processes_and_finished_runs_are_taken_over(tmp_path, instance) -> None:
+    from image_pipeline.ledger import stale_owner_check
+
+    book = Ledger(tmp_path / "l.sqlite")
+    is_stale = stale_owner_check(instance)
+    dead = "{}:999999:run".format(owner_token("x").split(":")[0])
+    assert book.claim("p1", "f", owner=dead, prompt="", lease_s=600, is_stale=is_stale)
+    assert book.claim("p1", "f", owner=owner_token("other"), prompt="", lease_s=600, is_stale=is_stale)
+    live = owner_token("other")
+    assert not book.claim(
+        "p1", "f", owner=owner_token("third"), prompt="", lease_s=600, is_stale=lambda o: False
+    )
+    book.release("p1", "f", live)
+    assert book.claim("p1", "f", owner=owner_token("third"), prompt="", lease_s=600, is_stale=lambda o: False)
+
+
+def test_poison_prompt_is_quarantined_after_three_runs_and_the_queue_flows(
+    hf_emulator, local_resources, instance, workbook_dir
+) -> None:
+    ids = queue(workbook_dir, ["always broken", "a fine prompt"])
+    resources = dict(local_resources)
+    resources["image_generator"] = HuggingFaceGenerator(
+        token=HF_TOKEN,
+        base_url=f"{hf_emulator.base_url}/models/m",
+        model="m",
+        width=64,
+        height=64,
+        retry_attempts=2,
+        retry_base_delay_s=0.01,
+    )
+    for attempt in (1, 2, 3):
+        hf_emulator.fail_next(GARBAGE, GARBAGE)  # every try of this run gets non-image bytes
+        result = run_partitions(resources, instance, [ids[0]])
+        assert result.success
+        status = result.output_for_node("done_entry")[ids[0]]["status"]
+        if attempt < 3:
+            assert status == "RETRY"
+            assert [r[0] for r in read_csv(workbook_dir / "process.csv")[1:]] == [
+                "always broken",
+                "a fine prompt",
+            ]
+            assert local_resources["prompt_sheet"].read_done() == []
+    [failed] = local_resources["prompt_sheet"].read_done()
+    assert failed["status"] == "FAILED" and "quarantined" in failed["information"]
+    assert "not an image" in failed["information"]
+    assert run_partitions(resources, instance, [ids[1]]).success
+    assert [r["status"] for r in local_resources["prompt_sheet"].read_done()] == ["FAILED", "SUCCESS"]
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+
+
+def test_ledger_records_each_step(local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["a quiet harbour"])
+    row = LocalWorkbook(folder=str(workbook_dir)).read_queue().rows[0]
+    assert run_partitions(local_resources, instance, [pid]).success
+    entry = ledger_of(local_resources).get(pid, row.fingerprint())
+    assert entry is not None
+    assert (entry.post_state, entry.message_id, entry.done_state, entry.queue_state) == (
+        POSTED,
+        "1",
+        "LOGGED",
+        "REMOVED",
+    )
+    assert entry.owner == ""  # released
