@@ -69,6 +69,7 @@ class PromptRow:
     prompt: str
     prompt_id: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    cells: tuple[str, ...] = field(default=(), compare=False, repr=False)  # the raw row, to restore it
 
     def fingerprint(self) -> str:
         """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""

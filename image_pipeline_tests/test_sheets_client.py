@@ -175,3 +175,61 @@ def test_permanent_answers_are_not_retried(
     google_emulator.fail_next(fault, fault, fault, endpoints=["values.get"])
     with pytest.raises(ServiceBlocked, match=fragment):
         sheet.read_queue()
+
+
+def _once(action):
+    fired = []
+
+    def hook(request, endpoint, *rest):
+        if not fired and action(request, endpoint):
+            fired.append(endpoint)
+
+    return hook, fired
+
+
+def test_a_row_inserted_just_before_the_delete_is_not_lost(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    cat = rows["a cat"]
+
+    def person_inserts_a_row_above(request, endpoint) -> bool:
+        if endpoint != "sheets.batchUpdate":
+            return False
+        # lands between the pipeline's re-read and its position-based delete
+        google_emulator.insert_row(spreadsheet, "Process", 2, ["typed by a person"])
+        return True
+
+    google_emulator.on_request, fired = _once(person_inserts_a_row_above)
+    outcome = sheet.remove_rows({cat.prompt_id: cat.fingerprint()})
+    google_emulator.on_request = None
+    assert fired and outcome == {cat.prompt_id: REMOVED}
+    prompts = [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]]
+    assert sorted(prompts) == sorted(["typed by a person", "a fox", "a owl"])
+
+
+def test_ids_written_while_rows_shift_are_repaired(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    first = {r.prompt: r.prompt_id for r in sheet.ensure_ids().rows}
+    google_emulator.append_rows(spreadsheet, "Process", [["a new heron"]])
+
+    def person_inserts_a_row_above(request, endpoint) -> bool:
+        if endpoint != "values.batchUpdate":
+            return False
+        google_emulator.insert_row(spreadsheet, "Process", 2, ["typed by a person"])
+        return True
+
+    google_emulator.on_request, fired = _once(person_inserts_a_row_above)
+    snapshot = sheet.ensure_ids()
+    google_emulator.on_request = None
+    assert fired
+    by_prompt = {
+        r[0]: (r[2] if len(r) > 2 else "") for r in google_emulator.values(spreadsheet, "Process")[1:]
+    }
+    # the rows that had ids keep them; the new rows end with ids of their own
+    for prompt, pid in first.items():
+        assert by_prompt[prompt] == pid
+    final = {r.prompt: r.prompt_id for r in sheet.ensure_ids().rows}
+    assert len(set(final.values())) == 5 and all(final.values())
+    assert {r.prompt for r in snapshot.rows} >= {"a fox", "a cat", "a owl"}

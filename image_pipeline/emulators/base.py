@@ -4,6 +4,11 @@ It owns what every emulator needs and none should re-implement: binding to 127.0
 a thread per connection, a request log and per-endpoint counters, latency, and a fault plan that can
 answer with a status code, hang past the client's timeout, reset the connection or truncate the body.
 Service emulators only implement ``route(request) -> Response``.
+
+Two optional hooks let a harness act at exact moments of a request (the chaos harness kills the client
+there): ``on_request(request, endpoint)`` runs before latency, faults and routing; ``after_route(request,
+endpoint, response)`` runs once the emulator has applied a request (normal answers and TRUNCATE) and before
+a byte of the response is written.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import json
 import random
 import socket
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -128,12 +135,14 @@ class EmulatorServer:
         self.latency: Latency | None = None
         self.requests: list[LoggedRequest] = []
         self.counters: Counter[str] = Counter()
+        self.on_request: Callable[[Request, str], None] | None = None
+        self.after_route: Callable[[Request, str, Response], None] | None = None
         self._stopping = threading.Event()
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> EmulatorServer:
         handler = _make_handler(self)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -198,10 +207,20 @@ class EmulatorServer:
         return Response(200, b"<html>not what you asked for</html>", {"Content-Type": "text/html"})
 
     # ----------------------------------------------------------------- dispatch
+    @staticmethod
+    def _run_hook(hook: Callable[..., None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:  # a harness bug must not take the request (or the server thread) down with it
+            traceback.print_exc()
+
     def _dispatch(self, request: Request) -> tuple[Response | None, Fault | None, str]:
         endpoint = self.endpoint_of(request)
         with self._lock:
             self.counters[endpoint] += 1
+        self._run_hook(self.on_request, request, endpoint)
         lat = self.latency
         if lat is not None and (lat.endpoints is None or endpoint in lat.endpoints):
             delay = lat.sample(self._rng)
@@ -239,6 +258,14 @@ class EmulatorServer:
             )
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away mid-answer (killed, timed out) is routine here, not an emulator error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -274,6 +301,9 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             if fault == TRUNCATE:
                 response = emulator.route(request)
             assert response is not None
+            if fault is None or fault == TRUNCATE:
+                # only these two reached route(): the request took effect, the client has not heard yet
+                emulator._run_hook(emulator.after_route, request, endpoint, response)
             emulator._log(request, endpoint, response.status if fault != TRUNCATE else TRUNCATE)
             self.send_response(response.status)
             for key, value in response.headers.items():

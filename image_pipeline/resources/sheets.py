@@ -82,6 +82,8 @@ class TableBackend:
     process: str
     done: str
     notes: list[str] = field(default_factory=list)
+    # True when a read and the writes that depend on it cannot interleave with anyone else's edits
+    atomic = False
 
     def read(self, worksheet: str) -> list[list[str]]:
         raise NotImplementedError
@@ -97,6 +99,9 @@ class TableBackend:
         raise NotImplementedError
 
     def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
         raise NotImplementedError
 
     def change_token(self) -> str:
@@ -122,6 +127,10 @@ def _trim(table: list[list[str]]) -> list[list[str]]:
     return out
 
 
+def _same_row(a: PromptRow, b: PromptRow) -> bool:
+    return a.prompt_id == b.prompt_id and a.fingerprint() == b.fingerprint()
+
+
 def _col_letter(col: int) -> str:
     letters = ""
     while col > 0:
@@ -135,6 +144,8 @@ def _col_letter(col: int) -> str:
 # ---------------------------------------------------------------------------------------------------
 class WorkbookBackend(TableBackend):
     """CSV files in a folder; every change is a whole-file atomic replace under an exclusive lock."""
+
+    atomic = True
 
     def __init__(self, folder: Path, process: str, done: str) -> None:
         super().__init__(process, done)
@@ -220,6 +231,12 @@ class WorkbookBackend(TableBackend):
             table = self._read_raw(worksheet)
             drop = set(row_numbers)
             self._write_raw(worksheet, [r for i, r in enumerate(table, start=1) if i not in drop])
+
+    def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
+        with self.transaction():
+            table = self._read_raw(worksheet)
+            table.insert(row_number - 1, list(cells))
+            self._write_raw(worksheet, table)
 
     def change_token(self) -> str:
         try:
@@ -502,6 +519,32 @@ class GoogleSheetsBackend(TableBackend):
         ]
         self._call("delete rows", lambda: self.http.batch_update(self.key(), {"requests": requests_}))
 
+    def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
+        self._require(worksheet)
+        sheet_id = self.sheet_ids()[worksheet]
+        body = {
+            "requests": [
+                {
+                    "insertDimension": {
+                        "range": {
+                            "sheetId": sheet_id,
+                            "dimension": "ROWS",
+                            "startIndex": row_number - 1,
+                            "endIndex": row_number,
+                        },
+                        "inheritFromBefore": row_number > 2,
+                    }
+                }
+            ]
+        }
+        self._call("insert row", lambda: self.http.batch_update(self.key(), body))
+        if any(c != "" for c in cells):
+            data = {
+                "valueInputOption": "RAW",
+                "data": [{"range": self._a1(worksheet, f"A{row_number}"), "values": [list(cells)]}],
+            }
+            self._call("restore row", lambda: self.http.values_batch_update(self.key(), data))
+
     def change_token(self) -> str:
         import gspread.urls
 
@@ -572,7 +615,9 @@ class PromptSheet(dg.ConfigurableResource):
 
             params = {name: cell(i) for name, i in optional.items() if cell(i).strip() != ""}
             # Column A is the prompt whatever its header says, as the ancestor had it.
-            rows.append(PromptRow(number, cell(0), cell(id_col).strip(), params))
+            rows.append(
+                PromptRow(number, cell(0), cell(id_col).strip(), params, tuple(str(c) for c in cells))
+            )
         return QueueSnapshot(header, rows, id_col)
 
     def read_queue(self) -> QueueSnapshot:
@@ -580,7 +625,12 @@ class PromptSheet(dg.ConfigurableResource):
         return snapshot
 
     def ensure_ids(self) -> QueueSnapshot:
-        """Read the queue and give every row without a usable id a fresh one (a single write)."""
+        """Read the queue and give every row without a usable id a fresh one (a single write).
+
+        Cells are addressed by position, so on a sheet that people edit at the same time (Google) the
+        write is checked by a second read: an id that landed on another row is taken back, and that
+        row gets its own id back.
+        """
         with self.backend.transaction():
             snapshot = self.read_queue()
             cells: list[CellWrite] = []
@@ -592,6 +642,7 @@ class PromptSheet(dg.ConfigurableResource):
                 cells.append(CellWrite(1, id_col + 1, ID_COLUMN))
             seen: set[str] = set()
             rows: list[PromptRow] = []
+            written: dict[str, str] = {}  # new id -> fingerprint of the row it is meant for
             for row in snapshot.rows:
                 pid = row.prompt_id
                 # A copied row carries its id along: the copy is a new prompt and gets its own id.
@@ -600,13 +651,41 @@ class PromptSheet(dg.ConfigurableResource):
                     while pid in seen:
                         pid = new_prompt_id()
                     cells.append(CellWrite(row.row_number, id_col + 1, pid))
-                    row = PromptRow(row.row_number, row.prompt, pid, row.params)
+                    written[pid] = row.fingerprint()
+                    row = PromptRow(row.row_number, row.prompt, pid, row.params, row.cells)
                 seen.add(pid)
                 rows.append(row)
             snapshot.rows = rows
-            if cells:
-                self.backend.write_cells(self.process_worksheet, cells)
-            return snapshot
+            if not cells:
+                return snapshot
+            self.backend.write_cells(self.process_worksheet, cells)
+            if self.backend.atomic:
+                return snapshot
+            return self._verify_ids(snapshot, written, id_col)
+
+    def _verify_ids(self, before: QueueSnapshot, written: dict[str, str], id_col: int) -> QueueSnapshot:
+        for _ in range(3):
+            after = self.read_queue()
+            present = {r.prompt_id for r in after.rows}
+            fixes: list[CellWrite] = []
+            for row in after.rows:
+                intended = written.get(row.prompt_id)
+                if intended is None or intended == row.fingerprint():
+                    continue
+                # Our id sits on a row it was not meant for (rows shifted between read and write).
+                old_ids = {
+                    b.prompt_id
+                    for b in before.rows
+                    if b.fingerprint() == row.fingerprint() and b.prompt_id and b.prompt_id not in written
+                }
+                old_ids -= present
+                restore = old_ids.pop() if len(old_ids) == 1 else ""
+                fixes.append(CellWrite(row.row_number, id_col + 1, restore))
+                log.warning("an id landed on a row that moved meanwhile; restoring %r", restore or "(empty)")
+            if not fixes:
+                return after
+            self.backend.write_cells(self.process_worksheet, fixes)
+        return self.read_queue()
 
     def find_rows(self, ids: Sequence[str]) -> dict[str, PromptRow]:
         """Re-read the queue; the rows that currently carry these ids."""
@@ -617,27 +696,72 @@ class PromptSheet(dg.ConfigurableResource):
         """Remove rows by id after re-reading them. ``expected`` maps id -> the fingerprint we processed.
 
         A row whose content changed meanwhile is kept (CHANGED); a missing id deletes nothing (VANISHED).
+        Rows are deleted by position, so where people edit at the same time (Google) a second read checks
+        the result: a row deleted by mistake (the rows shifted in between) is put back, and the row we
+        meant is deleted again.
         """
         if not expected:
             return {}
+        outcome: dict[str, str] = {}
+        pending = dict(expected)
         with self.backend.transaction():
-            snapshot = self.read_queue()
-            outcome: dict[str, str] = {}
-            to_delete: list[int] = []
-            for pid, fingerprint in expected.items():
-                matches = [r for r in snapshot.rows if r.prompt_id == pid]
-                if not matches:
-                    outcome[pid] = VANISHED
-                    continue
-                same = [r for r in matches if r.fingerprint() == fingerprint]
-                if not same:
-                    outcome[pid] = CHANGED
-                    continue
-                to_delete.append(same[0].row_number)
-                outcome[pid] = REMOVED
-            if to_delete:
-                self.backend.delete_rows(self.process_worksheet, to_delete)
-            return outcome
+            for _ in range(3):
+                snapshot = self.read_queue()
+                targets: list[PromptRow] = []
+                for pid, fingerprint in pending.items():
+                    matches = [r for r in snapshot.rows if r.prompt_id == pid]
+                    if not matches:
+                        outcome.setdefault(pid, VANISHED)
+                        continue
+                    same = [r for r in matches if r.fingerprint() == fingerprint]
+                    if not same:
+                        outcome.setdefault(pid, CHANGED)
+                        continue
+                    targets.append(same[0])
+                    outcome[pid] = REMOVED
+                if not targets:
+                    break
+                self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
+                if self.backend.atomic:
+                    break
+                after = self.read_queue()
+                still = [t for t in targets if any(_same_row(a, t) for a in after.rows)]
+                self._restore_lost(snapshot, targets, after, len(still))
+                if not still:
+                    break
+                pending = {t.prompt_id: t.fingerprint() for t in still}
+        return outcome
+
+    def _restore_lost(
+        self, before: QueueSnapshot, targets: list[PromptRow], after: QueueSnapshot, limit: int
+    ) -> None:
+        """Put back rows that a position-based delete removed by mistake (at most one per missed target)."""
+        if limit <= 0:
+            return
+        target_rows = {t.row_number for t in targets}
+        remaining = list(after.rows)
+        lost: list[PromptRow] = []
+        for row in before.rows:
+            if row.row_number in target_rows:
+                continue
+            match = next((a for a in remaining if _same_row(a, row)), None)
+            if match is None:
+                lost.append(row)
+            else:
+                remaining.remove(match)
+        for row in lost[:limit]:
+            # where it was relative to the row above it, which is what a person sees
+            previous = [
+                b for b in before.rows if b.row_number < row.row_number and b.row_number not in target_rows
+            ]
+            position = 2
+            if previous:
+                anchor = next((a for a in self.read_queue().rows if _same_row(a, previous[-1])), None)
+                position = anchor.row_number + 1 if anchor else row.row_number
+            log.warning(
+                "a row was deleted by mistake while the sheet changed; restoring it at row %d", position
+            )
+            self.backend.insert_row(self.process_worksheet, position, list(row.cells))
 
     # -- the log ---------------------------------------------------------------------------------------
     def append_done(self, entries: Sequence[DoneEntry]) -> None:
