@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from image_pipeline.definitions import build_definitions
+from image_pipeline.ledger import PostLedger
 from image_pipeline.resources.sheets import LocalWorkbook
 from image_pipeline.schedules import build_daily_schedule
 from image_pipeline.sensors import build_prompt_sheet_sensor
@@ -22,8 +23,8 @@ def _sheet(workbook_dir: Path) -> LocalWorkbook:
 
 
 def _tick(sensor, instance, sheet, cursor):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet})
-    return sensor(ctx)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet}) as ctx:
+        return sensor(ctx)
 
 
 def test_sensor_registers_new_rows_and_skips_when_nothing_changed(instance, workbook_dir: Path) -> None:
@@ -103,12 +104,15 @@ def test_sensor_evaluate_tick_adds_partitions_like_the_daemon(workbook_dir: Path
 def test_schedule_picks_the_oldest_prompt_and_registers_it(instance, workbook_dir: Path) -> None:
     write_csv(workbook_dir / "process.csv", [["prompt"], ["oldest"], ["newer"], ["newest"]])
     schedule = build_daily_schedule(cron="0 7 * * *", timezone="UTC", per_tick=2)
-    ctx = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime(2026, 1, 2, 7, tzinfo=UTC),
-        resources={"prompt_sheet": _sheet(workbook_dir)},
-    )
-    requests = schedule(ctx)
+        resources={
+            "prompt_sheet": _sheet(workbook_dir),
+            "ledger": PostLedger(path=str(workbook_dir / "l.sqlite")),
+        },
+    ) as ctx:
+        requests = schedule(ctx)
     ids = [row[1] for row in read_csv(workbook_dir / "process.csv")[1:]]
     assert [r.partition_key for r in requests] == ids[:2]
     assert requests[0].run_key == f"2026-01-02-{ids[0]}"
@@ -119,8 +123,14 @@ def test_schedule_on_an_empty_queue_skips_and_writes_nothing(instance, workbook_
     write_csv(workbook_dir / "process.csv", [["prompt", "id"]])
     before = (workbook_dir / "process.csv").read_bytes()
     schedule = build_daily_schedule(cron="0 7 * * *", timezone="UTC", per_tick=1)
-    ctx = dg.build_schedule_context(instance=instance, resources={"prompt_sheet": _sheet(workbook_dir)})
-    result = schedule(ctx)
+    with dg.build_schedule_context(
+        instance=instance,
+        resources={
+            "prompt_sheet": _sheet(workbook_dir),
+            "ledger": PostLedger(path=str(workbook_dir / "l.sqlite")),
+        },
+    ) as ctx:
+        result = schedule(ctx)
     assert isinstance(result, dg.SkipReason) and "empty" in result.skip_message
     assert (workbook_dir / "process.csv").read_bytes() == before
     assert not (workbook_dir / "done.csv").exists()
@@ -137,3 +147,18 @@ def test_schedule_uses_configured_cron_and_timezone(tmp_path: Path) -> None:
     )
     [schedule] = [s for s in defs.schedules if s.name == "daily_prompt_schedule"]
     assert schedule.cron_schedule == "30 9 * * 1" and schedule.execution_timezone == "Europe/Berlin"
+
+
+def test_schedule_puts_prompts_that_failed_before_behind_fresh_ones(instance, workbook_dir: Path) -> None:
+    write_csv(workbook_dir / "process.csv", [["prompt"], ["keeps failing"], ["fresh"]])
+    rows = _sheet(workbook_dir).ensure_ids().rows
+    ledger = PostLedger(path=str(workbook_dir / "l.sqlite"))
+    book = ledger.open()
+    book.update(rows[0].prompt_id, rows[0].fingerprint(), prompt="keeps failing")
+    book.add_attempt(rows[0].prompt_id, rows[0].fingerprint(), "HTTP 503")
+    schedule = build_daily_schedule(cron="0 7 * * *", timezone="UTC", per_tick=1)
+    with dg.build_schedule_context(
+        instance=instance, resources={"prompt_sheet": _sheet(workbook_dir), "ledger": ledger}
+    ) as ctx:
+        [request] = schedule(ctx)
+    assert request.partition_key == rows[1].prompt_id
