@@ -11,7 +11,6 @@ import secrets
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 # Done statuses, as the README documents them.
 SUCCESS = "SUCCESS"
@@ -193,9 +192,3 @@ class DoneEntry:
         key = DONE_ALIASES.get(key, key)
         data = self.as_dict()
         return data.get(key)
-
-
-def to_jsonable(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return value
