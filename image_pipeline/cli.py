@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -47,12 +48,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from .definitions import build_definitions
+
+    defs = build_definitions()
+    # Resolved copies: fields bound with EnvVar (tokens, chat id, key JSON) only have values once built.
+    with dg.build_resources({k: v for k, v in defs.resources.items() if k != "pipeline_io_manager"}) as built:
+        resources = {
+            "prompt_sheet": built.prompt_sheet,
+            "image_generator": built.image_generator,
+            "publisher": built.publisher,
+            "pipeline_io_manager": defs.resources["pipeline_io_manager"],
+        }
+        return _run(args, defs, resources)
+
+
+def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
+    import dagster as dg
+
     from .errors import PipelineError
     from .partitions import prompt_partitions
     from .resources.sheets import LocalWorkbook
 
-    defs = build_definitions()
-    resources = defs.resources
     sheet = resources["prompt_sheet"]
     if isinstance(sheet, LocalWorkbook) and _seed_workbook(Path(sheet.folder)):
         print(f"copied the sample queue into {sheet.folder}/process.csv")

@@ -60,3 +60,27 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "image_pipeline" in result.stdout + result.stderr
+
+
+def test_run_on_the_real_backends_against_the_sandbox(tmp_path: Path) -> None:
+    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.sandbox import Sandbox
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    with Sandbox(tmp_path / "sandbox", seed_rows=[["prompt"], ["a lighthouse"], ["a fox"]]) as sandbox:
+        env = {**_env(tmp_path), **sandbox.env()}
+        result = subprocess.run(
+            [sys.executable, "-m", "image_pipeline.cli", "run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "Telegram Bot API" in result.stdout and "Google Sheets" in result.stdout
+        assert "done: SUCCESS 2" in result.stdout
+        assert len(sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID)) == 2
+        assert sandbox.google.values(sandbox.spreadsheet_id, "Process")[1:] == []
+        for secret in (env["TELEGRAM_TOKEN"], env["HF_TOKEN"]):
+            assert secret not in result.stdout + result.stderr
