@@ -61,12 +61,11 @@ QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILE
 RETRY = "RETRY"
 
 
-def _stop(context: dg.AssetExecutionContext, publisher: Publisher | None, exc: ServiceBlocked) -> dg.Failure:
+def _stop(context: dg.AssetExecutionContext, publisher: Publisher, exc: ServiceBlocked) -> dg.Failure:
     """A service refuses us: tell the operator once, stop the run, leave the queue as it is."""
     message = redact(str(exc))
     context.log.error(message)
-    if publisher is not None:
-        publisher.notify(f"image-pipeline stopped: {message}")
+    _notify(publisher, f"image-pipeline stopped: {message}")
     return dg.Failure(description=message, metadata={"service": exc.service, "status": str(exc.status or "")})
 
 
@@ -124,6 +123,7 @@ def prompt_record(
     context: dg.AssetExecutionContext,
     prompt_sheet: PromptSheet,
     image_generator: ImageGenerator,
+    publisher: Publisher,
     ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
     """The queued prompt as the sheet holds it now, validated and claimed for this run."""
@@ -135,7 +135,7 @@ def prompt_record(
         # Reconcile with the sheets on every start: a prompt already in Done is only removed.
         done = _done_index(prompt_sheet)
     except ServiceBlocked as exc:
-        raise _stop(context, None, exc) from None
+        raise _stop(context, publisher, exc) from None
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
     records = ByPartition()

@@ -67,6 +67,9 @@ class ImageGenerator(dg.ConfigurableResource):
     def _provider(self) -> str:
         raise NotImplementedError
 
+    def _served_model(self, request: GenerationRequest) -> str:
+        return request.model
+
     def _pick_seed(self, request: GenerationRequest) -> int | None:
         # A seed we choose is still recorded, so every image can be regenerated.
         return request.seed if request.seed is not None else random.SystemRandom().randrange(0, 2**31)
@@ -87,7 +90,7 @@ class ImageGenerator(dg.ConfigurableResource):
             png=encode_png(image),
             width=image.width,
             height=image.height,
-            model=request.model,
+            model=self._served_model(request),
             provider=self._provider(),
             seed=seed,
             seconds=round(seconds, 3),
@@ -111,6 +114,10 @@ class HuggingFaceGenerator(ImageGenerator):
 
     def _provider(self) -> str:
         return "endpoint" if self.base_url else self.provider
+
+    def _served_model(self, request: GenerationRequest) -> str:
+        # An endpoint URL serves one model whatever a row asks for: record what made the image.
+        return self.model if self.base_url else request.model
 
     def _client(self) -> Any:
         from huggingface_hub import InferenceClient
