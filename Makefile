@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run dev test lint clean home sandbox dev-sandbox
+.PHONY: setup run dev test lint clean home sandbox dev-sandbox chaos
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -36,6 +36,10 @@ sandbox: setup
 dev-sandbox: setup
 	@test -f data/sandbox/sandbox.env || { echo "start 'make sandbox' in another terminal first"; exit 1; }
 	set -a; . data/sandbox/sandbox.env; set +a; $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+
+# Exactly-once under faults, kills and a concurrent editor (see README): make chaos ARGS="--prompts 100"
+chaos: setup
+	$(BIN)/python -m image_pipeline.chaos $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

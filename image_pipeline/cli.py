@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,9 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         _print_locations(resources)
         return 0
     instance = dg.DagsterInstance.get()
+    reaped = reap_dead_runs(instance)
+    if reaped:
+        print(f"marked {reaped} run(s) of a killed earlier `run` as failed and freed their pool slots")
     known = set(instance.get_dynamic_partitions(prompt_partitions.name))
     new = [pid for pid in ids if pid not in known]
     if new:
@@ -100,7 +104,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
             partition_key=pid,
             instance=instance,
             raise_on_error=False,
-            tags={"trigger": "make run"},
+            tags={"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
             # the progress lines below are the console output; the full log stays in the instance
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
@@ -127,6 +131,38 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     print("done: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     _print_locations(resources)
     return exit_code
+
+
+HOST_TAG = "image_pipeline/host"
+PID_TAG = "image_pipeline/pid"
+
+
+def reap_dead_runs(instance: Any) -> int:
+    """Fail the unfinished runs of an earlier ``run`` whose process is gone, and free their pool slots.
+
+    ``run`` executes in process, without the daemon whose run monitoring would do this: a killed process
+    leaves its run STARTED holding a sheets_api/hf_api/telegram_api slot, and every later run would wait
+    for that slot forever.
+    """
+    import dagster as dg
+
+    from .ledger import process_alive
+
+    host = socket.gethostname()
+    unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    reaped = 0
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: host})):
+        try:
+            pid = int(run.tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        instance.report_run_failed(run, message=f"the `image-pipeline run` process {pid} is gone")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped += 1
+    return reaped
 
 
 def _failure_text(event: object) -> str:

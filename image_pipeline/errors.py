@@ -37,9 +37,16 @@ class TransientError(PipelineError):
         service: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message, service=service, status=status)
         self.retry_after = retry_after
+        # The request went out and its answer was lost: a write may have been applied.
+        self.ambiguous = ambiguous
+
+
+class WriteOutcomeUnknown(PipelineError):
+    """A write that is not safe to repeat lost its answer; the caller re-reads to find out."""
 
 
 class PromptRejected(PipelineError):

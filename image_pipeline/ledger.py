@@ -107,7 +107,7 @@ def owner_token(run_id: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -263,7 +263,7 @@ def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bo
             pid = int(pid_text)
         except ValueError:
             return True
-        if owner_host == host and not _process_alive(pid):
+        if owner_host == host and not process_alive(pid):
             return True
         if instance is not None and run_id:
             run = instance.get_run_by_id(run_id)

@@ -84,3 +84,38 @@ def test_run_on_the_real_backends_against_the_sandbox(tmp_path: Path) -> None:
         assert sandbox.google.values(sandbox.spreadsheet_id, "Process")[1:] == []
         for secret in (env["TELEGRAM_TOKEN"], env["HF_TOKEN"]):
             assert secret not in result.stdout + result.stderr
+
+
+def test_a_killed_run_does_not_wedge_the_next_one(tmp_path: Path) -> None:
+    import signal
+
+    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.sandbox import Sandbox
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    with Sandbox(tmp_path / "sandbox", seed_rows=[["prompt"], ["a lighthouse"], ["a fox"]]) as sandbox:
+        env = {**_env(tmp_path), **sandbox.env()}
+        cmd = [sys.executable, "-m", "image_pipeline.cli", "run"]
+        worker = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL
+        )
+        killed: list[int] = []
+
+        def kill_mid_generation(request, endpoint) -> None:
+            if not killed:
+                killed.append(worker.pid)
+                os.killpg(worker.pid, signal.SIGKILL)  # inside the hf_api pool slot
+
+        sandbox.hf.on_request = kill_mid_generation
+        try:
+            worker.wait(120)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        sandbox.hf.on_request = None
+        assert killed and worker.returncode == -signal.SIGKILL
+        again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "marked 1 run(s) of a killed earlier" in again.stdout
+        assert "done: SUCCESS 2" in again.stdout
+        assert len(sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID)) == 2

@@ -233,3 +233,33 @@ def test_ids_written_while_rows_shift_are_repaired(google_emulator, spreadsheet:
     final = {r.prompt: r.prompt_id for r in sheet.ensure_ids().rows}
     assert len(set(final.values())) == 5 and all(final.values())
     assert {r.prompt for r in snapshot.rows} >= {"a fox", "a cat", "a owl"}
+
+
+def test_a_delete_whose_answer_is_lost_is_not_repeated_by_position(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    fox = rows["a fox"]
+    google_emulator.fail_next("truncate", endpoints=["sheets.batchUpdate"])
+    outcome = sheet.remove_rows({fox.prompt_id: fox.fingerprint()})
+    assert outcome == {fox.prompt_id: REMOVED}
+    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a cat", "a owl"]
+    assert google_emulator.count("sheets.batchUpdate") == 1
+
+
+def test_an_append_whose_answer_is_lost_is_not_duplicated(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+
+    def done_ids() -> list[str]:
+        table = google_emulator.values(spreadsheet, "Done")
+        return [dict(zip(table[0], r, strict=False)).get("id", "") for r in table[1:]]
+
+    google_emulator.fail_next("truncate", endpoints=["values.append"])  # applied, answer lost
+    sheet.append_done([DoneEntry(id="p1", prompt="x", status="SUCCESS", information="")])
+    assert done_ids() == ["p1"]
+    google_emulator.fail_next("reset", endpoints=["values.append"])  # not applied
+    sheet.append_done([DoneEntry(id="p2", prompt="y", status="SUCCESS", information="")])
+    assert done_ids() == ["p1", "p2"]

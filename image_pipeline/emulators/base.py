@@ -322,10 +322,3 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
     return Handler
-
-
-def json_error(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response.json(payload, status, headers)
-
-
-Router = Callable[[Request], Response]

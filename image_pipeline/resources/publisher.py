@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr
 from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
+from ..transport import never_reached_server
 
 log = logging.getLogger("image_pipeline.publisher")
 
@@ -175,7 +176,7 @@ class TelegramPublisher(Publisher):
                     service="telegram",
                 ) from None
             except requests.RequestException as exc:
-                if retry_read_timeout or _never_reached_server(exc):
+                if retry_read_timeout or never_reached_server(exc):
                     raise TransientError(
                         f"Telegram {method}: connection failed ({type(exc).__name__})", service="telegram"
                     ) from None
@@ -301,21 +302,6 @@ class TelegramPublisher(Publisher):
             log.warning("could not send the failure notice: %s", exc)
             return False
         return True
-
-
-def _never_reached_server(exc: requests.RequestException) -> bool:
-    """True when the connection itself failed (refused, DNS, connect timeout): nothing was sent."""
-    import urllib3.exceptions
-
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.ConnectionError):
-        reason = exc.args[0] if exc.args else None
-        inner = getattr(reason, "reason", None)
-        return isinstance(reason, urllib3.exceptions.NewConnectionError) or isinstance(
-            inner, urllib3.exceptions.NewConnectionError
-        )
-    return False
 
 
 class TelegramBadRequest(PipelineError):

@@ -28,7 +28,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ..errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError
+from ..errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError, WriteOutcomeUnknown
 from ..models import (
     DONE_ALIASES,
     DONE_COLUMNS,
@@ -42,6 +42,7 @@ from ..models import (
 )
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
+from ..transport import never_reached_server
 
 log = logging.getLogger("image_pipeline.sheets")
 
@@ -125,6 +126,18 @@ def _trim(table: list[list[str]]) -> list[list[str]]:
     while out and not out[-1]:
         out.pop()
     return out
+
+
+def _with_usable_ids(snapshot: QueueSnapshot) -> QueueSnapshot:
+    """Only rows that carry a valid id of their own (the others get one on the next pass)."""
+    seen: set[str] = set()
+    rows = []
+    for row in snapshot.rows:
+        if row.prompt_id and is_valid_id(row.prompt_id) and row.prompt_id not in seen:
+            seen.add(row.prompt_id)
+            rows.append(row)
+    snapshot.rows = rows
+    return snapshot
 
 
 def _same_row(a: PromptRow, b: PromptRow) -> bool:
@@ -336,13 +349,19 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
         )
     if isinstance(exc, requests.exceptions.JSONDecodeError | ValueError | KeyError):
         return TransientError(
-            f"Google Sheets {what}: malformed response ({type(exc).__name__})", service="sheets"
+            f"Google Sheets {what}: malformed response ({type(exc).__name__})",
+            service="sheets",
+            ambiguous=True,
         )
     if isinstance(exc, requests.Timeout):
-        return TransientError(f"Google Sheets {what}: timed out", service="sheets")
+        return TransientError(
+            f"Google Sheets {what}: timed out", service="sheets", ambiguous=not never_reached_server(exc)
+        )
     if isinstance(exc, requests.RequestException):
         return TransientError(
-            f"Google Sheets {what}: connection failed ({type(exc).__name__})", service="sheets"
+            f"Google Sheets {what}: connection failed ({type(exc).__name__})",
+            service="sheets",
+            ambiguous=not never_reached_server(exc),
         )
     if isinstance(exc, ValueError | KeyError):
         return TransientError(
@@ -396,7 +415,10 @@ class GoogleSheetsBackend(TableBackend):
         self._sheet_ids: dict[str, int] | None = None
 
     # every API call goes through here: typed errors, retries with the service's hint
-    def _call(self, what: str, fn: Any) -> Any:
+    def _call(self, what: str, fn: Any, *, repeatable: bool = True) -> Any:
+        """One API call with retries. ``repeatable=False`` for writes addressed by position or that add
+        rows: when their answer is lost they are not repeated (WriteOutcomeUnknown), the caller re-reads."""
+
         def attempt() -> Any:
             try:
                 return fn()
@@ -404,6 +426,10 @@ class GoogleSheetsBackend(TableBackend):
                 raise
             except Exception as exc:
                 error = _google_error(exc, what)
+                if isinstance(error, TransientError) and error.ambiguous and not repeatable:
+                    raise WriteOutcomeUnknown(
+                        f"{error}; the write may have been applied", service="sheets"
+                    ) from None
                 if isinstance(error, TransientError) and error.status == 429 and error.retry_after is None:
                     # Sheets quotas refill per minute and the 429 carries no Retry-After: short
                     # exponential steps would all land inside the same exhausted minute.
@@ -490,7 +516,7 @@ class GoogleSheetsBackend(TableBackend):
                 for c in cells
             ],
         }
-        self._call("write cells", lambda: self.http.values_batch_update(self.key(), body))
+        self._call("write cells", lambda: self.http.values_batch_update(self.key(), body), repeatable=False)
 
     def append(self, worksheet: str, rows: Sequence[Sequence[str]]) -> None:
         if not rows:
@@ -501,6 +527,7 @@ class GoogleSheetsBackend(TableBackend):
         self._call(
             "append rows",
             lambda: self.http.values_append(self.key(), self._a1(worksheet, "A1"), params, body),
+            repeatable=False,
         )
 
     def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
@@ -517,7 +544,11 @@ class GoogleSheetsBackend(TableBackend):
             }
             for n in sorted(set(row_numbers), reverse=True)
         ]
-        self._call("delete rows", lambda: self.http.batch_update(self.key(), {"requests": requests_}))
+        self._call(
+            "delete rows",
+            lambda: self.http.batch_update(self.key(), {"requests": requests_}),
+            repeatable=False,
+        )
 
     def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
         self._require(worksheet)
@@ -537,13 +568,15 @@ class GoogleSheetsBackend(TableBackend):
                 }
             ]
         }
-        self._call("insert row", lambda: self.http.batch_update(self.key(), body))
+        self._call("insert row", lambda: self.http.batch_update(self.key(), body), repeatable=False)
         if any(c != "" for c in cells):
             data = {
                 "valueInputOption": "RAW",
                 "data": [{"range": self._a1(worksheet, f"A{row_number}"), "values": [list(cells)]}],
             }
-            self._call("restore row", lambda: self.http.values_batch_update(self.key(), data))
+            self._call(
+                "restore row", lambda: self.http.values_batch_update(self.key(), data), repeatable=False
+            )
 
     def change_token(self) -> str:
         import gspread.urls
@@ -658,10 +691,11 @@ class PromptSheet(dg.ConfigurableResource):
             snapshot.rows = rows
             if not cells:
                 return snapshot
-            self.backend.write_cells(self.process_worksheet, cells)
+            with contextlib.suppress(WriteOutcomeUnknown):  # the check below reads what actually landed
+                self.backend.write_cells(self.process_worksheet, cells)
             if self.backend.atomic:
                 return snapshot
-            return self._verify_ids(snapshot, written, id_col)
+            return _with_usable_ids(self._verify_ids(snapshot, written, id_col))
 
     def _verify_ids(self, before: QueueSnapshot, written: dict[str, str], id_col: int) -> QueueSnapshot:
         for _ in range(3):
@@ -684,7 +718,10 @@ class PromptSheet(dg.ConfigurableResource):
                 log.warning("an id landed on a row that moved meanwhile; restoring %r", restore or "(empty)")
             if not fixes:
                 return after
-            self.backend.write_cells(self.process_worksheet, fixes)
+            try:
+                self.backend.write_cells(self.process_worksheet, fixes)
+            except WriteOutcomeUnknown:
+                continue  # read again
         return self.read_queue()
 
     def find_rows(self, ids: Sequence[str]) -> dict[str, PromptRow]:
@@ -721,7 +758,10 @@ class PromptSheet(dg.ConfigurableResource):
                     outcome[pid] = REMOVED
                 if not targets:
                     break
-                self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
+                # A delete whose answer was lost is never repeated as is: by now the same positions may
+                # hold other rows. The read below tells what happened; the loop deletes again by id.
+                with contextlib.suppress(WriteOutcomeUnknown):
+                    self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
                 if self.backend.atomic:
                     break
                 after = self.read_queue()
@@ -781,12 +821,26 @@ class PromptSheet(dg.ConfigurableResource):
                         names.append(col)
                         header_cells.append(CellWrite(1, len(names), col))
             if header_cells:
-                self.backend.write_cells(self.done_worksheet, header_cells)
-            rows = []
-            for e in entries:
-                values = e.as_dict()
-                rows.append([values.get(n, "") for n in names])
-            self.backend.append(self.done_worksheet, rows)
+                with contextlib.suppress(WriteOutcomeUnknown):  # same cells, same values: safe to leave
+                    self.backend.write_cells(self.done_worksheet, header_cells)
+            pending = list(entries)
+            for _ in range(3):
+                rows = []
+                for e in pending:
+                    values = e.as_dict()
+                    rows.append([values.get(n, "") for n in names])
+                try:
+                    self.backend.append(self.done_worksheet, rows)
+                    return
+                except WriteOutcomeUnknown:
+                    # The rows may be there already: append only the ones that are not.
+                    logged = {(r.get("id", ""), r.get("prompt", "")) for r in self.read_done()}
+                    pending = [e for e in pending if (e.id, e.prompt) not in logged]
+                    if not pending:
+                        return
+            raise TransientError(
+                "Google Sheets append rows: the answer was lost three times", service="sheets"
+            )
 
     def read_done(self) -> list[dict[str, str]]:
         table = self.backend.read(self.done_worksheet)

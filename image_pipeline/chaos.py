@@ -1,0 +1,860 @@
+"""Chaos harness: the real worker against faulty emulators, SIGKILLs at the worst moments and a person editing.
+
+``python -m image_pipeline.chaos [--prompts N] [--fault-rate F] [--kills K] [--writer/--no-writer]
+[--json PATH] [--seed S] [--timeout-s T]``
+
+The pipeline runs exactly as in production (``image-pipeline run`` in a subprocess, real gspread,
+InferenceClient and requests) against the sandbox's loopback emulators, which fail a fraction of all
+requests. A supervisor restarts the worker whenever it exits, the way the next sensor tick or a
+re-execution would, and kills it (SIGKILL, from inside the emulators) right where a crash hurts most:
+during generation, just after Telegram accepted a photo, while the Done row is being appended and while the
+queue row is being removed. Meanwhile a second thread plays the person curating the sheet.
+
+Every prompt carries a marker (``#T00042``), so the verdict is computed from what the emulators hold at the
+end - the channel's captions, the Done worksheet, the Process worksheet - and never from the pipeline's own
+records:
+
+- ``posted_twice``: the same text posted more than once (a prompt the person rewrote may be posted once per
+  text: that is ``reposted_after_edit``, not a double post);
+- ``lost``: not withdrawn, not posted, no FAILED/INVALID Done row, no longer queued;
+- ``wrongly_deleted``: not withdrawn, no longer queued, neither a Done row nor a post (a subset of lost);
+- ``token_hits``: the bot token's secret, the HF token or a line of the service-account key in a worker log,
+  the Done sheet, the data folder (ledger, asset files), the Dagster home's databases or a Telegram message.
+
+Exit code 0 when posted_twice, lost, wrongly_deleted and token_hits are all 0. With ``--workdir`` the run's
+files stay, with ``verdict.json``: the story of every prompt behind a non-zero figure, the kills, and every
+row deletion of the pipeline (which rows it hit, and whether the answer reached the worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import unquote
+
+from image_pipeline.emulators.base import (
+    GARBAGE,
+    RESET,
+    TIMEOUT,
+    TRUNCATE,
+    Fault,
+    FaultPlan,
+    Request,
+    Response,
+)
+from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+from image_pipeline.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESULT_KEYS = (
+    "queued",
+    "posted_once",
+    "posted_twice",
+    "lost",
+    "wrongly_deleted",
+    "quarantined",
+    "faults",
+    "kills",
+    "token_hits",
+)
+KILL_KINDS = ("mid-generation", "after-telegram-accepted", "mid-done-append", "mid-removal")
+MARKER_RE = re.compile(r"#T\d{5}\b")
+# Prompts with this word are refused by the emulated content filter, so the FAILED path is exercised too.
+REJECTED_WORD = "forbiddenfruit"
+REJECT_EVERY = 20
+# Small images: a 1024 px PNG costs the worker and the emulators CPU on every hop, and size has no bearing on
+# what is being tested. The optional width/height columns of the queue carry it.
+IMAGE_SIDE = "256"
+PROCESS_HEADER = ["prompt", "width", "height"]
+
+_WORDS = (  # noqa: SIM905 - a sentence of words reads better than a column of them
+    "lighthouse storm harbor fox meadow neon city glacier desert caravan violin robot garden nebula "
+    "lantern forest whale cathedral origami dragon tea ceremony subway mural orchard comet monastery"
+).split()
+
+# Pipeline variables of the calling shell that would point a worker away from the sandbox or change its
+# behaviour; the sandbox env and the knobs below replace them.
+_INHERITED_PIPELINE_VARS = (
+    "GOOGLE_SERVICE_ACCOUNT_JSON",
+    "GOOGLE_SHEET_TITLE",
+    "GOOGLE_PROCESS_WORKSHEET",
+    "GOOGLE_DONE_WORKSHEET",
+    "HF_PROVIDER",
+    "HF_HUB_OFFLINE",
+    "IMAGE_PIPELINE_WORKBOOK",
+    "IMAGE_PIPELINE_OUTBOX",
+    "IMAGE_PIPELINE_INSTANT",
+    "IMAGE_PIPELINE_PROMPTS_PER_TICK",
+)
+# Fast failure so a few hundred prompts with a fifth of all requests failing finish in minutes.
+WORKER_KNOBS = {
+    "IMAGE_PIPELINE_HTTP_TIMEOUT_S": "1",
+    "IMAGE_PIPELINE_RETRY_ATTEMPTS": "4",
+    "IMAGE_PIPELINE_RETRY_BASE_DELAY_S": "0.05",
+    "GOOGLE_QUOTA_RETRY_S": "0.2",
+}
+EMULATOR_TIMEOUT_HOLD_S = 2.0  # longer than the worker's 1 s timeout, short enough not to pile up threads
+STALL_S = 90.0  # a worker that makes no request at all for this long is hung, not slow
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+@dataclass
+class CountingFaultPlan(FaultPlan):
+    """A FaultPlan that remembers what it injected: the emulators' own logs miss faults on hung requests."""
+
+    injected: Counter[str] = field(default_factory=Counter)
+    # the fault drawn for the request the calling server thread is handling (one request per thread)
+    last: dict[int, Fault | None] = field(default_factory=dict)
+
+    def draw(self, endpoint: str) -> Fault | None:
+        fault = super().draw(endpoint)
+        with self._lock:
+            self.last[threading.get_ident()] = fault
+            if fault is not None:
+                self.injected[str(fault)] += 1
+        return fault
+
+
+# ------------------------------------------------------------------------------------------------ truth
+
+
+class Truth:
+    """What the person did to the queue, kept by the harness: the only record the verdict trusts besides
+    the emulators themselves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.texts: dict[str, str] = {}  # marker -> latest text the person gave it
+        self.inserted: set[str] = set()
+        self.edited: set[str] = set()
+        self.withdrawn: set[str] = set()
+        self.moved: set[str] = set()
+        # marker -> the pipeline's applied row deletions that hit its row (rows as seen just before)
+        self.pipeline_deleted: dict[str, list[dict[str, Any]]] = {}
+        self.deletions: list[dict[str, Any]] = []  # every row deletion of the pipeline, in order
+        self._next = 1
+
+    def new_prompt(self, rng: random.Random) -> str:
+        with self.lock:
+            number = self._next
+            self._next += 1
+        marker = f"#T{number:05d}"
+        words = rng.sample(_WORDS, 3)
+        if number % REJECT_EVERY == 0:
+            words[1] = REJECTED_WORD
+        text = f"chaos prompt {marker} " + " ".join(words)
+        with self.lock:
+            self.texts[marker] = text
+        return text
+
+
+def marker_of(text: str) -> str | None:
+    found = MARKER_RE.search(text or "")
+    return found.group(0) if found else None
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+class Supervisor:
+    """Runs one worker at a time and knows which one is current, so a kill never hits the wrong process."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], log_dir: Path, command: list[str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.command = command
+        self.log_dir = log_dir
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.generation = 0
+        self.exit_codes: Counter[int] = Counter()
+        self._log: TextIO | None = None
+
+    def start(self) -> int:
+        with self.lock:
+            self.generation += 1
+            log_path = self.log_dir / f"worker-{self.generation:03d}.log"
+            self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in reap()
+            self.proc = subprocess.Popen(
+                self.command,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killpg reaches it and nothing else
+            )
+            return self.generation
+
+    def alive(self) -> bool:
+        with self.lock:
+            return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, generation: int | None = None) -> bool:
+        """SIGKILL the current worker (only if it is still ``generation``); True when a signal was sent."""
+        with self.lock:
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                return False
+            if generation is not None and generation != self.generation:
+                return False
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return False
+            return True
+
+    def reap(self) -> int:
+        with self.lock:
+            assert self.proc is not None
+            code = self.proc.wait()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self.exit_codes[code] += 1
+            return code
+
+
+@dataclass
+class KillPoint:
+    kind: str
+    after_done_rows: int  # armed once this many Done rows were appended: spreads the kills over the run
+
+
+@dataclass
+class Kill:
+    kind: str
+    generation: int
+    at_s: float
+
+
+class Killer:
+    """Fires the planned kills, in order, from inside the emulators' request threads."""
+
+    def __init__(self, plan: list[KillPoint], supervisor: Supervisor, rng: random.Random, t0: float) -> None:
+        self.plan = plan
+        self.supervisor = supervisor
+        self.rng = rng
+        self.t0 = t0
+        self.lock = threading.Lock()
+        self.done_rows = 0
+        self.kills: list[Kill] = []
+        self.last_request = time.monotonic()
+        self._next = 0
+        self._pending = False  # a delayed kill is scheduled; the next one waits for it
+        self._last_generation = 0  # one kill per worker, so every worker gets to make progress first
+        self._timers: list[threading.Timer] = []
+        self.active = True
+
+    # -- emulator hooks ----------------------------------------------------------------------------------
+    def hf_request(self, request: Request, endpoint: str) -> None:
+        self.last_request = time.monotonic()
+        self._event("mid-generation")
+
+    def any_request(self, request: Request, endpoint: str) -> None:
+        self.last_request = time.monotonic()
+
+    def google_request(self, request: Request, endpoint: str) -> None:
+        self.last_request = time.monotonic()
+
+    def google_routed(self, request: Request, endpoint: str, response: Response) -> None:
+        if response.status != 200:
+            return
+        if endpoint == "values.append" and appended_worksheet(request.path) == DONE_WORKSHEET:
+            with self.lock:
+                self.done_rows += 1
+            self._event("mid-done-append")
+        elif endpoint == "sheets.batchUpdate" and b"deleteDimension" in request.body:
+            # a process killed after sending is the same as this: the row is gone, the worker never heard
+            self._event("mid-removal")
+
+    def telegram_routed(self, request: Request, endpoint: str, response: Response) -> None:
+        if endpoint in ("sendphoto", "senddocument") and response.status == 200:
+            # a little later, so the worker has read the answer and may have recorded the post
+            self._event("after-telegram-accepted", delay=self.rng.uniform(0.02, 0.2))
+
+    # -- firing ----------------------------------------------------------------------------------------
+    def _event(self, kind: str, delay: float = 0.0) -> None:
+        with self.lock:
+            if not self.active or self._pending or self._next >= len(self.plan):
+                return
+            point = self.plan[self._next]
+            if point.kind != kind:
+                return
+            if self.done_rows < point.after_done_rows:
+                return
+            generation = self.supervisor.generation
+            if generation == self._last_generation:
+                return
+            if delay <= 0:
+                self._fire(point, generation)
+                return
+            self._pending = True
+        timer = threading.Timer(delay, self._delayed, args=(point, generation))
+        timer.daemon = True
+        with self.lock:
+            self._timers.append(timer)
+        timer.start()
+
+    def _delayed(self, point: KillPoint, generation: int) -> None:
+        with self.lock:
+            self._pending = False
+            if self.active and self._next < len(self.plan) and self.plan[self._next] is point:
+                self._fire(point, generation)
+
+    def _fire(self, point: KillPoint, generation: int) -> None:
+        # called with self.lock held; a worker that already exited keeps the point armed for the next one
+        if self.supervisor.kill(generation):
+            self._next += 1
+            self._last_generation = generation
+            self.kills.append(Kill(point.kind, generation, round(time.monotonic() - self.t0, 2)))
+
+    def stop(self) -> None:
+        with self.lock:
+            self.active = False
+            timers = list(self._timers)
+        for timer in timers:
+            timer.cancel()
+
+
+def appended_worksheet(path: str) -> str:
+    """The worksheet a ``.../values/<range>:append`` path writes to (quotes removed)."""
+    _, _, tail = unquote(path).partition("/values/")
+    name = tail.rsplit("!", 1)[0] if "!" in tail else tail.split(":", 1)[0]
+    if name.startswith("'") and name.endswith("'"):
+        name = name[1:-1].replace("''", "'")
+    return name
+
+
+class Witness:
+    """Notes which prompts the pipeline's own row deletions hit, so a wrongly deleted prompt has a culprit."""
+
+    def __init__(
+        self, sandbox: Sandbox, truth: Truth, supervisor: Supervisor, plan: CountingFaultPlan, t0: float
+    ) -> None:
+        self.sandbox = sandbox
+        self.truth = truth
+        self.supervisor = supervisor
+        self.plan = plan
+        self.t0 = t0
+        # server thread -> (arrival, the rows (marker, id, number) its deleteDimension is about to remove)
+        self._aimed: dict[int, tuple[float, list[dict[str, str]]]] = {}
+
+    def google_request(self, request: Request, endpoint: str) -> None:
+        if endpoint != "sheets.batchUpdate" or b"deleteDimension" not in request.body:
+            return
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return
+        google, sid = self.sandbox.google, self.sandbox.spreadsheet_id
+        process_id = 0  # the first worksheet of a sandbox spreadsheet ("Process") has sheetId 0
+        with google._state:  # the lock the request takes when it is applied a moment later
+            rows = google.values(sid, PROCESS_WORKSHEET)
+        header = [h.strip().lower() for h in rows[0]] if rows else []
+        id_col = header.index("id") if "id" in header else None
+        hit: list[dict[str, str]] = []
+        for item in body.get("requests", []):
+            span = item.get("deleteDimension", {}).get("range", {})
+            if span.get("sheetId", 0) != process_id or span.get("dimension") != "ROWS":
+                continue
+            for index in range(int(span.get("startIndex", 0)), int(span.get("endIndex", 0))):
+                row = rows[index] if index < len(rows) else []
+                if marker := marker_of(row[0] if row else ""):
+                    row_id = row[id_col] if id_col is not None and id_col < len(row) else ""
+                    hit.append({"marker": marker, "id": row_id, "row": str(index + 1)})
+        self._aimed[threading.get_ident()] = (time.monotonic(), hit)
+
+    def google_routed(self, request: Request, endpoint: str, response: Response) -> None:
+        aimed = self._aimed.pop(threading.get_ident(), None)
+        if aimed is None or response.status != 200:
+            return
+        arrived, hit = aimed
+        # the deletion took effect; "truncate" means the worker never learnt that it did
+        fault = self.plan.last.get(threading.get_ident())
+        event = {
+            "worker": self.supervisor.generation,
+            "at_s": round(arrived - self.t0, 2),
+            # applied later than the worker's HTTP timeout: it gave up and may have sent the request again
+            "applied_after_s": round(time.monotonic() - arrived, 2),
+            "fault": str(fault) if fault else "",
+            "rows": hit,
+        }
+        with self.truth.lock:
+            self.truth.deletions.append(event)
+            for row in hit:
+                self.truth.pipeline_deleted.setdefault(row["marker"], []).append(event)
+
+
+def _chain(*hooks: Any) -> Any:
+    def run(*args: Any) -> None:
+        for hook in hooks:
+            hook(*args)
+
+    return run
+
+
+def plan_kills(kills: int, prompts: int) -> list[KillPoint]:
+    # Done rows grow with progress; withdrawals and retries make the final count uncertain, so the last
+    # kill is armed well before the expected end.
+    expected = max(1, int(prompts * 0.8))
+    return [KillPoint(KILL_KINDS[i % len(KILL_KINDS)], i * expected // max(1, kills)) for i in range(kills)]
+
+
+# ------------------------------------------------------------------------------------------------ person
+
+
+class PersonWriter(threading.Thread):
+    """Someone curating "Process" while the pipeline works: adds, rewrites, reorders and withdraws prompts."""
+
+    def __init__(self, sandbox: Sandbox, truth: Truth, rng: random.Random) -> None:
+        super().__init__(name="chaos-person", daemon=True)
+        self.sandbox = sandbox
+        self.truth = truth
+        self.rng = rng
+        self.stop_event = threading.Event()
+        self.ops: Counter[str] = Counter()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.rng.uniform(0.2, 0.5)):
+            op = self.rng.choice(("insert", "edit", "move", "delete"))
+            with self._one_ui_action():
+                if self._apply(op):
+                    self.ops[op] += 1
+
+    @contextmanager
+    def _one_ui_action(self) -> Iterator[None]:
+        # A person's edit in the Sheets UI is atomic; the emulator locks each person-edit call on its own,
+        # so read-then-edit is held under its state lock, or the pipeline could shift the rows in between
+        # and the harness would withdraw the wrong prompt.
+        with self.sandbox.google._state:
+            yield
+
+    def _apply(self, op: str) -> bool:
+        google, sid = self.sandbox.google, self.sandbox.spreadsheet_id
+        rows = google.values(sid, PROCESS_WORKSHEET)
+        data = [n for n in range(2, len(rows) + 1) if any(cell != "" for cell in rows[n - 1])]
+        if op == "insert" or not data:
+            text = self.truth.new_prompt(self.rng)
+            marker = marker_of(text)
+            position = self.rng.randint(2, len(rows) + 1)
+            google.insert_row(sid, PROCESS_WORKSHEET, position, [text, IMAGE_SIDE, IMAGE_SIDE], raw=True)
+            with self.truth.lock:
+                self.truth.inserted.add(marker or "")
+            return True
+        number = self.rng.choice(data)
+        cells = rows[number - 1]
+        marker = marker_of(cells[0] if cells else "")
+        if marker is None:
+            return False
+        if op == "edit":
+            # the marker stays, so the prompt stays traceable; processing either text is correct
+            text = f"chaos prompt {marker} edited " + " ".join(self.rng.sample(_WORDS, 3))
+            google.update_cell(sid, PROCESS_WORKSHEET, number, 1, text, raw=True)
+            with self.truth.lock:
+                self.truth.edited.add(marker)
+                self.truth.texts[marker] = text
+            return True
+        if op == "move":
+            google.delete_row(sid, PROCESS_WORKSHEET, number)
+            remaining = len(rows) - 1
+            google.insert_row(sid, PROCESS_WORKSHEET, self.rng.randint(2, remaining + 1), cells, raw=True)
+            with self.truth.lock:
+                self.truth.moved.add(marker)
+            return True
+        google.delete_row(sid, PROCESS_WORKSHEET, number)
+        with self.truth.lock:
+            self.truth.withdrawn.add(marker)
+        return True
+
+
+# ------------------------------------------------------------------------------------------------ verdict
+
+
+def _pem_fragment(key_file: Path) -> str:
+    """One full base64 line of the private key: distinctive, and intact in any JSON or log dump of it."""
+    pem = json.loads(key_file.read_text(encoding="utf-8"))["private_key"]
+    body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    return body[1] if len(body) > 1 else body[0]
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    if folder.exists():
+        yield from (p for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def scan_secrets(secrets: list[str], sources: dict[str, list[bytes]]) -> dict[str, int]:
+    needles = [s.encode("utf-8") for s in secrets if s]
+    return {name: sum(blob.count(n) for blob in blobs for n in needles) for name, blobs in sources.items()}
+
+
+def _data_rows(rows: list[list[str]]) -> list[list[str]]:
+    return [row for row in rows[1:] if any(cell != "" for cell in row)]
+
+
+def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, Any]]:
+    """The figures, and for every prompt behind a non-zero failure figure what the emulators hold of it."""
+    google, sid = sandbox.google, sandbox.spreadsheet_id
+    process = _data_rows(google.values(sid, PROCESS_WORKSHEET))
+    in_process = {m for row in process if (m := marker_of(row[0] if row else ""))}
+
+    done = google.values(sid, DONE_WORKSHEET)
+    header = [h.strip().lower() for h in done[0]] if done else []
+    prompt_col = header.index("prompt") if "prompt" in header else 1
+    status_col = header.index("status") if "status" in header else 2
+    done_statuses: dict[str, set[str]] = {}
+    done_rows: dict[str, list[list[str]]] = {}
+    for row in _data_rows(done):
+        marker = marker_of(row[prompt_col] if prompt_col < len(row) else "")
+        if marker:
+            status = row[status_col] if status_col < len(row) else ""
+            done_statuses.setdefault(marker, set()).add(status.strip().upper())
+            done_rows.setdefault(marker, []).append(row)
+
+    posts: Counter[str] = Counter()
+    captions: dict[str, Counter[str]] = {}
+    for message in sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID):
+        text = message.get("caption") or message.get("visible_text") or message.get("text") or ""
+        marker = marker_of(text)
+        if marker:
+            posts[marker] += 1
+            captions.setdefault(marker, Counter())[text] += 1
+
+    with truth.lock:
+        queued = set(truth.texts)
+        withdrawn = set(truth.withdrawn)
+        edited = set(truth.edited)
+        moved = set(truth.moved)
+        deleted_by = {m: list(g) for m, g in truth.pipeline_deleted.items()}
+        texts = dict(truth.texts)
+    failed = {m for m, s in done_statuses.items() if "FAILED" in s}
+    invalid = {m for m, s in done_statuses.items() if "INVALID" in s}
+    kept = queued - withdrawn
+    lost = {m for m in kept if not posts[m] and m not in failed | invalid and m not in in_process}
+    wrongly_deleted = {m for m in kept if m not in in_process and m not in done_statuses and not posts[m]}
+    # A person's rewrite is a new prompt, so its text may be posted besides the old one; the same text
+    # twice, or two texts of a prompt nobody edited, is a double post.
+    twice = {m for m in queued if posts[m] >= 2 and (max(captions[m].values()) >= 2 or m not in edited)}
+    reposted_after_edit = {m for m in queued if posts[m] >= 2 and m not in twice}
+
+    def story(marker: str) -> dict[str, Any]:
+        return {
+            "marker": marker,
+            "text": texts.get(marker, ""),
+            "edited": marker in edited,
+            "moved": marker in moved,
+            "withdrawn": marker in withdrawn,
+            "inserted": marker in truth.inserted,
+            "posts": dict(captions.get(marker, {})),
+            "done_rows": done_rows.get(marker, []),
+            "in_process": marker in in_process,
+            "deleted_by_pipeline": deleted_by.get(marker, []),
+        }
+
+    details = {
+        "posted_twice": [story(m) for m in sorted(twice)],
+        "lost": [story(m) for m in sorted(lost)],
+        "wrongly_deleted": [story(m) for m in sorted(wrongly_deleted)],
+        "reposted_after_edit": [story(m) for m in sorted(reposted_after_edit)],
+        "process_at_end": process,
+    }
+    figures = {
+        "queued": len(queued),
+        "posted_once": sum(1 for m in queued if posts[m] == 1),
+        "posted_twice": len(twice),
+        "lost": len(lost),
+        "wrongly_deleted": len(wrongly_deleted),
+        "quarantined": len(failed & queued),
+        "invalid": len(invalid & queued),
+        "withdrawn": len(withdrawn),
+        "edited": len(edited),
+        "inserted": len(truth.inserted),
+        "remaining": len(in_process & kept),
+        "reposted_after_edit": len(reposted_after_edit),
+        "success_without_post": sum(
+            1 for m in kept if "SUCCESS" in done_statuses.get(m, set()) and not posts[m]
+        ),
+        "posts_total": sum(posts.values()),
+        "done_rows": len(_data_rows(done)),
+    }
+    return figures, details
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+WORKER_COMMAND = [sys.executable, "-m", "image_pipeline.cli", "run"]
+
+
+def _worker_env(sandbox: Sandbox, root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _INHERITED_PIPELINE_VARS}
+    env.update(sandbox.env())
+    env.update(WORKER_KNOBS)
+    env.update(
+        DAGSTER_HOME=str(root / "home"),
+        IMAGE_PIPELINE_DATA=str(root / "data"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HOME=str(root / "hf"),
+        PYTHONUNBUFFERED="1",  # a SIGKILLed worker's log still shows how far it got
+    )
+    return env
+
+
+def _configure(sandbox: Sandbox, fault_rate: float, seed: int) -> list[CountingFaultPlan]:
+    google, hf, telegram = sandbox.google, sandbox.hf, sandbox.telegram
+    # Quotas and flood control are their own tests; here they would only turn into long waits.
+    google.read_quota_per_minute = google.write_quota_per_minute = None
+    google.project_read_quota_per_minute = google.project_write_quota_per_minute = None
+    telegram.per_chat_per_minute = None
+    telegram.global_per_second = None
+    hf.loading_estimated_time = 0.5  # what an injected 503 asks the client to wait
+    hf.rejected_prompts = {REJECTED_WORD}
+    common: list[Fault] = [500, 503, 429, TIMEOUT, RESET, TRUNCATE]
+    plans = []
+    for n, emulator in enumerate((google, hf, telegram)):
+        choices = [*common, GARBAGE] if emulator is hf else list(common)
+        plan = CountingFaultPlan(probability=fault_rate, choices=choices, seed=seed * 31 + n)
+        emulator.set_faults(plan)
+        emulator.timeout_hold_s = EMULATOR_TIMEOUT_HOLD_S
+        plans.append(plan)
+    return plans
+
+
+def _queue_signature(sandbox: Sandbox) -> tuple[Any, ...]:
+    google, sid = sandbox.google, sandbox.spreadsheet_id
+    process = _data_rows(google.values(sid, PROCESS_WORKSHEET))
+    done = _data_rows(google.values(sid, DONE_WORKSHEET))
+    posts = len(sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID))
+    return (tuple(tuple(r) for r in process), len(done), posts)
+
+
+def _queue_left(sandbox: Sandbox) -> int:
+    return len(_data_rows(sandbox.google.values(sandbox.spreadsheet_id, PROCESS_WORKSHEET)))
+
+
+def run_chaos(
+    prompts: int,
+    fault_rate: float,
+    kills: int,
+    writer: bool,
+    seed: int,
+    timeout_s: float,
+    workdir: Path | None = None,
+) -> dict[str, int | float]:
+    """One chaos run; the figures of the verdict (RESULT_KEYS first) plus diagnostics.
+
+    A killed worker's run is left STARTED holding its pool slot; the next ``image-pipeline run`` fails
+    that run and frees the slot itself, so the harness does nothing a user would not.
+    """
+    t0 = time.monotonic()
+    rng = random.Random(seed)
+    own_dir = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="image-pipeline-chaos-")) if workdir is None else Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    home, logs = root / "home", root / "logs"
+    for folder in (home, logs, root / "data", root / "hf"):
+        folder.mkdir(parents=True, exist_ok=True)
+    if (PROJECT_ROOT / "dagster.yaml").is_file():
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+
+    truth = Truth()
+    seed_rows = [PROCESS_HEADER] + [[truth.new_prompt(rng), IMAGE_SIDE, IMAGE_SIDE] for _ in range(prompts)]
+    sandbox = Sandbox(root / "sandbox", seed_rows=seed_rows)
+    plans = _configure(sandbox, fault_rate, seed)  # the sandbox's setup uses no HTTP: faults cannot hit it
+    sandbox.start()
+    try:
+        supervisor = Supervisor(root, _worker_env(sandbox, root), logs, WORKER_COMMAND)
+        killer = Killer(plan_kills(kills, prompts), supervisor, random.Random(seed + 1), t0)
+        witness = Witness(sandbox, truth, supervisor, plans[0], t0)
+        sandbox.hf.on_request = killer.hf_request
+        sandbox.google.on_request = _chain(witness.google_request, killer.google_request)
+        sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
+        sandbox.telegram.on_request = killer.any_request
+        sandbox.telegram.after_route = killer.telegram_routed
+
+        person = PersonWriter(sandbox, truth, random.Random(seed + 2)) if writer else None
+        if person is not None:
+            person.start()
+        writer_until = t0 + timeout_s * 0.5
+        writer_floor = max(3, prompts // 10)
+        writer_budget = max(10, prompts)  # about N/4 each of inserts, rewrites, moves and withdrawals
+
+        def stop_person() -> None:
+            if person is not None and person.is_alive():
+                person.stop_event.set()
+                person.join()
+
+        deadline = t0 + timeout_s
+        timed_out = False
+        stalls = 0
+        unchanged_clean = unchanged_failed = 0
+        while True:
+            before = _queue_signature(sandbox)
+            supervisor.start()
+            killer.last_request = time.monotonic()
+            while supervisor.alive():
+                time.sleep(0.1)
+                now = time.monotonic()
+                if (
+                    person is not None
+                    and person.is_alive()
+                    and (
+                        now >= writer_until
+                        or sum(person.ops.values()) >= writer_budget
+                        or _queue_left(sandbox) <= writer_floor
+                    )
+                ):
+                    stop_person()  # the final drain: the pipeline must be able to finish
+                if now >= deadline:
+                    timed_out = True
+                    supervisor.kill()
+                elif now - killer.last_request > STALL_S:
+                    stalls += 1
+                    supervisor.kill()
+            code = supervisor.reap()
+            if timed_out:
+                break
+            if person is not None and person.is_alive() and _queue_left(sandbox) <= writer_floor:
+                stop_person()
+            if _queue_left(sandbox) == 0 and (person is None or not person.is_alive()):
+                break
+            if _queue_signature(sandbox) == before:
+                # no row, Done entry or post changed during a whole worker's life
+                if code == 0:
+                    unchanged_clean += 1
+                else:
+                    unchanged_failed += 1
+                if unchanged_clean >= 2 or unchanged_failed >= 5:
+                    break
+            else:
+                unchanged_clean = unchanged_failed = 0
+        stop_person()
+        killer.stop()
+
+        result: dict[str, int | float] = {}
+        figures, details = verdict(sandbox, truth)
+        details["kills"] = [vars(k) for k in killer.kills]
+        details["pipeline_deletions"] = truth.deletions
+        (root / "verdict.json").write_text(
+            json.dumps(details, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+        secrets = [
+            # the part after "<bot id>:" is the credential, and a leak of it alone is as bad as the whole
+            sandbox.telegram.token.split(":", 1)[-1],
+            sandbox.hf.token,
+            _pem_fragment(sandbox.key_file),
+        ]
+        sources = {
+            "worker_logs": [p.read_bytes() for p in _files(logs)],
+            "done_sheet": [
+                json.dumps(sandbox.google.values(sandbox.spreadsheet_id, DONE_WORKSHEET)).encode()
+            ],
+            "data_dir": [p.read_bytes() for p in _files(root / "data")],
+            "dagster_home": [p.read_bytes() for p in _files(home)],
+            "telegram_messages": [
+                json.dumps(
+                    [[m.get("caption"), m.get("text")] for m in sandbox.telegram.messages], ensure_ascii=False
+                ).encode()
+            ],
+        }
+        token_hits = scan_secrets(secrets, sources)
+        faults = Counter[str]()
+        for plan in plans:
+            faults.update(plan.injected)
+        kill_kinds = Counter(k.kind for k in killer.kills)
+
+        result.update({key: figures[key] for key in RESULT_KEYS if key in figures})
+        result["faults"] = sum(faults.values())
+        result["kills"] = len(killer.kills)
+        result["token_hits"] = sum(token_hits.values())
+        for key, value in figures.items():
+            result.setdefault(key, value)
+        result["not_drained"] = figures["remaining"]
+        result["timed_out"] = int(timed_out)
+        result["stalled_workers"] = stalls
+        result["kills_planned"] = kills
+        for kind in KILL_KINDS:
+            result["kills_" + kind.replace("-", "_")] = kill_kinds[kind]
+        for fault, count in sorted(faults.items()):
+            result["faults_" + fault] = count
+        for name, count in token_hits.items():
+            result["token_hits_" + name] = count
+        result["workers"] = supervisor.generation
+        result["workers_exit_0"] = supervisor.exit_codes[0]
+        result["person_edits"] = sum(person.ops.values()) if person is not None else 0
+        result["wall_s"] = round(time.monotonic() - t0, 1)
+        return result
+    finally:
+        sandbox.stop()
+        if own_dir and not os.environ.get("CHAOS_KEEP"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def passed(result: dict[str, int | float]) -> bool:
+    return all(result[k] == 0 for k in ("posted_twice", "lost", "wrongly_deleted", "token_hits"))
+
+
+def format_table(result: dict[str, int | float]) -> str:
+    width = max(len(k) for k in result)
+    lines = [f"{'name':<{width}}  value", f"{'-' * width}  -----"]
+    ordered = [*RESULT_KEYS, *(k for k in result if k not in RESULT_KEYS)]
+    lines += [f"{k:<{width}}  {result[k]}" for k in ordered]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m image_pipeline.chaos",
+        description="Run the real worker against faulty emulators with SIGKILLs and a concurrent editor.",
+    )
+    parser.add_argument("--prompts", type=int, default=500, help="prompts queued at the start")
+    parser.add_argument("--fault-rate", type=float, default=0.2, help="share of requests that fail")
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs of the worker, spread over the run")
+    parser.add_argument(
+        "--writer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a second thread edits the queue while the pipeline runs",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as one JSON object")
+    parser.add_argument("--seed", type=int, default=1, help="seed of prompts, faults, kills and edits")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="give up (not drained) after this")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the run's files here")
+    args = parser.parse_args(argv)
+    result = run_chaos(
+        prompts=args.prompts,
+        fault_rate=args.fault_rate,
+        kills=args.kills,
+        writer=args.writer,
+        seed=args.seed,
+        timeout_s=args.timeout_s,
+        workdir=args.workdir,
+    )
+    print(format_table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    ok = passed(result)
+    print("PASS" if ok else "FAIL: posted_twice, lost, wrongly_deleted and token_hits must all be 0")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
