@@ -124,6 +124,8 @@ def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
         alert_chat_id=dg.EnvVar("TELEGRAM_ALERT_CHAT_ID") if _get(env, "TELEGRAM_ALERT_CHAT_ID") else None,
         api_base_url=_get(env, "TELEGRAM_API_BASE_URL", "https://api.telegram.org"),
         **({"read_timeout_s": timeout, "connect_timeout_s": timeout} if timeout else {}),
+        posts_per_minute=float(_get(env, "TELEGRAM_POSTS_PER_MINUTE", "20")),
+        pacing_state_path=str(settings.data / "telegram_pacing.json"),
         **_retry_fields(env),
     )
 

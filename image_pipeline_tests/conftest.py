@@ -46,6 +46,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
     for name in PIPELINE_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # Real pacing (20 posts a minute) is tested on its own; elsewhere it would only make tests wait.
+    monkeypatch.setenv("TELEGRAM_POSTS_PER_MINUTE", "0")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
 
 

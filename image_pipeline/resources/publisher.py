@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import Field, PrivateAttr
 
 from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from ..pacing import ChatPacer
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 from ..transport import never_reached_server
@@ -123,8 +124,16 @@ class TelegramPublisher(Publisher):
     api_base_url: str = Field(default="https://api.telegram.org", description="Bot API server.")
     connect_timeout_s: float = Field(default=10.0, description="TCP connect timeout.")
     read_timeout_s: float = Field(default=60.0, description="Time to wait for Telegram's answer.")
+    posts_per_minute: float = Field(
+        default=20.0,
+        description="Posts into the chat per minute, evenly spaced (Telegram allows ~20); 0: off.",
+    )
+    pacing_state_path: str | None = Field(
+        default=None, description="File that keeps the spacing across runs and processes; unset: per process."
+    )
 
     _session: requests.Session | None = PrivateAttr(default=None)
+    _pacer: ChatPacer | None = PrivateAttr(default=None)
 
     def describe(self) -> str:
         base = self.api_base_url.rstrip("/")
@@ -253,9 +262,16 @@ class TelegramPublisher(Publisher):
             )
         raise TelegramBadRequest(f"Telegram {method}: {description}", service="telegram", status=code)
 
+    def pacer(self) -> ChatPacer:
+        if self._pacer is None:
+            self._pacer = ChatPacer(self.posts_per_minute, self.pacing_state_path)
+        return self._pacer
+
     def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
         upload = prepare_upload(png, prompt_id)
         data = {"chat_id": self.chat_id, "caption": caption}
+        # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot.
+        self.pacer().wait_turn(str(self.chat_id))
         try:
             result = self.call(upload.method, data, upload)
         except TelegramBadRequest as exc:

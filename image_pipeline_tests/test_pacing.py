@@ -1,0 +1,87 @@
+"""Posts are spaced so that Telegram's per-chat cap never answers 429."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, TelegramEmulator
+from image_pipeline.pacing import ChatPacer
+from image_pipeline.resources.publisher import TelegramPublisher
+
+
+def test_pacer_spaces_posts_evenly_with_a_fake_clock() -> None:
+    now = [1000.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    pacer = ChatPacer(20, clock=lambda: now[0], sleep=sleep)
+    waits = [pacer.wait_turn("c") for _ in range(4)]
+    assert waits == [0.0, 3.0, 3.0, 3.0]
+    assert pacer.wait_turn("other chat") == 0.0
+    now[0] += 10
+    assert pacer.wait_turn("c") == 0.0
+    assert ChatPacer(0).wait_turn("c") == 0.0
+
+
+def test_spacing_holds_across_processes_through_the_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "pacing.json"
+    first, second = ChatPacer(600, state), ChatPacer(600, state)  # 0.1 s apart
+    started = time.monotonic()
+    stamps = []
+    for pacer in (first, second, first, second):
+        pacer.wait_turn("c")
+        stamps.append(time.monotonic() - started)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert min(gaps) >= 0.09
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "navy").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _post_many(emulator: TelegramEmulator, per_minute: float, count: int) -> None:
+    pub = TelegramPublisher(
+        token=DEFAULT_TOKEN,
+        chat_id=str(DEFAULT_CHANNEL_ID),
+        api_base_url=emulator.base_url,
+        posts_per_minute=per_minute,
+        retry_attempts=1,
+    )
+    threads = [
+        threading.Thread(target=lambda i=i: _safe_publish(pub, f"p{i}"), daemon=True) for i in range(count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+
+def _safe_publish(pub: TelegramPublisher, pid: str) -> None:
+    from image_pipeline.errors import TransientError
+
+    with contextlib.suppress(TransientError):  # a 429 after the single attempt: counted by the emulator
+        pub.publish(prompt_id=pid, png=png(), caption=pid)
+
+
+def test_paced_posts_meet_no_429_where_unpaced_ones_do() -> None:
+    # the real cap scaled down: 4 posts per 2 s into one chat is 120 a minute
+    with TelegramEmulator(per_chat_per_minute=4) as emulator:
+        emulator.rate_window_s = 2.0
+        _post_many(emulator, per_minute=0, count=8)
+        assert emulator.count_429 > 0
+    with TelegramEmulator(per_chat_per_minute=4) as emulator:
+        emulator.rate_window_s = 2.0
+        _post_many(emulator, per_minute=110, count=8)
+        assert emulator.count_429 == 0
+        assert len(emulator.messages_for(DEFAULT_CHANNEL_ID)) == 8
