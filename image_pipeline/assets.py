@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import time
 from typing import Any
 
 import dagster as dg
@@ -409,6 +410,7 @@ def telegram_post(
             key,
             fingerprint,
             post_state=POSTED,
+            posted_at=time.time(),
             chat_id=receipt.chat_id,
             message_id=receipt.message_id,
             link=receipt.link,

@@ -29,6 +29,7 @@ row deletion of the pipeline (which rows it hit, and whether the answer reached 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -405,6 +406,33 @@ class Witness:
                 self.truth.pipeline_deleted.setdefault(row["marker"], []).append(event)
 
 
+def duplicate_window(ledger_path: Path, accepted: dict[str, float]) -> dict[str, float]:
+    """How long each post stayed exposed to a repeat: from Telegram accepting it (seen by the emulator) to
+    the ledger recording its message id (the pipeline's ``posted_at``). A kill inside that gap is the only
+    way a prompt could be posted twice."""
+    import sqlite3
+
+    if not ledger_path.exists() or not accepted:
+        return {"window_ms_p50": -1.0, "window_ms_max": -1.0, "window_samples": 0}
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT prompt, posted_at FROM prompts WHERE posted_at > 0").fetchall()
+    finally:
+        db.close()
+    gaps = sorted(
+        (posted_at - accepted[m]) * 1000
+        for prompt, posted_at in rows
+        if (m := marker_of(prompt)) in accepted and posted_at >= accepted[m]
+    )
+    if not gaps:
+        return {"window_ms_p50": -1.0, "window_ms_max": -1.0, "window_samples": 0}
+    return {
+        "window_ms_p50": round(gaps[len(gaps) // 2], 2),
+        "window_ms_max": round(gaps[-1], 2),
+        "window_samples": len(gaps),
+    }
+
+
 def _chain(*hooks: Any) -> Any:
     def run(*args: Any) -> None:
         for hook in hooks:
@@ -689,7 +717,16 @@ def run_chaos(
         sandbox.google.on_request = _chain(witness.google_request, killer.google_request)
         sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
         sandbox.telegram.on_request = killer.any_request
-        sandbox.telegram.after_route = killer.telegram_routed
+        accepted: dict[str, float] = {}  # marker -> when the emulated Telegram accepted its post
+
+        def note_accepted(request: Any, endpoint: str, response: Any) -> None:
+            if endpoint in ("sendphoto", "senddocument") and response.status == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    marker = marker_of(json.loads(response.body)["result"].get("caption", ""))
+                    if marker:
+                        accepted.setdefault(marker, time.time())
+
+        sandbox.telegram.after_route = _chain(note_accepted, killer.telegram_routed)
 
         person = PersonWriter(sandbox, truth, random.Random(seed + 2)) if writer else None
         if person is not None:
@@ -783,6 +820,7 @@ def run_chaos(
         kill_kinds = Counter(k.kind for k in killer.kills)
 
         result.update({key: figures[key] for key in RESULT_KEYS if key in figures})
+        result.update(duplicate_window(root / "data" / "ledger.sqlite", accepted))
         result["faults"] = sum(faults.values())
         result["kills"] = len(killer.kills)
         result["token_hits"] = sum(token_hits.values())

@@ -99,28 +99,38 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     counts: dict[str, int] = {}
     started = time.monotonic()
     exit_code = 0
-    for n, pid in enumerate(ids, start=1):
+    n = 0
+    order = instance.get_dynamic_partitions(prompt_partitions.name)
+    for batch in batches(ids, order, max(1, args.batch_size)):
+        # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
+        tags = {"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        if len(batch) == 1:
+            range_args: dict[str, Any] = {"partition_key": batch[0]}
+        else:
+            tags.update({RANGE_START: batch[0], RANGE_END: batch[-1]})
+            range_args = {}
         result = job.execute_in_process(
-            partition_key=pid,
             instance=instance,
             raise_on_error=False,
-            tags={"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+            tags=tags,
             # the progress lines below are the console output; the full log stays in the instance
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            **range_args,
         )
-        status = "RUN FAILED"
-        detail = ""
-        if result.success:
-            done = result.output_for_node("done_entry").get(pid, {})
-            status = done.get("status", "?")
-            detail = done.get("information") or done.get("reason", "")
-        else:
-            failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
-            detail = _failure_text(failure)
-        counts[status] = counts.get(status, 0) + 1
-        elapsed = time.monotonic() - started
-        eta = elapsed / n * (len(ids) - n)
-        print(f"[{n}/{len(ids)}] {pid}: {status} {detail[:160]}  (ETA {eta:.0f}s)")
+        done = result.output_for_node("done_entry") if result.success else {}
+        failure = ""
+        if not result.success:
+            event = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+            failure = _failure_text(event)
+        for pid in [p for p in ids if p in set(batch)]:
+            n += 1
+            entry = done.get(pid, {})
+            status = entry.get("status", "?") if result.success else "RUN FAILED"
+            detail = (entry.get("information") or entry.get("reason", "")) if result.success else failure
+            counts[status] = counts.get(status, 0) + 1
+            elapsed = time.monotonic() - started
+            eta = elapsed / n * (len(ids) - n)
+            print(f"[{n}/{len(ids)}] {pid}: {status} {detail[:160]}  (ETA {eta:.0f}s)")
         if not result.success:
             print(
                 "stopping: fix the problem above and run again; the remaining prompts stay queued",
@@ -135,6 +145,28 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
 
 HOST_TAG = "image_pipeline/host"
 PID_TAG = "image_pipeline/pid"
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def batches(pending: list[str], order: list[str], size: int) -> list[list[str]]:
+    """Consecutive runs of partition keys (in registration order) holding up to ``size`` pending prompts.
+
+    A range also covers the finished prompts registered in between; a batch is cut before it would span
+    more than ``size`` of those, so a range never drags a long tail of no-ops along.
+    """
+    index = {key: i for i, key in enumerate(order)}
+    wanted = sorted(index[p] for p in pending if p in index)
+    out: list[list[str]] = []
+    current: list[int] = []
+    for i in wanted:
+        if current and (len(current) >= size or i - current[0] + 1 > 2 * size):
+            out.append([order[j] for j in range(current[0], current[-1] + 1)])
+            current = []
+        current.append(i)
+    if current:
+        out.append([order[j] for j in range(current[0], current[-1] + 1)])
+    return out
 
 
 def reap_dead_runs(instance: Any) -> int:
@@ -202,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="process every pending prompt of the queue, then exit")
     run.add_argument("--limit", type=int, default=0, help="process at most this many prompts")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=25,
+        help="prompts per Dagster run (1: one run per prompt, like the ancestor)",
+    )
     run.set_defaults(func=cmd_run)
     sub.add_parser(
         "sandbox", help="start loopback emulators of Google, Hugging Face and Telegram (see README)"

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS prompts (
     owner         TEXT NOT NULL DEFAULT '',
     lease_until   REAL NOT NULL DEFAULT 0,
     updated_at    REAL NOT NULL DEFAULT 0,
+    posted_at     REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (prompt_id, fingerprint)
 );
 """
@@ -79,6 +80,7 @@ _COLUMNS = [
     "owner",
     "lease_until",
     "updated_at",
+    "posted_at",
 ]
 
 
@@ -101,6 +103,7 @@ class Entry:
     owner: str = ""
     lease_until: float = 0.0
     updated_at: float = 0.0
+    posted_at: float = 0.0  # when the message id was recorded: the end of the duplicate window
 
 
 def owner_token(run_id: str) -> str:
@@ -124,6 +127,9 @@ class Ledger:
         self._busy_ms = int(busy_timeout_s * 1000)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(prompts)")}
+            if "posted_at" not in have:  # a ledger from before the column existed
+                db.execute("ALTER TABLE prompts ADD COLUMN posted_at REAL NOT NULL DEFAULT 0")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

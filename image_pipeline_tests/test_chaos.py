@@ -111,3 +111,9 @@ def test_emulator_hooks_see_every_request_and_only_applied_ones_after_routing() 
 )
 def test_append_paths_name_their_worksheet(path: str, sheet: str) -> None:
     assert appended_worksheet(path) == sheet
+
+
+def test_the_duplicate_window_is_measured_and_small(reduced: dict[str, int | float]) -> None:
+    # from Telegram accepting a post to the ledger recording its message id: one local write
+    assert reduced["window_samples"] > 0
+    assert 0 <= reduced["window_ms_p50"] < 250

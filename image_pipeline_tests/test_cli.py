@@ -119,3 +119,15 @@ def test_a_killed_run_does_not_wedge_the_next_one(tmp_path: Path) -> None:
         assert "marked 1 run(s) of a killed earlier" in again.stdout
         assert "done: SUCCESS 2" in again.stdout
         assert len(sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID)) == 2
+
+
+def test_batches_are_consecutive_ranges_of_pending_prompts() -> None:
+    from image_pipeline.cli import batches
+
+    order = [f"k{i}" for i in range(10)]
+    assert batches(["k1", "k2", "k3"], order, 25) == [["k1", "k2", "k3"]]
+    assert batches(["k0", "k1", "k2", "k3", "k4"], order, 2) == [["k0", "k1"], ["k2", "k3"], ["k4"]]
+    # finished prompts in between ride along, but a long gap starts a new batch
+    assert batches(["k0", "k2"], order, 2) == [["k0", "k1", "k2"]]
+    assert batches(["k0", "k9"], order, 2) == [["k0"], ["k9"]]
+    assert batches(["k5", "unknown"], order, 3) == [["k5"]]
