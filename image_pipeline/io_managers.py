@@ -6,16 +6,15 @@ or many with the same code. Images are real ``.png`` files anyone can open, neve
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
+
+from .files import atomic_write
 
 
 class ByPartition(dict[str, Any]):
@@ -33,19 +32,6 @@ class ImageOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "OK" and self.png is not None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # Values that mean "this run did nothing for the partition" (another run holds it, the row is gone, it was
@@ -82,12 +68,12 @@ class PartitionFileStore:
         if isinstance(value, ImageOutcome):
             # never unlink: a run that did nothing for the partition must not delete another run's image
             if value.png is not None:
-                _atomic_write(self.png_path(asset, key), value.png)
+                atomic_write(self.png_path(asset, key), value.png)
             record = {"__image__": True, "status": value.status, "meta": value.meta}
         else:
             record = value
         path = self.run_local_path(asset, key) if is_noop(value) else self.json_path(asset, key)
-        _atomic_write(path, json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
+        atomic_write(path, json.dumps(record, ensure_ascii=False, indent=1).encode("utf-8"))
 
     def read(self, asset: str, key: str) -> Any:
         path = self.run_local_path(asset, key)

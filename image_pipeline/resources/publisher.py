@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from PIL import Image
 from pydantic import Field, PrivateAttr
 
 from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from ..files import atomic_write
 from ..pacing import ChatPacer
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
@@ -388,7 +388,7 @@ class LocalOutbox(Publisher):
             images = self.root / "images"
             images.mkdir(exist_ok=True)
             filename = f"{int(message_id):05d}-{upload.filename}"
-            _atomic_write(images / filename, upload.data)
+            atomic_write(images / filename, upload.data)
             post = {
                 "message_id": message_id,
                 "chat_id": "outbox",
@@ -443,7 +443,7 @@ class LocalOutbox(Publisher):
             cards="\n".join(cards) or "<p>No posts yet.</p>",
             notices=f"<h2>Notices</h2><ul>{notices}</ul>" if notices else "",
         )
-        _atomic_write(self.root / "index.html", page.encode("utf-8"))
+        atomic_write(self.root / "index.html", page.encode("utf-8"))
 
 
 _GALLERY = """<!doctype html>
@@ -461,18 +461,6 @@ small{{display:block;color:#666;margin-top:.4rem}}
 {cards}
 </main></body></html>
 """
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError, WriteOutcomeUnknown
+from ..files import atomic_write
 from ..models import (
     DONE_ALIASES,
     DONE_COLUMNS,
@@ -202,20 +202,10 @@ class WorkbookBackend(TableBackend):
             return [list(r) for r in csv.reader(fh)]
 
     def _write_raw(self, worksheet: str, table: list[list[str]]) -> None:
-        path = self.path(worksheet)
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(table)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # durable: the workbook is the only copy of a person's queue
+        atomic_write(self.path(worksheet), buf.getvalue().encode("utf-8"), durable=True)
 
     def read(self, worksheet: str) -> list[list[str]]:
         with self.transaction():
