@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -246,6 +247,7 @@ def generated_image(
     context.log.info(f"image generator backend: {image_generator.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
     outcomes = ByPartition()
+    todo: list[tuple[str, str, GenerationRequest]] = []
     for key, record in _in_queue_order(prompt_record):
         if record["status"] != READY:
             status = BUSY if record["status"] == BUSY else "SKIPPED"
@@ -267,20 +269,16 @@ def generated_image(
         ):
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
-        request = GenerationRequest(**record["request"])
+        todo.append((key, fingerprint, GenerationRequest(**record["request"])))
+
+    def generate(key: str, fingerprint: str, request: GenerationRequest) -> tuple[ImageOutcome, str]:
         try:
             image = image_generator.generate(request)
-        except ServiceBlocked as exc:
-            raise _stop(context, publisher, exc) from None
         except PromptRejected as exc:
-            context.log.warning(f"{key}: generation failed: {exc}")
-            outcomes[key] = ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"})
-            continue
+            return ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"}), f"generation failed: {exc}"
         except TransientError as exc:
             status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
-            context.log.warning(f"{key}: {reason}")
-            outcomes[key] = ImageOutcome(status, {"reason": reason})
-            continue
+            return ImageOutcome(status, {"reason": reason}), reason
         meta = {
             "width": image.width,
             "height": image.height,
@@ -292,8 +290,21 @@ def generated_image(
             "sha256": hashlib.sha256(image.png).hexdigest(),
             "bytes": len(image.png),
         }
-        context.log.info(f"{key}: {image.width}x{image.height} from {image.model} in {image.seconds:.2f}s")
-        outcomes[key] = ImageOutcome("OK", meta, image.png)
+        note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
+        return ImageOutcome("OK", meta, image.png), note
+
+    # Generation waits on the provider, so a batch overlaps up to `concurrency` requests; results are
+    # taken in queue order. A service refusing us cancels whatever has not started.
+    with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency)) as pool:
+        futures = [(key, pool.submit(generate, key, fp, req)) for key, fp, req in todo]
+        for key, future in futures:
+            try:
+                outcome, note = future.result()
+            except ServiceBlocked as exc:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise _stop(context, publisher, exc) from None
+            (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
+            outcomes[key] = outcome
     return dg.Output(outcomes, metadata=_image_metadata(context, outcomes))
 
 

@@ -48,6 +48,8 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     # Real pacing (20 posts a minute) is tested on its own; elsewhere it would only make tests wait.
     monkeypatch.setenv("TELEGRAM_POSTS_PER_MINUTE", "0")
+    # One image at a time unless a test asks for more, so injected fault sequences land where they aim.
+    monkeypatch.setenv("HF_CONCURRENCY", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
 
 

@@ -866,7 +866,8 @@ def test_hugging_face_refusing_us_stops_the_run(scene, world: World, fault: int,
     world.hf.fail_next(fault)
     result = scene.run()
     scene.assert_stopped_untouched(result, fragment)
-    assert world.hf.count("text_to_image") == scene.hf_before + 1  # not retried, nothing after it
+    # not retried; with HF_CONCURRENCY=2 the second prompt's request may already be in flight
+    assert scene.hf_before + 1 <= world.hf.count("text_to_image") <= scene.hf_before + 2
     [notice] = scene.new_notices()
     assert fragment in notice["text"]
     assert_clean(notice["text"])

@@ -219,3 +219,46 @@ def test_ledger_records_each_step(local_resources, instance, workbook_dir) -> No
         "REMOVED",
     )
     assert entry.owner == ""  # released
+
+
+def test_a_batch_generates_concurrently_and_posts_in_queue_order(
+    hf_emulator, local_resources, instance, workbook_dir
+) -> None:
+    prompts = [f"prompt {i}" for i in range(6)]
+    ids = queue(workbook_dir, prompts)
+    hf_emulator.set_latency(0.3)
+    resources = dict(local_resources)
+    resources["image_generator"] = HuggingFaceGenerator(
+        token=HF_TOKEN,
+        base_url=f"{hf_emulator.base_url}/models/m",
+        model="m",
+        width=64,
+        height=64,
+        concurrency=3,
+    )
+    assert run_partitions(resources, instance, ids).success
+    assert hf_emulator.max_in_flight_seen == 3
+    assert [p["caption"] for p in local_resources["publisher"].posts()] == prompts
+    assert [r["status"] for r in local_resources["prompt_sheet"].read_done()] == ["SUCCESS"] * 6
+
+
+def test_a_refusal_during_concurrent_generation_stops_the_batch_cleanly(
+    hf_emulator, local_resources, instance, workbook_dir
+) -> None:
+    ids = queue(workbook_dir, [f"prompt {i}" for i in range(5)])
+    hf_emulator.credits_depleted = True
+    resources = dict(local_resources)
+    resources["image_generator"] = HuggingFaceGenerator(
+        token=HF_TOKEN,
+        base_url=f"{hf_emulator.base_url}/models/m",
+        model="m",
+        width=64,
+        height=64,
+        concurrency=3,
+    )
+    result = run_partitions(resources, instance, ids)
+    assert not result.success
+    assert local_resources["publisher"].posts() == []
+    assert local_resources["prompt_sheet"].read_done() == []
+    assert len(read_csv(workbook_dir / "process.csv")) == 6
+    assert len(local_resources["publisher"].notices()) == 1

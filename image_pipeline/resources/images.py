@@ -53,6 +53,7 @@ class ImageGenerator(dg.ConfigurableResource):
     height: int = Field(default=1024, description="Default height in pixels.")
     retry_attempts: int = Field(default=4, description="Tries per image, the first included.")
     retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
+    concurrency: int = Field(default=1, description="Images generated at once within a batch run.")
 
     @property
     def is_preview(self) -> bool:
