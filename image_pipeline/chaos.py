@@ -630,7 +630,8 @@ def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, A
 # ------------------------------------------------------------------------------------------------ the run
 
 
-WORKER_COMMAND = [sys.executable, "-m", "image_pipeline.cli", "run"]
+# Small batches: a kill then lands inside a batch run as often as between runs.
+WORKER_COMMAND = [sys.executable, "-m", "image_pipeline.cli", "run", "--batch-size", "5"]
 
 
 def _worker_env(sandbox: Sandbox, root: Path) -> dict[str, str]:
