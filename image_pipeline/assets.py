@@ -103,6 +103,20 @@ def _ledger_context(context: dg.AssetExecutionContext, ledger: PostLedger) -> tu
     return ledger.open(), owner_token(context.run.run_id), stale_owner_check(context.instance)
 
 
+def _hold(
+    book: Ledger, owner: str, is_stale: Any, ledger: PostLedger, key: str, record: dict[str, Any]
+) -> bool:
+    """Renew this run's claim before an irreversible step; False when another live run took the prompt."""
+    return book.claim(
+        key,
+        record["fingerprint"],
+        owner=owner,
+        prompt=clean_text(record["prompt"]),
+        lease_s=ledger.lease_s,
+        is_stale=is_stale,
+    )
+
+
 def _done_index(prompt_sheet: PromptSheet) -> dict[tuple[str, str], str]:
     """(id, prompt) -> status of the rows already in Done: the durable record when the ledger is new."""
     index: dict[tuple[str, str], str] = {}
@@ -259,14 +273,7 @@ def generated_image(
             # Posted (or maybe posted) in an earlier run: generating again would only spend credits.
             outcomes[key] = ImageOutcome("SKIPPED", {"reason": f"post already {entry.post_state.lower()}"})
             continue
-        if not book.claim(
-            key,
-            fingerprint,
-            owner=owner,
-            prompt=clean_text(record["prompt"]),
-            lease_s=ledger.lease_s,
-            is_stale=is_stale,
-        ):
+        if not _hold(book, owner, is_stale, ledger, key, record):
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
         todo.append((key, fingerprint, GenerationRequest(**record["request"])))
@@ -380,14 +387,7 @@ def telegram_post(
         if not image.ok:
             posts[key] = {"status": image.status, "reason": image.meta.get("reason", image.status)}
             continue
-        if not book.claim(
-            key,
-            fingerprint,
-            owner=owner,
-            prompt=clean_text(record["prompt"]),
-            lease_s=ledger.lease_s,
-            is_stale=is_stale,
-        ):
+        if not _hold(book, owner, is_stale, ledger, key, record):
             posts[key] = {"status": "BUSY", "reason": "another run took over this prompt"}
             continue
         assert image.png is not None
