@@ -38,15 +38,17 @@ def materialize(resources, instance, pid: str, selection) -> dg.ExecuteInProcess
     )
 
 
+def post_only(resources, instance, pid: str) -> None:
+    """Run the graph up to the post, as a process killed right after Telegram accepted it would have."""
+    instance.add_dynamic_partitions("prompts", [pid])
+    assert materialize(resources, instance, pid, [prompt_record, generated_image, telegram_post]).success
+
+
 def test_crash_after_telegram_accepted_is_logged_not_reposted(
     local_resources, instance, workbook_dir
 ) -> None:
     [pid] = queue(workbook_dir, ["a lighthouse"])
-    instance.add_dynamic_partitions("prompts", [pid])
-    # the process "dies" after the post: Done and removal never ran
-    assert materialize(
-        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
-    ).success
+    post_only(local_resources, instance, pid)  # the process "dies" after the post: Done and removal never ran
     assert len(local_resources["publisher"].posts()) == 1
     # the restart re-runs everything for the partition, as a re-execution from the UI would
     result = run_partitions(local_resources, instance, [pid])
@@ -91,10 +93,7 @@ def test_prompt_already_in_done_is_only_removed(local_resources, instance, workb
 
 def test_crash_mid_done_append_does_not_duplicate_the_row(local_resources, instance, workbook_dir) -> None:
     [pid] = queue(workbook_dir, ["a heron"])
-    instance.add_dynamic_partitions("prompts", [pid])
-    assert materialize(
-        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
-    ).success
+    post_only(local_resources, instance, pid)
     row = LocalWorkbook(folder=str(workbook_dir)).read_queue().rows[0]
     # the append reached the sheet, then the process died before recording it
     local_resources["prompt_sheet"].append_done(
@@ -111,10 +110,7 @@ def test_row_edited_after_posting_is_a_new_prompt_and_the_old_post_is_logged(
     local_resources, instance, workbook_dir
 ) -> None:
     [pid] = queue(workbook_dir, ["first version"])
-    instance.add_dynamic_partitions("prompts", [pid])
-    assert materialize(
-        local_resources, instance, pid, [prompt_record, generated_image, telegram_post]
-    ).success
+    post_only(local_resources, instance, pid)
     write_csv(workbook_dir / "process.csv", [["prompt", "id"], ["second version", pid]])
     assert run_partitions(local_resources, instance, [pid]).success
     captions = [p["caption"].split("\n")[0] for p in local_resources["publisher"].posts()]
