@@ -508,3 +508,61 @@ def test_version_and_modified_time(emu: GoogleEmulator) -> None:
     assert ws.row_values(3) == ["1", "a red fox", "posted"]
     assert emu.count("drive.files.get") == 4
     assert json.loads(json.dumps(emu.values(sid, "Queue")))[0] == ["id", "prompt", "status"]
+
+
+def test_copy_paste_and_clear_in_one_atomic_batch(emu: GoogleEmulator) -> None:
+    sid = emu.create_spreadsheet("Feed", {"Queue": QUEUE + [["4", "=1+1"]], "Scratch": []})
+    sh = client_for(emu).open_by_key(sid)
+    queue, scratch = sh.worksheet("Queue").id, sh.worksheet("Scratch").id
+
+    def copy(row: int, to: int, paste: str) -> dict[str, Any]:
+        return {
+            "copyPaste": {
+                "source": {"sheetId": queue, "startRowIndex": row, "endRowIndex": row + 1},
+                "destination": {"sheetId": scratch, "startRowIndex": to, "endRowIndex": to + 1},
+                "pasteType": paste,
+            }
+        }
+
+    sh.batch_update(
+        {"requests": [copy(1, 0, "PASTE_NORMAL"), copy(4, 1, "PASTE_VALUES"), copy(4, 2, "PASTE_NORMAL")]}
+    )
+    assert emu.values(sid, "Scratch") == [["1", "a red fox"], ["4", "2"], ["4", "2"]]
+    assert not emu.is_formula(sid, "Scratch", 2, 2) and emu.is_formula(sid, "Scratch", 3, 2)
+    # a destination twice the source's height takes it twice
+    sh.batch_update(
+        {
+            "requests": [
+                {
+                    "copyPaste": {
+                        "source": {"sheetId": queue, "startRowIndex": 2, "endRowIndex": 3},
+                        "destination": {"sheetId": scratch, "startRowIndex": 3, "endRowIndex": 5},
+                    }
+                }
+            ]
+        }
+    )
+    assert emu.values(sid, "Scratch")[3:] == [["2", "a blue whale", "done"]] * 2
+    # updateCells with a range and no rows clears the values in it
+    sh.batch_update(
+        {"requests": [{"updateCells": {"range": {"sheetId": scratch}, "fields": "userEnteredValue"}}]}
+    )
+    assert emu.values(sid, "Scratch") == []
+    # past the grid: 400 and nothing applied, the clear before it included
+    emu.set_grid(sid, "Scratch", row_count=2)
+    version = emu.version(sid)
+    with pytest.raises(gspread.exceptions.APIError) as info:
+        sh.batch_update({"requests": [copy(1, 0, "PASTE_NORMAL"), copy(2, 2, "PASTE_NORMAL")]})
+    assert info.value.code == 400 and "exceeds grid limits" in str(info.value)
+    assert emu.values(sid, "Scratch") == [] and emu.version(sid) == version
+
+
+def test_deleting_every_row_below_a_frozen_header_is_refused(emu: GoogleEmulator) -> None:
+    sid = emu.create_spreadsheet("Feed", {"Queue": QUEUE})
+    emu.set_grid(sid, "Queue", row_count=4, frozen_rows=1)
+    ws = client_for(emu).open_by_key(sid).worksheet("Queue")
+    with pytest.raises(gspread.exceptions.APIError) as info:
+        ws.delete_rows(2, 4)
+    assert info.value.code == 400 and "non-frozen rows" in str(info.value)
+    ws.delete_rows(2, 3)
+    assert emu.values(sid, "Queue") == [["id", "prompt", "status"], ["3", "a green frog"]]

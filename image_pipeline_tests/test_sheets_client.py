@@ -71,7 +71,8 @@ def test_remove_by_id_survives_a_person_editing_meanwhile(
         ["a person's new prompt"],
         ["a cat, edited", "", cat.prompt_id],
     ]
-    assert google_emulator.count("sheets.batchUpdate") == 1
+    # one adds the hidden worksheet for removed rows (first use only), one deletes
+    assert google_emulator.count("sheets.batchUpdate") == 2
 
 
 def test_done_rows_follow_the_ancestor_header_and_stay_literal(
@@ -240,12 +241,14 @@ def test_a_delete_whose_answer_is_lost_is_not_repeated_by_position(
 ) -> None:
     sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
     rows = {r.prompt: r for r in sheet.ensure_ids().rows}
-    fox = rows["a fox"]
+    fox, owl = rows["a fox"], rows["a owl"]
+    sheet.remove_rows({owl.prompt_id: owl.fingerprint()})  # adds the hidden worksheet for removed rows
+    assert google_emulator.count("sheets.batchUpdate") == 2
     google_emulator.fail_next("truncate", endpoints=["sheets.batchUpdate"])
     outcome = sheet.remove_rows({fox.prompt_id: fox.fingerprint()})
     assert outcome == {fox.prompt_id: REMOVED}
-    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a cat", "a owl"]
-    assert google_emulator.count("sheets.batchUpdate") == 1
+    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a cat"]
+    assert google_emulator.count("sheets.batchUpdate") == 3
 
 
 def test_an_append_whose_answer_is_lost_is_not_duplicated(
@@ -263,3 +266,95 @@ def test_an_append_whose_answer_is_lost_is_not_duplicated(
     google_emulator.fail_next("reset", endpoints=["values.append"])  # not applied
     sheet.append_done([DoneEntry(id="p2", prompt="y", status="SUCCESS", information="")])
     assert done_ids() == ["p1", "p2"]
+
+
+def test_a_row_inserted_at_the_deleted_position_is_put_back(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    """The gap the re-read cannot see: a person's row lands exactly where our row was."""
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    cat = rows["a cat"]  # row 3
+
+    def person_inserts_at_row_3(request, endpoint) -> bool:
+        if endpoint != "sheets.batchUpdate":
+            return False
+        google_emulator.insert_row(spreadsheet, "Process", 3, ["typed by a person", "7"])
+        return True
+
+    google_emulator.on_request, fired = _once(person_inserts_at_row_3)
+    outcome = sheet.remove_rows({cat.prompt_id: cat.fingerprint()})
+    google_emulator.on_request = None
+    assert fired and outcome == {cat.prompt_id: REMOVED}
+    table = google_emulator.values(spreadsheet, "Process")
+    # the person's row is back where they typed it, with its cells; only the cat is gone
+    assert [r[:2] for r in table[1:]] == [["a fox", "1"], ["typed by a person", "7"], ["a owl", ""]]
+
+
+def test_rows_edited_and_moved_in_the_gap_are_kept(google_emulator, spreadsheet: str, tmp_path: Path) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    fox, cat, owl = rows["a fox"], rows["a cat"], rows["a owl"]
+
+    def person_edits_and_moves(request, endpoint) -> bool:
+        if endpoint != "sheets.batchUpdate":
+            return False
+        # the fox's text is changed and the owl moved to the top, between our read and our delete
+        google_emulator.delete_row(spreadsheet, "Process", 4)
+        google_emulator.insert_row(spreadsheet, "Process", 2, ["a owl", "", owl.prompt_id])
+        google_emulator.set_cell(spreadsheet, "Process", 3, 1, "a red fox")
+        return True
+
+    google_emulator.on_request, fired = _once(person_edits_and_moves)
+    outcome = sheet.remove_rows({p.prompt_id: p.fingerprint() for p in (fox, cat, owl)})
+    google_emulator.on_request = None
+    assert fired
+    assert outcome == {fox.prompt_id: CHANGED, cat.prompt_id: REMOVED, owl.prompt_id: REMOVED}
+    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a red fox"]
+
+
+def test_a_delete_after_the_sheet_shrank_reads_again(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    google_emulator.set_grid(spreadsheet, "Process", row_count=4)
+    owl = rows["a owl"]  # row 4, the last row of the grid
+
+    def person_deletes_the_fox(request, endpoint) -> bool:
+        if endpoint != "sheets.batchUpdate":
+            return False
+        google_emulator.delete_row(
+            spreadsheet, "Process", 2
+        )  # row 4 no longer exists: a 400, nothing applied
+        return True
+
+    google_emulator.on_request, fired = _once(person_deletes_the_fox)
+    outcome = sheet.remove_rows({owl.prompt_id: owl.fingerprint()})
+    google_emulator.on_request = None
+    assert fired and outcome == {owl.prompt_id: REMOVED}
+    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a cat"]
+
+
+def test_the_last_rows_of_a_trimmed_grid_with_a_frozen_header(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = sheet.ensure_ids().rows
+    google_emulator.set_grid(spreadsheet, "Process", row_count=4, frozen_rows=1)
+    outcome = sheet.remove_rows({r.prompt_id: r.fingerprint() for r in rows})
+    assert set(outcome.values()) == {REMOVED}
+    assert google_emulator.values(spreadsheet, "Process") == [["prompt", "seed", "id"]]
+
+
+def test_without_copy_paste_support_plain_deletes_are_checked(
+    google_emulator, spreadsheet: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another implementation of the API that lacks copyPaste: the old verified path still works."""
+    monkeypatch.delattr(type(google_emulator), "_req_copyPaste")
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    cat = rows["a cat"]
+    outcome = sheet.remove_rows({cat.prompt_id: cat.fingerprint()})
+    assert outcome == {cat.prompt_id: REMOVED}
+    assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a fox", "a owl"]

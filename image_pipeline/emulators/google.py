@@ -312,6 +312,24 @@ def render(cell: Cell | None, option: str) -> Any:
     return unformatted(cell)
 
 
+def _cell_from_extended(value: Any, where: str) -> Cell | None:
+    """An ExtendedValue (``{"stringValue": ...}`` etc.) as stored; None or {} clears the cell."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _Reply(sheets_error(400, f"{where}: exactly one value kind must be set."))
+    [(kind, raw)] = value.items()
+    if kind == "stringValue":
+        return Cell(str(raw)) if raw != "" else None
+    if kind == "numberValue":
+        return Cell(float(raw))
+    if kind == "boolValue":
+        return Cell(bool(raw))
+    if kind == "formulaValue":
+        return Cell(evaluate_formula(str(raw)), formula=str(raw))
+    raise _Reply(sheets_error(400, f"{where}: Unknown value kind {kind}."))
+
+
 def parse_input(value: Any, user_entered: bool) -> Cell | None | _Skip:
     """One input cell as the API stores it (``None`` clears the cell). Raises ValueError on bad types."""
     if value is None:
@@ -808,6 +826,32 @@ class GoogleEmulator(EmulatorServer):
                 self._person_write(sheet, 0, rows, raw=False)
             self._files[spreadsheet_id] = file
             return spreadsheet_id
+
+    def set_grid(
+        self,
+        spreadsheet_id: str,
+        sheet_title: str,
+        *,
+        row_count: int | None = None,
+        frozen_rows: int | None = None,
+    ) -> None:
+        """What a person does in the UI: trim the grid to the data, freeze the header row."""
+        with self._state:
+            sheet = self._sheet(spreadsheet_id, sheet_title)
+            if row_count is not None:
+                sheet.row_count = row_count
+                del sheet.rows[row_count:]
+            if frozen_rows is not None:
+                sheet.frozen_rows = frozen_rows
+            self._touch(self._file(spreadsheet_id))
+
+    def set_cell(self, spreadsheet_id: str, sheet_title: str, row: int, col: int, value: Any) -> None:
+        """A person types into one cell (1-based row and column)."""
+        with self._state:
+            sheet = self._sheet(spreadsheet_id, sheet_title)
+            cell = parse_input("" if value is None else value, user_entered=True)
+            sheet.put(row - 1, col - 1, None if isinstance(cell, _Skip) else cell)
+            self._touch(self._file(spreadsheet_id))
 
     def share(self, spreadsheet_id: str, email: str) -> None:
         with self._state:
@@ -1380,6 +1424,11 @@ class GoogleEmulator(EmulatorServer):
             )
         if start == 0 and end == count:
             raise _Reply(sheets_error(400, f"{where}: You can't delete all the {noun}s on the sheet."))
+        frozen = sheet.frozen_rows if rows else sheet.frozen_cols
+        if frozen and count - (end - start) <= frozen:
+            raise _Reply(
+                sheets_error(400, f"{where}: Sorry, it is not possible to delete all non-frozen {noun}s.")
+            )
         if rows:
             sheet.delete_rows(start, end)
         else:
@@ -1510,6 +1559,122 @@ class GoogleEmulator(EmulatorServer):
         if chosen("index") and "index" in props:
             file.sheets.remove(sheet)
             file.sheets.insert(max(0, min(int(props["index"]), len(file.sheets))), sheet)
+        return {}
+
+    def _grid_box(
+        self, file: SpreadsheetFile, rng: Any, where: str, name: str
+    ) -> tuple[Sheet, int, int, int, int]:
+        """A GridRange -> (sheet, r0, c0, r1, c1), half-open; omitted bounds mean the whole grid."""
+        if not isinstance(rng, dict):
+            raise _Reply(sheets_error(400, f"{where}: {name} must be a GridRange."))
+        sheet = file.sheet_by_id(rng.get("sheetId", 0))
+        if sheet is None:
+            raise _Reply(sheets_error(400, f"{where}: No grid with id: {rng.get('sheetId', 0)}"))
+        r0 = int(rng.get("startRowIndex", 0))
+        r1 = int(rng.get("endRowIndex", sheet.row_count))
+        c0 = int(rng.get("startColumnIndex", 0))
+        c1 = int(rng.get("endColumnIndex", sheet.col_count))
+        if r0 < 0 or c0 < 0 or r1 < r0 or c1 < c0:
+            raise _Reply(sheets_error(400, f"{where}: Invalid {name}: start index must be <= end index."))
+        if r1 > sheet.row_count:
+            raise _Reply(
+                sheets_error(
+                    400,
+                    f"{where}: Range ('{sheet.title}'!R{r0 + 1}C{c0 + 1}:R{r1}C{c1}) exceeds grid limits. "
+                    f"Max rows: {sheet.row_count}, max columns: {sheet.col_count}",
+                )
+            )
+        if c1 > sheet.col_count:
+            raise _Reply(
+                sheets_error(
+                    400,
+                    f"{where}: Range ('{sheet.title}'!R{r0 + 1}C{c0 + 1}:R{r1}C{c1}) exceeds grid limits. "
+                    f"Max rows: {sheet.row_count}, max columns: {sheet.col_count}",
+                )
+            )
+        return sheet, r0, c0, r1, c1
+
+    def _req_copyPaste(self, file: SpreadsheetFile, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        src, sr0, sc0, sr1, sc1 = self._grid_box(file, spec.get("source"), where, "source")
+        dst, dr0, dc0, dr1, dc1 = self._grid_box(file, spec.get("destination"), where, "destination")
+        paste = spec.get("pasteType", "PASTE_NORMAL")
+        if paste not in (
+            "PASTE_NORMAL",
+            "PASTE_VALUES",
+            "PASTE_FORMAT",
+            "PASTE_NO_BORDERS",
+            "PASTE_FORMULA",
+            "PASTE_DATA_VALIDATION",
+            "PASTE_CONDITIONAL_FORMATTING",
+        ):
+            raise _Reply(sheets_error(400, f"{where}: Invalid value at 'pasteType': {paste}"))
+        if paste in ("PASTE_FORMAT", "PASTE_DATA_VALIDATION", "PASTE_CONDITIONAL_FORMATTING"):
+            return {}
+        height, width = sr1 - sr0, sc1 - sc0
+        if height == 0 or width == 0:
+            return {}
+        # the source is read whole before anything is written, so overlapping ranges copy what was there
+        block = [[src.get(sr0 + r, sc0 + c) for c in range(width)] for r in range(height)]
+        # a destination that is a multiple of the source repeats it; a smaller one still takes it whole
+        reps_r = max(1, (dr1 - dr0) // height) if (dr1 - dr0) % height == 0 else 1
+        reps_c = max(1, (dc1 - dc0) // width) if (dc1 - dc0) % width == 0 else 1
+        if dr0 + height * reps_r > dst.row_count or dc0 + width * reps_c > dst.col_count:
+            raise _Reply(
+                sheets_error(
+                    400,
+                    f"{where}: Range ('{dst.title}'!R{dr0 + 1}C{dc0 + 1}:R{dr0 + height * reps_r}"
+                    f"C{dc0 + width * reps_c}) exceeds grid limits. "
+                    f"Max rows: {dst.row_count}, max columns: {dst.col_count}",
+                )
+            )
+        for i in range(reps_r):
+            for j in range(reps_c):
+                for r in range(height):
+                    for c in range(width):
+                        cell = block[r][c]
+                        if cell is not None and paste == "PASTE_VALUES":
+                            cell = Cell(cell.value)
+                        elif cell is not None:
+                            cell = copy.copy(cell)
+                        dst.put(dr0 + i * height + r, dc0 + j * width + c, cell)
+        return {}
+
+    def _req_updateCells(self, file: SpreadsheetFile, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        fields = str(spec.get("fields") or "")
+        if not fields:
+            raise _Reply(sheets_error(400, f"{where}: At least one field must be specified in 'fields'."))
+        if "range" in spec and "start" in spec:
+            raise _Reply(sheets_error(400, f"{where}: Only one of range or start may be set."))
+        wanted = {f.strip() for f in fields.split(",")}
+        touches_values = bool(wanted & {"*", "userEnteredValue", "userEnteredValue.stringValue"})
+        if "range" in spec:
+            sheet, r0, c0, r1, c1 = self._grid_box(file, spec["range"], where, "range")
+        else:
+            start = spec.get("start") or {}
+            sheet, r0, c0, _, _ = self._grid_box(
+                file,
+                {
+                    "sheetId": start.get("sheetId", 0),
+                    "startRowIndex": start.get("rowIndex", 0),
+                    "startColumnIndex": start.get("columnIndex", 0),
+                },
+                where,
+                "start",
+            )
+            r1, c1 = sheet.row_count, sheet.col_count
+        rows = spec.get("rows") or []
+        if not touches_values:
+            return {}
+        for r in range(r0, r1):
+            data = rows[r - r0].get("values", []) if r - r0 < len(rows) else None
+            if data is None and "range" not in spec:
+                break
+            for c in range(c0, c1):
+                entry = data[c - c0] if data is not None and c - c0 < len(data) else None
+                if data is not None and "range" not in spec and c - c0 >= len(data):
+                    break
+                value = (entry or {}).get("userEnteredValue") if isinstance(entry, dict) else None
+                sheet.put(r, c, _cell_from_extended(value, where))
         return {}
 
     def _req_updateSpreadsheetProperties(

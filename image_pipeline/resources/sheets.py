@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,18 @@ log = logging.getLogger("image_pipeline.sheets")
 REMOVED = "removed"
 CHANGED = "changed"  # the row still has the id but its text changed meanwhile: a person edited it, keep it
 VANISHED = "vanished"  # no row has the id any more: a person deleted it (or it was removed already)
+
+# A hidden worksheet that receives a copy of the rows a delete removes, in the same atomic batchUpdate,
+# so the pipeline knows exactly what it deleted even when people edit the queue at the same moment.
+REMOVED_ROWS_WORKSHEET = "_image_pipeline_removed"
+
+
+class RowsShifted(Exception):
+    """A position-based write was refused because the sheet changed shape meanwhile; nothing was applied."""
+
+
+class CaptureLost(Exception):
+    """The copy of the deleted rows cannot be read back (the write may not have happened)."""
 
 
 @dataclass
@@ -103,6 +116,18 @@ class TableBackend:
         raise NotImplementedError
 
     def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def delete_rows_capturing(
+        self, worksheet: str, row_numbers: Sequence[int], width: int
+    ) -> list[list[str]] | None:
+        """Delete rows by position; return what they held when deleted (ascending row order), or None
+        when the backend cannot tell (the rows were deleted all the same)."""
+        self.delete_rows(worksheet, row_numbers)
+        return None
+
+    def restore_captured(self, worksheet: str, placements: Sequence[tuple[int, int]]) -> None:
+        """Re-insert captured rows: (row number to insert at, index into the last capture), ascending."""
         raise NotImplementedError
 
     def change_token(self) -> str:
@@ -403,6 +428,8 @@ class GoogleSheetsBackend(TableBackend):
         # gspread passes timeout=None by default, which disables every timeout
         self._gc.set_timeout(timeout_s)
         self._sheet_ids: dict[str, int] | None = None
+        self._capture = True
+        self._capture_width = 1
 
     # every API call goes through here: typed errors, retries with the service's hint
     def _call(self, what: str, fn: Any, *, repeatable: bool = True) -> Any:
@@ -520,13 +547,9 @@ class GoogleSheetsBackend(TableBackend):
             repeatable=False,
         )
 
-    def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
-        if not row_numbers:
-            return
-        self._require(worksheet)
-        sheet_id = self.sheet_ids()[worksheet]
-        # Descending order so earlier deletions do not shift the later indices; one request, applied atomically.
-        requests_ = [
+    def _delete_requests(self, sheet_id: int, row_numbers: Sequence[int]) -> list[dict[str, Any]]:
+        # Descending order so earlier deletions do not shift the later indices.
+        return [
             {
                 "deleteDimension": {
                     "range": {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": n - 1, "endIndex": n}
@@ -534,11 +557,181 @@ class GoogleSheetsBackend(TableBackend):
             }
             for n in sorted(set(row_numbers), reverse=True)
         ]
-        self._call(
-            "delete rows",
-            lambda: self.http.batch_update(self.key(), {"requests": requests_}),
-            repeatable=False,
+
+    def _positional_batch(self, what: str, requests_: list[dict[str, Any]], sheet_id: int) -> Any:
+        """A batchUpdate addressed by row position. Google applies it all or nothing, so a 400 means
+        nothing happened: either the rows moved (RowsShifted, the caller re-reads) or the grid has no
+        spare row left below the data, which one appended row fixes."""
+        body = {"requests": requests_}
+        try:
+            return self._call(what, lambda: self.http.batch_update(self.key(), body), repeatable=False)
+        except ServiceBlocked as exc:
+            if exc.status != 400:
+                raise
+            text = str(exc)
+            if "non-frozen rows" in text or "all the rows" in text:
+                grow = {"appendDimension": {"sheetId": sheet_id, "dimension": "ROWS", "length": 1}}
+                body = {"requests": [grow, *requests_]}
+                return self._call(what, lambda: self.http.batch_update(self.key(), body), repeatable=False)
+            if "Unknown name" in text or "Cannot find field" in text:
+                raise
+            raise RowsShifted(text) from None
+
+    def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
+        if not row_numbers:
+            return
+        self._require(worksheet)
+        sheet_id = self.sheet_ids()[worksheet]
+        self._positional_batch("delete rows", self._delete_requests(sheet_id, row_numbers), sheet_id)
+
+    def _removed_rows_sheet(self) -> int:
+        if REMOVED_ROWS_WORKSHEET not in self.sheet_ids():
+            props = {
+                "title": REMOVED_ROWS_WORKSHEET,
+                "hidden": True,
+                "gridProperties": {"rowCount": 2, "columnCount": 1},
+            }
+            body = {"requests": [{"addSheet": {"properties": props}}]}
+            try:
+                reply = self._call("add worksheet", lambda: self.http.batch_update(self.key(), body))
+                self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = int(
+                    reply["replies"][0]["addSheet"]["properties"]["sheetId"]
+                )
+            except ServiceBlocked as exc:
+                if exc.status != 400 or "already exists" not in str(exc):
+                    raise
+                self._sheet_ids = None  # another process added it first
+        return self.sheet_ids()[REMOVED_ROWS_WORKSHEET]
+
+    def delete_rows_capturing(
+        self, worksheet: str, row_numbers: Sequence[int], width: int
+    ) -> list[list[str]] | None:
+        if not row_numbers:
+            return []
+        if not self._capture:
+            self.delete_rows(worksheet, row_numbers)
+            return None
+        self._require(worksheet)
+        sheet_id = self.sheet_ids()[worksheet]
+        rows = sorted(set(row_numbers))
+        width = max(1, width)
+        self._capture_width = width
+        try:
+            scratch = self._removed_rows_sheet()
+        except ServiceBlocked as exc:
+            if exc.status != 400:
+                raise
+            return self._stop_capturing(worksheet, rows, exc)
+        nonce = uuid.uuid4().hex
+        whole_rows = {"startColumnIndex": 0, "endColumnIndex": width}
+        requests_: list[dict[str, Any]] = [
+            {
+                "updateSheetProperties": {
+                    "properties": {
+                        "sheetId": scratch,
+                        "gridProperties": {"rowCount": len(rows) + 1, "columnCount": width},
+                    },
+                    "fields": "gridProperties.rowCount,gridProperties.columnCount",
+                }
+            },
+            {"updateCells": {"range": {"sheetId": scratch}, "fields": "userEnteredValue"}},
+            {
+                "updateCells": {
+                    "start": {"sheetId": scratch, "rowIndex": 0, "columnIndex": 0},
+                    "rows": [{"values": [{"userEnteredValue": {"stringValue": nonce}}]}],
+                    "fields": "userEnteredValue",
+                }
+            },
+            # copied in the same atomic request as the delete: exactly what the delete removes
+            *(
+                {
+                    "copyPaste": {
+                        "source": {
+                            "sheetId": sheet_id,
+                            "startRowIndex": n - 1,
+                            "endRowIndex": n,
+                            **whole_rows,
+                        },
+                        "destination": {
+                            "sheetId": scratch,
+                            "startRowIndex": i + 1,
+                            "endRowIndex": i + 2,
+                            **whole_rows,
+                        },
+                        "pasteType": "PASTE_NORMAL",
+                    }
+                }
+                for i, n in enumerate(rows)
+            ),
+            *self._delete_requests(sheet_id, rows),
+        ]
+        try:
+            self._positional_batch("delete rows", requests_, sheet_id)
+        except WriteOutcomeUnknown:
+            pass  # the marker below tells whether it was applied
+        except ServiceBlocked as exc:
+            if exc.status != 400:
+                raise
+            return self._stop_capturing(worksheet, rows, exc)
+        reply = self._call(
+            "read removed rows", lambda: self.http.values_get(self.key(), self._a1(REMOVED_ROWS_WORKSHEET))
         )
+        values = [[str(c) for c in row] for row in reply.get("values", [])]
+        if not values or not values[0] or values[0][0] != nonce:
+            # not applied, or another run's delete overwrote the copy since
+            raise CaptureLost("the copy of the deleted rows is not ours")
+        return [values[i + 1] if i + 1 < len(values) else [] for i in range(len(rows))]
+
+    def _stop_capturing(self, worksheet: str, rows: list[int], exc: Exception) -> None:
+        # An implementation of the Sheets API without copyPaste / hidden sheets: plain deletes,
+        # checked afterwards by a re-read as before.
+        log.warning("this Sheets endpoint refused the capturing delete (%s); using plain deletes", exc)
+        self._capture = False
+        self.delete_rows(worksheet, rows)
+        return None
+
+    def restore_captured(self, worksheet: str, placements: Sequence[tuple[int, int]]) -> None:
+        if not placements:
+            return
+        sheet_id = self.sheet_ids()[worksheet]
+        scratch = self.sheet_ids()[REMOVED_ROWS_WORKSHEET]
+        # the same columns as captured: a wider destination would repeat the row across it
+        cols = {"startColumnIndex": 0, "endColumnIndex": self._capture_width}
+        requests_: list[dict[str, Any]] = []
+        for position, index in sorted(placements):
+            requests_.append(
+                {
+                    "insertDimension": {
+                        "range": {
+                            "sheetId": sheet_id,
+                            "dimension": "ROWS",
+                            "startIndex": position - 1,
+                            "endIndex": position,
+                        },
+                        "inheritFromBefore": position > 2,
+                    }
+                }
+            )
+            requests_.append(
+                {
+                    "copyPaste": {
+                        "source": {
+                            "sheetId": scratch,
+                            "startRowIndex": index + 1,
+                            "endRowIndex": index + 2,
+                            **cols,
+                        },
+                        "destination": {
+                            "sheetId": sheet_id,
+                            "startRowIndex": position - 1,
+                            "endRowIndex": position,
+                            **cols,
+                        },
+                        "pasteType": "PASTE_NORMAL",
+                    }
+                }
+            )
+        self._positional_batch("restore rows", requests_, sheet_id)
 
     def insert_row(self, worksheet: str, row_number: int, cells: Sequence[str]) -> None:
         self._require(worksheet)
@@ -723,44 +916,91 @@ class PromptSheet(dg.ConfigurableResource):
         """Remove rows by id after re-reading them. ``expected`` maps id -> the fingerprint we processed.
 
         A row whose content changed meanwhile is kept (CHANGED); a missing id deletes nothing (VANISHED).
-        Rows are deleted by position, so where people edit at the same time (Google) a second read checks
-        the result: a row deleted by mistake (the rows shifted in between) is put back, and the row we
-        meant is deleted again.
+        Rows are deleted by position, so where people edit at the same time (Google) the delete copies
+        the rows it removes into a hidden worksheet in the same atomic request: any removed row that is
+        not the one we meant (a person inserted or moved rows between our read and the delete) is put
+        back where it was, and the row we meant is looked up again.
         """
         if not expected:
             return {}
         outcome: dict[str, str] = {}
         pending = dict(expected)
         with self.backend.transaction():
-            for _ in range(3):
+            for _ in range(4):
                 snapshot = self.read_queue()
                 targets: list[PromptRow] = []
                 for pid, fingerprint in pending.items():
                     matches = [r for r in snapshot.rows if r.prompt_id == pid]
-                    if not matches:
-                        outcome.setdefault(pid, VANISHED)
-                        continue
                     same = [r for r in matches if r.fingerprint() == fingerprint]
-                    if not same:
-                        outcome.setdefault(pid, CHANGED)
-                        continue
-                    targets.append(same[0])
-                    outcome[pid] = REMOVED
+                    if same:
+                        targets.append(same[0])
+                    else:
+                        outcome[pid] = CHANGED if matches else VANISHED
                 if not targets:
                     break
-                # A delete whose answer was lost is never repeated as is: by now the same positions may
-                # hold other rows. The read below tells what happened; the loop deletes again by id.
-                with contextlib.suppress(WriteOutcomeUnknown):
-                    self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
+                targets.sort(key=lambda t: t.row_number)
+                for t in targets:
+                    outcome[t.prompt_id] = REMOVED
                 if self.backend.atomic:
+                    self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
                     break
-                after = self.read_queue()
-                still = [t for t in targets if any(_same_row(a, t) for a in after.rows)]
-                self._restore_lost(snapshot, targets, after, len(still))
+                width = max([len(snapshot.header), *(len(r.cells) for r in snapshot.rows)])
+                try:
+                    captured = self.backend.delete_rows_capturing(
+                        self.process_worksheet, [t.row_number for t in targets], width
+                    )
+                except RowsShifted:
+                    continue  # nothing was applied; read again
+                except (CaptureLost, WriteOutcomeUnknown):
+                    captured = None
+                if captured is not None:
+                    still = self._put_back_strangers(snapshot, targets, captured)
+                else:
+                    # A delete whose answer was lost is never repeated as is: by now the same positions
+                    # may hold other rows. The read below tells what happened; the loop deletes again by id.
+                    after = self.read_queue()
+                    still = [t for t in targets if any(_same_row(a, t) for a in after.rows)]
+                    self._restore_lost(snapshot, targets, after, len(still))
                 if not still:
                     break
                 pending = {t.prompt_id: t.fingerprint() for t in still}
         return outcome
+
+    def _put_back_strangers(
+        self, snapshot: QueueSnapshot, targets: list[PromptRow], captured: list[list[str]]
+    ) -> list[PromptRow]:
+        """Compare what the delete removed with what we meant; re-insert the rows that were not ours.
+        Returns the targets that were not deleted (the caller looks them up again)."""
+        missed: list[PromptRow] = []
+        strangers: list[int] = []
+        for i, (target, cells) in enumerate(zip(targets, captured, strict=True)):
+            got = self._parse([snapshot.header, cells]).rows if any(c != "" for c in cells) else []
+            if got and _same_row(got[0], target):
+                continue
+            missed.append(target)
+            strangers.append(i)
+        if not strangers:
+            return missed
+        # Where each removed row stood once the whole delete is applied: its old position less the
+        # rows above it that were rightly deleted. Re-inserting in ascending order keeps every position.
+        ours = [t.row_number for i, t in enumerate(targets) if i not in strangers]
+        placements = [
+            (targets[i].row_number - sum(1 for n in ours if n < targets[i].row_number), i) for i in strangers
+        ]
+        log.warning(
+            "%d row(s) moved into the deleted positions while the sheet changed; putting them back",
+            len(placements),
+        )
+        try:
+            self.backend.restore_captured(self.process_worksheet, placements)
+        except (RowsShifted, WriteOutcomeUnknown):
+            # fall back to rewriting the values, after checking which ones are missing
+            present = [tuple(r.cells) for r in self.read_queue().rows]
+            for position, i in placements:
+                cells = captured[i]
+                if any(c != "" for c in cells) and tuple(cells) not in present:
+                    self.backend.insert_row(self.process_worksheet, position, cells)
+        return missed
 
     def _restore_lost(
         self, before: QueueSnapshot, targets: list[PromptRow], after: QueueSnapshot, limit: int
