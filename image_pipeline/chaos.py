@@ -281,8 +281,13 @@ class Killer:
         if response.status != 200:
             return
         if endpoint == "values.append" and appended_worksheet(request.path) == DONE_WORKSHEET:
+            # a batch appends many rows in one request: count rows, or the later kills never arm
+            try:
+                appended = len(json.loads(request.body).get("values", [])) or 1
+            except (ValueError, AttributeError):
+                appended = 1
             with self.lock:
-                self.done_rows += 1
+                self.done_rows += appended
             self._event("mid-done-append")
         elif endpoint == "sheets.batchUpdate" and b"deleteDimension" in request.body:
             # a process killed after sending is the same as this: the row is gone, the worker never heard
@@ -416,13 +421,14 @@ def duplicate_window(ledger_path: Path, accepted: dict[str, float]) -> dict[str,
         return {"window_ms_p50": -1.0, "window_ms_max": -1.0, "window_samples": 0}
     db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT prompt, posted_at FROM prompts WHERE posted_at > 0").fetchall()
+        rows = db.execute("SELECT message_id, posted_at FROM prompts WHERE posted_at > 0").fetchall()
     finally:
         db.close()
+    # paired by message id: an edited prompt posted again has its own message and its own window
     gaps = sorted(
         (posted_at - accepted[m]) * 1000
-        for prompt, posted_at in rows
-        if (m := marker_of(prompt)) in accepted and posted_at >= accepted[m]
+        for message_id, posted_at in rows
+        if (m := str(message_id)) in accepted and posted_at >= accepted[m]
     )
     if not gaps:
         return {"window_ms_p50": -1.0, "window_ms_max": -1.0, "window_samples": 0}
@@ -718,14 +724,13 @@ def run_chaos(
         sandbox.google.on_request = _chain(witness.google_request, killer.google_request)
         sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
         sandbox.telegram.on_request = killer.any_request
-        accepted: dict[str, float] = {}  # marker -> when the emulated Telegram accepted its post
+        accepted: dict[str, float] = {}  # message id -> when the emulated Telegram accepted the post
 
         def note_accepted(request: Any, endpoint: str, response: Any) -> None:
             if endpoint in ("sendphoto", "senddocument") and response.status == 200:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    marker = marker_of(json.loads(response.body)["result"].get("caption", ""))
-                    if marker:
-                        accepted.setdefault(marker, time.time())
+                    message_id = json.loads(response.body)["result"]["message_id"]
+                    accepted.setdefault(str(message_id), time.time())
 
         sandbox.telegram.after_route = _chain(note_accepted, killer.telegram_routed)
 
