@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,7 +20,7 @@ import dagster as dg
 from PIL import Image
 
 from .errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from .io_managers import ByPartition, ImageOutcome
+from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
     LOGGED,
     LOGGING,
@@ -53,6 +54,8 @@ from .resources.sheets import PromptSheet
 
 GROUP = "image_pipeline"
 IO = "pipeline_io_manager"
+GENERATED_IMAGE = "generated_image"
+TELEGRAM_POST = "telegram_post"
 
 # prompt_record statuses
 READY = "READY"
@@ -117,10 +120,12 @@ def _hold(
     )
 
 
-def _done_index(prompt_sheet: PromptSheet) -> dict[tuple[str, str], str]:
+def _done_index(
+    prompt_sheet: PromptSheet, rows: list[dict[str, str]] | None = None
+) -> dict[tuple[str, str], str]:
     """(id, prompt) -> status of the rows already in Done: the durable record when the ledger is new."""
     index: dict[tuple[str, str], str] = {}
-    for row in prompt_sheet.read_done():
+    for row in prompt_sheet.read_done() if rows is None else rows:
         pid = row.get("id", "").strip()
         if pid:
             index[(pid, row.get("prompt", ""))] = row.get("status", "")
@@ -147,9 +152,11 @@ def prompt_record(
     context.log.info(f"prompt sheet backend: {prompt_sheet.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
     try:
-        rows = prompt_sheet.find_rows(keys)
+        snapshot, done_rows = prompt_sheet.read_queue_and_done()
+        current = snapshot.by_id()
+        rows = {key: current[key] for key in keys if key in current}
         # Reconcile with the sheets on every start: a prompt already in Done is only removed.
-        done = _done_index(prompt_sheet)
+        done = _done_index(prompt_sheet, done_rows)
     except ServiceBlocked as exc:
         raise _stop(context, publisher, exc) from None
     except TransientError as exc:
@@ -242,24 +249,10 @@ def _transient_outcome(
     return RETRY, f"{what} failed (attempt {attempts} of {ledger.max_attempts}, will retry): {exc}"
 
 
-@dg.asset(
-    partitions_def=prompt_partitions,
-    group_name=GROUP,
-    io_manager_key=IO,
-    kinds={"huggingface"},
-    pool="hf_api",
-    code_version="2",
-)
-def generated_image(
-    context: dg.AssetExecutionContext,
-    prompt_record: ByPartition,
-    image_generator: ImageGenerator,
-    publisher: Publisher,
-    ledger: PostLedger,
-) -> dg.Output[ByPartition]:
-    """The image generated for the prompt, stored as a PNG file, with a preview in the UI."""
-    context.log.info(f"image generator backend: {image_generator.describe()}")
-    book, owner, is_stale = _ledger_context(context, ledger)
+def _plan_generation(
+    prompt_record: ByPartition, book: Ledger, owner: str, is_stale: Any, ledger: PostLedger
+) -> tuple[ByPartition, list[tuple[str, str, GenerationRequest]]]:
+    """Which prompts of the batch need an image; the others get their no-op outcome at once."""
     outcomes = ByPartition()
     todo: list[tuple[str, str, GenerationRequest]] = []
     for key, record in _in_queue_order(prompt_record):
@@ -277,59 +270,200 @@ def generated_image(
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
         todo.append((key, fingerprint, GenerationRequest(**record["request"])))
+    return outcomes, todo
 
-    def generate(key: str, fingerprint: str, request: GenerationRequest) -> tuple[ImageOutcome, str]:
-        try:
-            image = image_generator.generate(request)
-        except PromptRejected as exc:
-            return ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"}), f"generation failed: {exc}"
-        except TransientError as exc:
-            status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
-            return ImageOutcome(status, {"reason": reason}), reason
-        meta = {
-            "width": image.width,
-            "height": image.height,
-            "model": image.model,
-            "provider": image.provider,
-            "seed": image.seed,
-            "generation_s": image.seconds,
-            "preview": image.preview,
-            "sha256": hashlib.sha256(image.png).hexdigest(),
-            "bytes": len(image.png),
-        }
-        note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
-        return ImageOutcome("OK", meta, image.png), note
 
-    # Generation waits on the provider, so a batch overlaps up to `concurrency` requests; results are
-    # taken in queue order. A service refusing us cancels whatever has not started.
+def _generate_to_disk(
+    image_generator: ImageGenerator,
+    store: PartitionFileStore,
+    book: Ledger,
+    ledger: PostLedger,
+    key: str,
+    fingerprint: str,
+    request: GenerationRequest,
+) -> tuple[ImageOutcome, str]:
+    """One image, written to its PNG file as soon as it exists: memory holds only the images in flight."""
+    try:
+        image = image_generator.generate(request)
+    except PromptRejected as exc:
+        return ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"}), f"generation failed: {exc}"
+    except TransientError as exc:
+        status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
+        return ImageOutcome(status, {"reason": reason}), reason
+    meta = {
+        "width": image.width,
+        "height": image.height,
+        "model": image.model,
+        "provider": image.provider,
+        "seed": image.seed,
+        "generation_s": image.seconds,
+        "preview": image.preview,
+        "sha256": hashlib.sha256(image.png).hexdigest(),
+        "bytes": len(image.png),
+    }
+    path = store.write_png(GENERATED_IMAGE, key, image.png)
+    thumbnail = _thumbnail_markdown(image.png, key)
+    note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
+    return ImageOutcome("OK", meta, path=str(path), thumbnail=thumbnail), note
+
+
+@dg.multi_asset(
+    name="generate_and_post",
+    outs={
+        GENERATED_IMAGE: dg.AssetOut(
+            io_manager_key=IO,
+            kinds={"huggingface"},
+            group_name=GROUP,
+            code_version="3",
+            description="The image generated for the prompt, stored as a PNG file, with a preview in the UI.",
+        ),
+        TELEGRAM_POST: dg.AssetOut(
+            io_manager_key=IO,
+            kinds={"telegram"},
+            group_name=GROUP,
+            code_version="3",
+            description="The post of the image to the channel, with the chat id and message id Telegram gave it.",
+        ),
+    },
+    internal_asset_deps={
+        GENERATED_IMAGE: {dg.AssetKey("prompt_record")},
+        TELEGRAM_POST: {dg.AssetKey("prompt_record"), dg.AssetKey(GENERATED_IMAGE)},
+    },
+    partitions_def=prompt_partitions,
+    pool="hf_api",
+)
+def generate_and_post(
+    context: dg.AssetExecutionContext,
+    prompt_record: ByPartition,
+    image_generator: ImageGenerator,
+    publisher: Publisher,
+    ledger: PostLedger,
+    pipeline_io_manager: dg.ResourceParam[PartitionFileIOManager],
+) -> Iterator[dg.Output[ByPartition]]:
+    """Generate the batch's images and post each one as soon as it and the ones before it are ready.
+
+    One step, so that generation (the provider's latency, ``concurrency`` requests at a time) and posting
+    (Telegram's pace) overlap instead of waiting for each other; posts still leave in queue order. Images
+    go to disk as they are made. A service refusing us stops the step: posts already made are in the
+    ledger, and the next run logs them without posting again.
+    """
+    context.log.info(f"image generator backend: {image_generator.describe()}")
+    context.log.info(f"publisher backend: {publisher.describe()}")
+    book, owner, is_stale = _ledger_context(context, ledger)
+    store = pipeline_io_manager.store(context.run.run_id)
+    outcomes, todo = _plan_generation(prompt_record, book, owner, is_stale, ledger)
+    posts = ByPartition()
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency)) as pool:
-        futures = [(key, pool.submit(generate, key, fp, req)) for key, fp, req in todo]
-        for key, future in futures:
-            try:
-                outcome, note = future.result()
-            except ServiceBlocked as exc:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise _stop(context, publisher, exc) from None
-            (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
-            outcomes[key] = outcome
-    return dg.Output(outcomes, metadata=_image_metadata(context, outcomes))
-
-
-def _image_metadata(context: dg.AssetExecutionContext, outcomes: ByPartition) -> dict[str, Any]:
-    key = _single(context)
-    if key is None:
-        return {
-            "partitions": len(outcomes),
-            "statuses": dg.MetadataValue.json(_count(o.status for o in outcomes.values())),
+        futures = {
+            key: pool.submit(_generate_to_disk, image_generator, store, book, ledger, key, fp, req)
+            for key, fp, req in todo
         }
-    outcome: ImageOutcome = outcomes[key]
+        try:
+            for key, record in _in_queue_order(prompt_record):
+                if key in futures:
+                    outcome, note = futures[key].result()
+                    (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
+                    outcomes[key] = outcome
+                posts[key] = _post_one(
+                    context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
+                )
+        except ServiceBlocked as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise _stop(context, publisher, exc) from None
+    yield dg.Output(
+        outcomes,
+        output_name=GENERATED_IMAGE,
+        metadata=_per_partition(context, GENERATED_IMAGE, outcomes, _image_partition_metadata),
+    )
+    yield dg.Output(
+        posts,
+        output_name=TELEGRAM_POST,
+        metadata=_per_partition(
+            context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post)
+        ),
+    )
+
+
+def _post_one(
+    context: dg.AssetExecutionContext,
+    book: Ledger,
+    owner: str,
+    is_stale: Any,
+    ledger: PostLedger,
+    publisher: Publisher,
+    key: str,
+    record: dict[str, Any],
+    image: ImageOutcome,
+) -> dict[str, Any]:
+    """Post one prompt's image unless the ledger says it was (or may have been) posted already."""
+    if record["status"] != READY:
+        status = BUSY if record["status"] == BUSY else "SKIPPED"
+        return {"status": status, "reason": record.get("reason", record["status"])}
+    fingerprint = record["fingerprint"]
+    entry = book.get(key, fingerprint)
+    if entry is not None and entry.post_state == POSTED:
+        context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
+        return _post_from_ledger(entry)
+    if entry is not None and entry.post_state in (POSTING, UNCERTAIN):
+        reason = (
+            "delivery uncertain: an earlier attempt was interrupted after the photo was sent, so it may be "
+            "in the channel; not posted again to avoid a duplicate. Re-queue the prompt if it is missing"
+        )
+        book.update(key, fingerprint, post_state=UNCERTAIN)
+        return {"status": FAILED, "reason": reason}
+    if not image.ok:
+        return {"status": image.status, "reason": image.meta.get("reason", image.status)}
+    if not _hold(book, owner, is_stale, ledger, key, record):
+        return {"status": "BUSY", "reason": "another run took over this prompt"}
+    suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
+    caption = caption_for(_row_from_record(record), suffix=suffix)
+    png = image.read_png()
+    # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
+    book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
+    try:
+        receipt = publisher.publish(prompt_id=key, png=png, caption=caption)
+    except DeliveryUncertain as exc:
+        book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
+        context.log.warning(f"{key}: {exc}")
+        return {"status": FAILED, "reason": f"delivery uncertain: {exc}"}
+    except ServiceBlocked:
+        book.update(key, fingerprint, post_state=None)
+        raise
+    except PromptRejected as exc:
+        book.update(key, fingerprint, post_state=None)
+        context.log.warning(f"{key}: posting failed: {exc}")
+        return {"status": FAILED, "reason": f"posting failed: {exc}"}
+    except TransientError as exc:
+        book.update(key, fingerprint, post_state=None)
+        status, reason = _transient_outcome(book, ledger, key, fingerprint, "posting", exc)
+        context.log.warning(f"{key}: {reason}")
+        return {"status": status, "reason": reason}
+    # The one write that closes the duplicate window: Telegram's message id, recorded at once.
+    book.update(
+        key,
+        fingerprint,
+        post_state=POSTED,
+        posted_at=time.time(),
+        chat_id=receipt.chat_id,
+        message_id=receipt.message_id,
+        link=receipt.link,
+        method=receipt.method,
+    )
+    context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
+    return {
+        "status": "POSTED",
+        "image_sha256": image.meta.get("sha256", ""),
+        "caption": caption,
+        **receipt_dict(receipt),
+    }
+
+
+def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]:
     if not outcome.ok:
         return {"status": outcome.status, "reason": outcome.meta.get("reason", "")}
     m = outcome.meta
-    assert outcome.png is not None
     metadata: dict[str, Any] = {
         "status": "OK",
-        "preview": dg.MetadataValue.md(_thumbnail_markdown(outcome.png, key)),
         "size": f"{m['width']}x{m['height']}",
         "width": m["width"],
         "height": m["height"],
@@ -340,118 +474,46 @@ def _image_metadata(context: dg.AssetExecutionContext, outcomes: ByPartition) ->
         "bytes": m["bytes"],
         "sha256": m["sha256"],
     }
+    if outcome.thumbnail:
+        metadata["preview"] = dg.MetadataValue.md(outcome.thumbnail)
+    if outcome.path:
+        metadata["path"] = dg.MetadataValue.path(outcome.path)
     if m.get("preview"):
         metadata["offline_preview"] = dg.MetadataValue.text(PREVIEW_LABEL)
     return metadata
 
 
-@dg.asset(
-    partitions_def=prompt_partitions,
-    group_name=GROUP,
-    io_manager_key=IO,
-    kinds={"telegram"},
-    pool="telegram_api",
-    code_version="2",
-)
-def telegram_post(
-    context: dg.AssetExecutionContext,
-    prompt_record: ByPartition,
-    generated_image: ByPartition,
-    publisher: Publisher,
-    ledger: PostLedger,
-) -> dg.Output[ByPartition]:
-    """The post of the image to the channel, with the chat id and message id Telegram gave it."""
-    context.log.info(f"publisher backend: {publisher.describe()}")
-    book, owner, is_stale = _ledger_context(context, ledger)
-    posts = ByPartition()
-    for key, record in _in_queue_order(prompt_record):
-        image: ImageOutcome = generated_image[key]
-        if record["status"] != READY:
-            status = BUSY if record["status"] == BUSY else "SKIPPED"
-            posts[key] = {"status": status, "reason": record.get("reason", record["status"])}
-            continue
-        fingerprint = record["fingerprint"]
-        entry = book.get(key, fingerprint)
-        if entry is not None and entry.post_state == POSTED:
-            context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
-            posts[key] = _post_from_ledger(entry)
-            continue
-        if entry is not None and entry.post_state in (POSTING, UNCERTAIN):
-            reason = (
-                "delivery uncertain: an earlier attempt was interrupted after the photo was sent, so it may be "
-                "in the channel; not posted again to avoid a duplicate. Re-queue the prompt if it is missing"
-            )
-            book.update(key, fingerprint, post_state=UNCERTAIN)
-            posts[key] = {"status": FAILED, "reason": reason}
-            continue
-        if not image.ok:
-            posts[key] = {"status": image.status, "reason": image.meta.get("reason", image.status)}
-            continue
-        if not _hold(book, owner, is_stale, ledger, key, record):
-            posts[key] = {"status": "BUSY", "reason": "another run took over this prompt"}
-            continue
-        assert image.png is not None
-        suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
-        caption = caption_for(_row_from_record(record), suffix=suffix)
-        # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
-        book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
-        try:
-            receipt = publisher.publish(prompt_id=key, png=image.png, caption=caption)
-        except DeliveryUncertain as exc:
-            book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
-            context.log.warning(f"{key}: {exc}")
-            posts[key] = {"status": FAILED, "reason": f"delivery uncertain: {exc}"}
-            continue
-        except ServiceBlocked as exc:
-            book.update(key, fingerprint, post_state=None)
-            raise _stop(context, publisher, exc) from None
-        except PromptRejected as exc:
-            book.update(key, fingerprint, post_state=None)
-            context.log.warning(f"{key}: posting failed: {exc}")
-            posts[key] = {"status": FAILED, "reason": f"posting failed: {exc}"}
-            continue
-        except TransientError as exc:
-            book.update(key, fingerprint, post_state=None)
-            status, reason = _transient_outcome(book, ledger, key, fingerprint, "posting", exc)
-            context.log.warning(f"{key}: {reason}")
-            posts[key] = {"status": status, "reason": reason}
-            continue
-        # The one write that closes the duplicate window: Telegram's message id, recorded at once.
-        book.update(
-            key,
-            fingerprint,
-            post_state=POSTED,
-            posted_at=time.time(),
-            chat_id=receipt.chat_id,
-            message_id=receipt.message_id,
-            link=receipt.link,
-            method=receipt.method,
+def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"status": post["status"]}
+    if post["status"] == "POSTED":
+        metadata.update(
+            chat_id=post["chat_id"],
+            message_id=post["message_id"],
+            method=post.get("method", ""),
+            image_sha256=post.get("image_sha256", ""),
         )
-        posts[key] = {
-            "status": "POSTED",
-            "image_sha256": image.meta.get("sha256", ""),
-            "caption": caption,
-            **receipt_dict(receipt),
-        }
-        context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
-    metadata: dict[str, Any] = {"partitions": len(posts)}
+        if post.get("link"):
+            metadata["link"] = dg.MetadataValue.url(post["link"])
+        if post.get("note"):
+            metadata["note"] = post["note"]
+    else:
+        metadata["reason"] = post.get("reason", "")
+    return metadata
+
+
+def _per_partition(
+    context: dg.AssetExecutionContext, asset: str, values: ByPartition, describe: Any
+) -> dict[str, Any]:
+    """Each prompt's own materialization metadata (preview, message id, ...), in a batch run too; the
+    output's metadata is the one partition's, or the batch's counts."""
     if (key := _single(context)) is not None:
-        post = posts[key]
-        metadata.update(status=post["status"])
-        if post["status"] == "POSTED":
-            metadata.update(
-                chat_id=post["chat_id"],
-                message_id=post["message_id"],
-                method=post.get("method", ""),
-                image_sha256=post.get("image_sha256", ""),
-            )
-            if post.get("link"):
-                metadata["link"] = dg.MetadataValue.url(post["link"])
-            if post.get("note"):
-                metadata["note"] = post["note"]
-        else:
-            metadata["reason"] = post.get("reason", "")
-    return dg.Output(posts, metadata=metadata)
+        return describe(key, values[key])
+    for key, value in values.items():
+        context.add_asset_metadata(describe(key, value), asset_key=asset, partition_key=key)
+    statuses = _count(
+        v.status if isinstance(v, ImageOutcome) else v.get("status", "") for v in values.values()
+    )
+    return {"batch_partitions": len(values), "batch_statuses": dg.MetadataValue.json(statuses)}
 
 
 def _post_from_ledger(entry: Entry) -> dict[str, Any]:
@@ -641,4 +703,4 @@ def _notify(publisher: Publisher, text: str) -> None:
         publisher.notify(text)
 
 
-ASSETS = [prompt_record, generated_image, telegram_post, done_entry]
+ASSETS = [prompt_record, generate_and_post, done_entry]

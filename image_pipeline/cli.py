@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     import dagster as dg
 
+    from .batching import RANGE_END, RANGE_START, batches
     from .errors import PipelineError
     from .partitions import prompt_partitions
     from .resources.sheets import LocalWorkbook
@@ -101,7 +102,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     exit_code = 0
     n = 0
     order = instance.get_dynamic_partitions(prompt_partitions.name)
-    for batch in batches(ids, order, max(1, args.batch_size)):
+    for batch in batches(ids, order, _batch_size(args)):
         # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
         tags = {"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if len(batch) == 1:
@@ -145,28 +146,12 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
 
 HOST_TAG = "image_pipeline/host"
 PID_TAG = "image_pipeline/pid"
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 
-def batches(pending: list[str], order: list[str], size: int) -> list[list[str]]:
-    """Consecutive runs of partition keys (in registration order) holding up to ``size`` pending prompts.
+def _batch_size(args: argparse.Namespace) -> int:
+    from .config import settings_from
 
-    A range also covers the finished prompts registered in between; a batch is cut before it would span
-    more than ``size`` of those, so a range never drags a long tail of no-ops along.
-    """
-    index = {key: i for i, key in enumerate(order)}
-    wanted = sorted(index[p] for p in pending if p in index)
-    out: list[list[str]] = []
-    current: list[int] = []
-    for i in wanted:
-        if current and (len(current) >= size or i - current[0] + 1 > 2 * size):
-            out.append([order[j] for j in range(current[0], current[-1] + 1)])
-            current = []
-        current.append(i)
-    if current:
-        out.append([order[j] for j in range(current[0], current[-1] + 1)])
-    return out
+    return max(1, args.batch_size or settings_from(os.environ).batch_size)
 
 
 def reap_dead_runs(instance: Any) -> int:
@@ -237,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--batch-size",
         type=int,
-        default=25,
-        help="prompts per Dagster run (1: one run per prompt, like the ancestor)",
+        default=None,
+        help="prompts per Dagster run (default IMAGE_PIPELINE_BATCH_SIZE or 200; 1: one run per prompt)",
     )
     run.set_defaults(func=cmd_run)
     sub.add_parser(

@@ -32,6 +32,7 @@ class Settings:
     prompts_per_tick: int
     instant: bool
     sensor_interval_s: int
+    batch_size: int
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -53,6 +54,9 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         prompts_per_tick=int(_get(env, "IMAGE_PIPELINE_PROMPTS_PER_TICK", "1")),
         instant=_flag(env, "IMAGE_PIPELINE_INSTANT"),
         sensor_interval_s=int(_get(env, "IMAGE_PIPELINE_SENSOR_INTERVAL_S", "60")),
+        # prompts per run for `run`, the sensor and the schedule: a burst pays one run, one queue read,
+        # one Done append and one removal per batch
+        batch_size=max(1, int(_get(env, "IMAGE_PIPELINE_BATCH_SIZE", "200"))),
     )
 
 

@@ -26,9 +26,16 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
                 cron=settings.schedule_cron,
                 timezone=settings.schedule_timezone,
                 per_tick=settings.prompts_per_tick,
+                batch_size=settings.batch_size,
             )
         ],
-        sensors=[build_prompt_sheet_sensor(instant=settings.instant, interval_s=settings.sensor_interval_s)],
+        sensors=[
+            build_prompt_sheet_sensor(
+                instant=settings.instant,
+                interval_s=settings.sensor_interval_s,
+                batch_size=settings.batch_size,
+            )
+        ],
         resources=resources_from(env),
     )
 

@@ -23,15 +23,22 @@ class ByPartition(dict[str, Any]):
 
 @dataclass
 class ImageOutcome:
-    """The image asset's value: the PNG when generation succeeded, and what happened either way."""
+    """The image asset's value: where its PNG file is when generation succeeded, and what happened
+    either way. The bytes stay on disk until someone reads them, so a batch never holds its images."""
 
     status: str  # OK, FAILED or SKIPPED
     meta: dict[str, Any] = field(default_factory=dict)
-    png: bytes | None = None
+    path: str | None = None
+    thumbnail: str = ""  # a small JPEG data-URI in Markdown, for the UI
 
     @property
     def ok(self) -> bool:
-        return self.status == "OK" and self.png is not None
+        return self.status == "OK" and self.path is not None
+
+    def read_png(self) -> bytes:
+        if self.path is None:
+            raise FileNotFoundError("no image was stored for this outcome")
+        return Path(self.path).read_bytes()
 
 
 # Values that mean "this run did nothing for the partition" (another run holds it, the row is gone, it was
@@ -64,12 +71,21 @@ class PartitionFileStore:
     def json_path(self, asset: str, key: str) -> Path:
         return self.folder(asset) / f"{key}.json"
 
+    def write_png(self, asset: str, key: str, png: bytes) -> Path:
+        path = self.png_path(asset, key)
+        atomic_write(path, png)
+        return path
+
     def write(self, asset: str, key: str, value: Any) -> None:
         if isinstance(value, ImageOutcome):
-            # never unlink: a run that did nothing for the partition must not delete another run's image
-            if value.png is not None:
-                atomic_write(self.png_path(asset, key), value.png)
-            record = {"__image__": True, "status": value.status, "meta": value.meta}
+            # The PNG itself was written when it was made (write_png); never unlink: a run that did
+            # nothing for the partition must not delete another run's image.
+            record = {
+                "__image__": True,
+                "status": value.status,
+                "meta": value.meta,
+                "thumbnail": value.thumbnail,
+            }
         else:
             record = value
         path = self.run_local_path(asset, key) if is_noop(value) else self.json_path(asset, key)
@@ -84,8 +100,13 @@ class PartitionFileStore:
         record = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(record, dict) and record.get("__image__"):
             png_path = self.png_path(asset, key)
-            png = png_path.read_bytes() if record["status"] == "OK" and png_path.exists() else None
-            return ImageOutcome(record["status"], record.get("meta", {}), png)
+            found = record["status"] == "OK" and png_path.exists()
+            return ImageOutcome(
+                record["status"],
+                record.get("meta", {}),
+                str(png_path) if found else None,
+                record.get("thumbnail", ""),
+            )
         return record
 
 
@@ -94,7 +115,8 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
 
     base_dir: str = Field(description="Folder for asset values (images as .png, records as .json).")
 
-    def _store(self, run_id: str = "") -> PartitionFileStore:
+    def store(self, run_id: str = "") -> PartitionFileStore:
+        """Direct access for a step that writes files as it goes (images, before the step ends)."""
         return PartitionFileStore(self.base_dir, run_id)
 
     @staticmethod
@@ -110,16 +132,12 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         unknown = set(obj) - expected
         if unknown:
             raise ValueError(f"values for partitions outside this run: {sorted(unknown)[:5]}")
-        store = self._store(context.run_id)
+        store = self.store(context.run_id)
         for key, value in obj.items():
             store.write(self._asset(context), key, value)
-            if isinstance(value, ImageOutcome) and value.png is not None and len(obj) == 1:
-                context.add_output_metadata(
-                    {"path": dg.MetadataValue.path(str(store.png_path(self._asset(context), key)))}
-                )
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
-        store = self._store(context.step_context.run_id)
+        store = self.store(context.step_context.run_id)
         asset = self._asset(context)
         return ByPartition({key: store.read(asset, key) for key in keys})

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
@@ -9,7 +10,9 @@ from .partitions import prompt_partitions
 from .resources.sheets import PromptSheet
 
 
-def build_daily_schedule(*, cron: str, timezone: str, per_tick: int) -> dg.ScheduleDefinition:
+def build_daily_schedule(
+    *, cron: str, timezone: str, per_tick: int, batch_size: int = 200
+) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="daily_prompt_schedule",
         job=process_prompts_job,
@@ -41,9 +44,12 @@ def build_daily_schedule(*, cron: str, timezone: str, per_tick: int) -> dg.Sched
             day = context.scheduled_execution_time.strftime("%Y-%m-%d")
         except Exception:  # evaluated by hand (UI "test schedule", tests): no tick time
             day = "manual"
+        # Batched runs (partition ranges) that never cover a queued prompt left for another day.
+        order = context.instance.get_dynamic_partitions(prompt_partitions.name)
+        left = {row.prompt_id for row in snapshot.rows} - set(chosen)
         return [
-            dg.RunRequest(partition_key=pid, run_key=f"{day}-{pid}", tags={"trigger": "schedule"})
-            for pid in chosen
+            run_request(batch, key_prefix=day, tags={"trigger": "schedule"})
+            for batch in batches(chosen, order, batch_size, avoid=left)
         ]
 
     return daily_prompt_schedule

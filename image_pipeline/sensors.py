@@ -8,13 +8,16 @@ import json
 
 import dagster as dg
 
+from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .partitions import prompt_partitions
 from .resources.sheets import PromptSheet
 
 
-def build_prompt_sheet_sensor(*, instant: bool, interval_s: int = 60) -> dg.SensorDefinition:
+def build_prompt_sheet_sensor(
+    *, instant: bool, interval_s: int = 60, batch_size: int = 200
+) -> dg.SensorDefinition:
     @dg.sensor(
         name="prompt_sheet_sensor",
         job=process_prompts_job,
@@ -41,10 +44,12 @@ def build_prompt_sheet_sensor(*, instant: bool, interval_s: int = 60) -> dg.Sens
         ids = [row.prompt_id for row in snapshot.rows]
         new_ids = [pid for pid in ids if pid not in known]
         run_requests = []
-        if instant:
+        if instant and new_ids:
+            # the new partitions are registered in this order by this tick: batches are ranges of them
+            order = [pid for pid in context.instance.get_dynamic_partitions(prompt_partitions.name)] + new_ids
             run_requests = [
-                dg.RunRequest(partition_key=pid, run_key=f"prompt-{pid}", tags={"trigger": "sensor"})
-                for pid in new_ids
+                run_request(batch, key_prefix="prompts", tags={"trigger": "sensor"})
+                for batch in batches(new_ids, order, batch_size)
             ]
         new_cursor = json.dumps({"token": token, "rows": len(ids)})
         if not new_ids:

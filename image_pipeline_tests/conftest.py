@@ -156,3 +156,14 @@ def google_emulator() -> Iterator[object]:
 
     with GoogleEmulator() as emulator:
         yield emulator
+
+
+def materializations(result, asset: str) -> list:
+    """The materializations of one asset in a run result, whichever step made them."""
+    import dagster as dg
+
+    return [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset)
+    ]

@@ -8,11 +8,11 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from image_pipeline.assets import ASSETS, done_entry, generated_image, prompt_record, telegram_post
+from image_pipeline.assets import ASSETS, done_entry, generate_and_post, prompt_record
 from image_pipeline.models import INVALID, SUCCESS
 from image_pipeline.resources.sheets import LocalWorkbook
 
-from .conftest import read_csv, run_partitions, write_csv
+from .conftest import materializations, read_csv, run_partitions, write_csv
 
 
 def queue(workbook_dir: Path, rows: list[list[str]], header: list[str] | None = None) -> list[str]:
@@ -35,7 +35,7 @@ def test_one_partition_end_to_end(local_resources, instance, workbook_dir: Path,
     png = tmp_path / "assets" / "generated_image" / f"{pid}.png"
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (320, 200)
-    image_md = result.asset_materializations_for_node("generated_image")[0].metadata
+    image_md = materializations(result, "generated_image")[0].metadata
     assert image_md["preview"].value.startswith("![")
     assert "data:image/jpeg;base64," in image_md["preview"].value
     assert len(image_md["preview"].value) < 30_000
@@ -44,7 +44,7 @@ def test_one_partition_end_to_end(local_resources, instance, workbook_dir: Path,
     assert image_md["generation_s"].value >= 0
     assert "offline_preview" in image_md
 
-    post_md = result.asset_materializations_for_node("telegram_post")[0].metadata
+    post_md = materializations(result, "telegram_post")[0].metadata
     assert post_md["chat_id"].value == "outbox" and post_md["message_id"].value == "1"
 
     done = read_csv(workbook_dir / "done.csv")
@@ -131,7 +131,7 @@ def test_row_edited_during_the_run_is_not_deleted(local_resources, instance, wor
         partition_key=pid,
         instance=instance,
         resources=local_resources,
-        selection=[generated_image, telegram_post, done_entry],
+        selection=[generate_and_post, done_entry],
     )
     assert rest.success
     md = rest.asset_materializations_for_node("done_entry")[0].metadata
@@ -142,7 +142,7 @@ def test_row_edited_during_the_run_is_not_deleted(local_resources, instance, wor
 def test_thumbnail_is_a_valid_small_jpeg(local_resources, instance, workbook_dir: Path) -> None:
     [pid] = queue(workbook_dir, [["thumbnail check"]])
     result = run_partitions(local_resources, instance, [pid])
-    preview = result.asset_materializations_for_node("generated_image")[0].metadata["preview"].value
+    preview = materializations(result, "generated_image")[0].metadata["preview"].value
     import base64
 
     data = base64.b64decode(preview.split("base64,", 1)[1].rstrip(")"))

@@ -790,9 +790,9 @@ def test_sheets_error_classes(scene, world: World, fault: Fault, fragment: str |
     scene.queue(["a fox for the sheets", "a cat for the sheets"])
     since = len(world.google.requests)
     # a 401 makes google-auth refresh the token and ask again (twice): all of those get the 401 too
-    world.google.fail_next(*([fault] * (3 if fault == 401 else 1)), endpoints=["values.get"])
+    world.google.fail_next(*([fault] * (3 if fault == 401 else 1)), endpoints=["values.batchGet"])
     result = scene.run()
-    statuses = _statuses(world.google, "values.get", since)
+    statuses = _statuses(world.google, "values.batchGet", since)
     if fragment is None:  # transient: retried, and the run goes through
         assert result.success, failure_messages(result)
         assert statuses[:2] == [fault, 200]
@@ -806,7 +806,7 @@ def test_sheets_error_classes(scene, world: World, fault: Fault, fragment: str |
 
 def test_sheets_fault_that_outlasts_the_retries_stops_the_run(scene, world: World) -> None:
     scene.queue(["a fox in a long outage"])
-    world.google.fail_next(503, 503, 503, 503, endpoints=["values.get"])
+    world.google.fail_next(503, 503, 503, 503, endpoints=["values.batchGet"])
     result = scene.run()
     message = scene.assert_stopped_untouched(result, "the prompt sheet is unreachable")
     assert "HTTP 503" in message
@@ -842,7 +842,7 @@ def test_non_image_bytes_in_every_run_end_quarantined_as_failed(scene, world: Wo
 
 def test_sheets_refusal_notifies_the_alert_chat(scene, world: World) -> None:
     scene.queue(["a fox on an unshared sheet"])
-    world.google.fail_next(403, endpoints=["values.get"])
+    world.google.fail_next(403, endpoints=["values.batchGet"])
     result = scene.run()
     scene.assert_stopped_untouched(result, "Share the spreadsheet")
     [notice] = scene.new_notices()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from image_pipeline.assets import ASSETS, generated_image, prompt_record, telegram_post
+from image_pipeline.assets import ASSETS, generate_and_post, prompt_record
 from image_pipeline.emulators.base import GARBAGE
 from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.ledger import POSTED, POSTING, Ledger, owner_token
@@ -41,7 +41,7 @@ def materialize(resources, instance, pid: str, selection) -> dg.ExecuteInProcess
 def post_only(resources, instance, pid: str) -> None:
     """Run the graph up to the post, as a process killed right after Telegram accepted it would have."""
     instance.add_dynamic_partitions("prompts", [pid])
-    assert materialize(resources, instance, pid, [prompt_record, generated_image, telegram_post]).success
+    assert materialize(resources, instance, pid, [prompt_record, generate_and_post]).success
 
 
 def test_crash_after_telegram_accepted_is_logged_not_reposted(

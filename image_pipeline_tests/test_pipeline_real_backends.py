@@ -7,12 +7,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.definitions import build_definitions
 from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 
-from .conftest import QUIET
+from .conftest import QUIET, materializations
 
 PROMPTS = [
     ["prompt", "width", "height", "seed"],
@@ -42,6 +43,7 @@ def real_env(google_emulator, hf_emulator, telegram_emulator, tmp_path: Path, mo
         "TELEGRAM_API_BASE_URL": telegram_emulator.base_url,
         "IMAGE_PIPELINE_DATA": str(tmp_path / "data"),
         "IMAGE_PIPELINE_INSTANT": "1",
+        "TELEGRAM_POSTS_PER_MINUTE": "0",  # pacing has tests of its own
         "TEST_SPREADSHEET_ID": sid,
     }
     for name, value in env.items():
@@ -59,15 +61,12 @@ def test_sensor_then_one_batched_run_on_the_real_backends(
     )
     tick = sensor(ctx)
     ids = list(tick.dynamic_partitions_requests[0].partition_keys)
-    assert len(ids) == 4 and [r.partition_key for r in tick.run_requests] == ids
+    [request] = tick.run_requests  # one batched run for the four new prompts
+    assert len(ids) == 4 and (request.tags[RANGE_START], request.tags[RANGE_END]) == (ids[0], ids[-1])
     instance.add_dynamic_partitions("prompts", ids)
 
     job = defs.resolve_job_def("process_prompts_job")
-    result = job.execute_in_process(
-        instance=instance,
-        run_config=QUIET,
-        tags={"dagster/asset_partition_range_start": ids[0], "dagster/asset_partition_range_end": ids[-1]},
-    )
+    result = job.execute_in_process(instance=instance, run_config=QUIET, tags=dict(request.tags))
     assert result.success
 
     sid = real_env["TEST_SPREADSHEET_ID"]
@@ -189,3 +188,54 @@ def test_a_3000_character_prompt_is_posted_with_a_cut_caption(
     assert long_prompt.startswith(post["caption"][:-1].rstrip())
     [done] = _done_rows(google_emulator, sid)
     assert done["Prompt"] == long_prompt and done["Status"] == "SUCCESS"
+
+
+def test_a_batch_posts_while_it_still_generates_and_keeps_images_on_disk(
+    real_env, google_emulator, hf_emulator, telegram_emulator, instance, monkeypatch
+) -> None:
+    """Generation and posting overlap in one step: the first post leaves before the last image is asked
+    for, posts keep queue order, and every image is a file on disk when it is posted."""
+    import time
+
+    sid = real_env["TEST_SPREADSHEET_ID"]
+    google_emulator.append_rows(sid, "Process", [[f"a calm sea number {i}"] for i in range(6)])
+    hf_emulator.rejected_prompts.clear()
+    hf_emulator.set_latency(0.3)
+    monkeypatch.setenv("HF_CONCURRENCY", "2")
+    seen: dict[str, list[float]] = {"generate": [], "post": []}
+    on_disk: list[bool] = []
+    images = Path(real_env["IMAGE_PIPELINE_DATA"]) / "assets" / "generated_image"
+
+    def hf_request(request, endpoint) -> None:
+        seen["generate"].append(time.monotonic())
+
+    def posted(request, endpoint, response) -> None:
+        if endpoint == "sendphoto" and response.status == 200:
+            seen["post"].append(time.monotonic())
+            on_disk.append(len(list(images.glob("*.png"))) >= len(seen["post"]))
+
+    hf_emulator.on_request = hf_request
+    telegram_emulator.after_route = posted
+    defs = build_definitions({**real_env, "HF_CONCURRENCY": "2"})
+    ids = [r.prompt_id for r in defs.resources["prompt_sheet"].ensure_ids().rows]
+    instance.add_dynamic_partitions("prompts", ids)
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        instance=instance, run_config=QUIET, tags={RANGE_START: ids[0], RANGE_END: ids[-1]}
+    )
+    assert result.success
+    posts = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert len(posts) == 9 and len(seen["generate"]) == 9  # every prompt but the blank one
+
+    assert seen["post"][0] < seen["generate"][-1]
+    assert [p["caption"] for p in posts][-6:] == [f"a calm sea number {i}" for i in range(6)]
+    assert all(on_disk)
+    # each prompt of the batch has its own materialization with its own preview and message id
+    image_mats = {m.partition: m for m in materializations(result, "generated_image")}
+    post_mats = {m.partition: m for m in materializations(result, "telegram_post")}
+    assert set(image_mats) == set(ids) == set(post_mats)
+    previews = {image_mats[i].metadata["preview"].value for i in ids if "preview" in image_mats[i].metadata}
+    assert len(previews) == 9
+    message_ids = {
+        post_mats[i].metadata["message_id"].value for i in ids if "message_id" in post_mats[i].metadata
+    }
+    assert len(message_ids) == 9

@@ -391,7 +391,7 @@ def test_no_secret_reaches_any_output(
         )
 
         def sheets_faults() -> None:
-            google_emulator.fail_next(503, TIMEOUT, endpoints=["values.get"])
+            google_emulator.fail_next(503, TIMEOUT, endpoints=["values.batchGet"])
 
         scenario(
             "sheets-503-then-timeout",

@@ -71,8 +71,8 @@ def test_remove_by_id_survives_a_person_editing_meanwhile(
         ["a person's new prompt"],
         ["a cat, edited", "", cat.prompt_id],
     ]
-    # one adds the hidden worksheet for removed rows (first use only), one deletes
-    assert google_emulator.count("sheets.batchUpdate") == 2
+    # one request deletes (and, on first use, adds the hidden worksheet for removed rows)
+    assert google_emulator.count("sheets.batchUpdate") == 1
 
 
 def test_done_rows_follow_the_ancestor_header_and_stay_literal(
@@ -243,12 +243,12 @@ def test_a_delete_whose_answer_is_lost_is_not_repeated_by_position(
     rows = {r.prompt: r for r in sheet.ensure_ids().rows}
     fox, owl = rows["a fox"], rows["a owl"]
     sheet.remove_rows({owl.prompt_id: owl.fingerprint()})  # adds the hidden worksheet for removed rows
-    assert google_emulator.count("sheets.batchUpdate") == 2
+    assert google_emulator.count("sheets.batchUpdate") == 1
     google_emulator.fail_next("truncate", endpoints=["sheets.batchUpdate"])
     outcome = sheet.remove_rows({fox.prompt_id: fox.fingerprint()})
     assert outcome == {fox.prompt_id: REMOVED}
     assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a cat"]
-    assert google_emulator.count("sheets.batchUpdate") == 3
+    assert google_emulator.count("sheets.batchUpdate") == 2
 
 
 def test_an_append_whose_answer_is_lost_is_not_duplicated(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.definitions import build_definitions
 from image_pipeline.ledger import PostLedger
 from image_pipeline.resources.sheets import LocalWorkbook
@@ -67,7 +68,7 @@ def test_sensor_instant_mode_requests_runs_for_new_rows_only(instance, workbook_
     second = _tick(sensor, instance, sheet, first.cursor)
     [run2] = second.run_requests
     assert run2.partition_key != old_id
-    assert run2.run_key == f"prompt-{run2.partition_key}"
+    assert run2.run_key == f"prompts-{run2.partition_key}"
     assert list(second.dynamic_partitions_requests[0].partition_keys) == [run2.partition_key]
 
 
@@ -95,10 +96,12 @@ def test_sensor_evaluate_tick_adds_partitions_like_the_daemon(workbook_dir: Path
             resources={"prompt_sheet": _sheet(workbook_dir)},
         )
         data = sensor.evaluate_tick(ctx)
-        assert len(data.run_requests) == 2
-        assert {r.partition_key for r in data.run_requests} == {
-            row[1] for row in read_csv(workbook_dir / "process.csv")[1:]
-        }
+        # one batched run: a range over the two new partitions, in queue order
+        ids = [row[1] for row in read_csv(workbook_dir / "process.csv")[1:]]
+        [run] = data.run_requests
+        assert run.partition_key is None
+        assert (run.tags[RANGE_START], run.tags[RANGE_END]) == (ids[0], ids[1])
+        assert run.run_key == f"prompts-{ids[0]}-{ids[1]}"
 
 
 def test_schedule_picks_the_oldest_prompt_and_registers_it(instance, workbook_dir: Path) -> None:
@@ -114,9 +117,32 @@ def test_schedule_picks_the_oldest_prompt_and_registers_it(instance, workbook_di
     ) as ctx:
         requests = schedule(ctx)
     ids = [row[1] for row in read_csv(workbook_dir / "process.csv")[1:]]
-    assert [r.partition_key for r in requests] == ids[:2]
-    assert requests[0].run_key == f"2026-01-02-{ids[0]}"
+    [run] = requests  # the two oldest in one run, a partition range that stops before the third
+    assert (run.tags[RANGE_START], run.tags[RANGE_END]) == (ids[0], ids[1])
+    assert run.run_key == f"2026-01-02-{ids[0]}-{ids[1]}"
     assert set(ids[:2]) <= set(instance.get_dynamic_partitions("prompts"))
+
+
+def test_schedule_batches_never_cover_a_prompt_left_for_later(instance, workbook_dir: Path) -> None:
+    write_csv(workbook_dir / "process.csv", [["prompt"], ["a"], ["b"], ["c"], ["d"]])
+    sheet = _sheet(workbook_dir)
+    ledger = PostLedger(path=str(workbook_dir / "l.sqlite"))
+    ids = [row.prompt_id for row in sheet.ensure_ids().rows]
+    # "a" failed before: it goes behind the fresh ones, so the day's three are b, c, d
+    book = ledger.open()
+    book.claim(ids[0], "f", owner="x", prompt="a", lease_s=0, is_stale=lambda _o: True)
+    book.add_attempt(ids[0], "f", "boom")
+    schedule = build_daily_schedule(cron="0 7 * * *", timezone="UTC", per_tick=3, batch_size=2)
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=datetime(2026, 1, 2, 7, tzinfo=UTC),
+        resources={"prompt_sheet": sheet, "ledger": ledger},
+    ) as ctx:
+        requests = schedule(ctx)
+    spans = [
+        (r.tags.get(RANGE_START, r.partition_key), r.tags.get(RANGE_END, r.partition_key)) for r in requests
+    ]
+    assert spans == [(ids[1], ids[2]), (ids[3], ids[3])]
 
 
 def test_schedule_on_an_empty_queue_skips_and_writes_nothing(instance, workbook_dir: Path) -> None:

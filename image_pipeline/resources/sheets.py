@@ -18,7 +18,9 @@ import io
 import json
 import logging
 import os
+import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +107,10 @@ class TableBackend:
     def read_header(self, worksheet: str) -> list[str]:
         table = self.read(worksheet)
         return table[0] if table else []
+
+    def read_many(self, worksheets: Sequence[str]) -> list[list[list[str]]]:
+        """Several worksheets at once (one request where the API allows it)."""
+        return [self.read(w) for w in worksheets]
 
     def write_cells(self, worksheet: str, cells: Sequence[CellWrite]) -> None:
         raise NotImplementedError
@@ -393,6 +399,11 @@ def _retry_after_header(response: Any) -> float | None:
         return None
 
 
+# spreadsheet key -> (when read, worksheet title -> sheetId)
+_SHEET_IDS: dict[str, tuple[float, dict[str, int]]] = {}
+SHEET_IDS_TTL_S = 600.0
+
+
 class GoogleSheetsBackend(TableBackend):
     def __init__(
         self,
@@ -480,13 +491,27 @@ class GoogleSheetsBackend(TableBackend):
 
     def sheet_ids(self) -> dict[str, int]:
         if self._sheet_ids is None:
-            meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
-            self._sheet_ids = {
-                s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]
-            }
+            # Worksheet ids rarely change: the process shares them between resource instances (the
+            # `run` command and its runs, sensor ticks) for a while instead of paying a read each time.
+            # A worksheet removed meanwhile shows as a refused request, which forgets them.
+            cached = _SHEET_IDS.get(self.key())
+            if cached is not None and time.monotonic() - cached[0] < SHEET_IDS_TTL_S:
+                self._sheet_ids = dict(cached[1])
+            else:
+                meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
+                self._sheet_ids = {
+                    s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]
+                }
+                _SHEET_IDS[self.key()] = (time.monotonic(), dict(self._sheet_ids))
         return self._sheet_ids
 
+    def forget_sheet_ids(self) -> None:
+        self._sheet_ids = None
+        _SHEET_IDS.pop(self._key or "", None)
+
     def _require(self, worksheet: str) -> None:
+        if worksheet not in self.sheet_ids() and _SHEET_IDS.get(self._key or ""):
+            self.forget_sheet_ids()  # maybe added since we looked
         if worksheet not in self.sheet_ids():
             if worksheet == self.done:
                 self._add_worksheet(worksheet)
@@ -511,8 +536,35 @@ class GoogleSheetsBackend(TableBackend):
 
     def read(self, worksheet: str) -> list[list[str]]:
         self._require(worksheet)
-        reply = self._call("read values", lambda: self.http.values_get(self.key(), self._a1(worksheet)))
+        with self._recheck_on_refusal([worksheet]):
+            reply = self._call("read values", lambda: self.http.values_get(self.key(), self._a1(worksheet)))
         return _trim([[str(c) for c in row] for row in reply.get("values", [])])
+
+    @contextlib.contextmanager
+    def _recheck_on_refusal(self, worksheets: Sequence[str]) -> Iterator[None]:
+        """A range refused with 400 usually means a worksheet went away since we listed them: say so."""
+        try:
+            yield
+        except ServiceBlocked as exc:
+            if exc.status == 400:
+                self.forget_sheet_ids()
+                for worksheet in worksheets:
+                    self._require(worksheet)
+            raise
+
+    def read_many(self, worksheets: Sequence[str]) -> list[list[list[str]]]:
+        for worksheet in worksheets:
+            self._require(worksheet)
+        ranges = [self._a1(w) for w in worksheets]
+        with self._recheck_on_refusal(worksheets):
+            reply = self._call(
+                "read values",
+                lambda: self.http.values_batch_get(self.key(), ranges, {"majorDimension": "ROWS"}),
+            )
+        value_ranges = reply.get("valueRanges", [])
+        if len(value_ranges) != len(worksheets):
+            raise TransientError("Google Sheets read values: malformed batchGet answer", service="sheets")
+        return [_trim([[str(c) for c in row] for row in vr.get("values", [])]) for vr in value_ranges]
 
     def read_header(self, worksheet: str) -> list[str]:
         self._require(worksheet)
@@ -575,6 +627,8 @@ class GoogleSheetsBackend(TableBackend):
                 return self._call(what, lambda: self.http.batch_update(self.key(), body), repeatable=False)
             if "Unknown name" in text or "Cannot find field" in text:
                 raise
+            if "No grid with id" in text or "already exists" in text:
+                self.forget_sheet_ids()  # a worksheet was removed or added since we listed them
             raise RowsShifted(text) from None
 
     def delete_rows(self, worksheet: str, row_numbers: Sequence[int]) -> None:
@@ -583,25 +637,6 @@ class GoogleSheetsBackend(TableBackend):
         self._require(worksheet)
         sheet_id = self.sheet_ids()[worksheet]
         self._positional_batch("delete rows", self._delete_requests(sheet_id, row_numbers), sheet_id)
-
-    def _removed_rows_sheet(self) -> int:
-        if REMOVED_ROWS_WORKSHEET not in self.sheet_ids():
-            props = {
-                "title": REMOVED_ROWS_WORKSHEET,
-                "hidden": True,
-                "gridProperties": {"rowCount": 2, "columnCount": 1},
-            }
-            body = {"requests": [{"addSheet": {"properties": props}}]}
-            try:
-                reply = self._call("add worksheet", lambda: self.http.batch_update(self.key(), body))
-                self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = int(
-                    reply["replies"][0]["addSheet"]["properties"]["sheetId"]
-                )
-            except ServiceBlocked as exc:
-                if exc.status != 400 or "already exists" not in str(exc):
-                    raise
-                self._sheet_ids = None  # another process added it first
-        return self.sheet_ids()[REMOVED_ROWS_WORKSHEET]
 
     def delete_rows_capturing(
         self, worksheet: str, row_numbers: Sequence[int], width: int
@@ -616,15 +651,22 @@ class GoogleSheetsBackend(TableBackend):
         rows = sorted(set(row_numbers))
         width = max(1, width)
         self._capture_width = width
-        try:
-            scratch = self._removed_rows_sheet()
-        except ServiceBlocked as exc:
-            if exc.status != 400:
-                raise
-            return self._stop_capturing(worksheet, rows, exc)
+        adding: list[dict[str, Any]] = []
+        scratch = self.sheet_ids().get(REMOVED_ROWS_WORKSHEET)
+        if scratch is None:
+            # created in the same request as its first use: no request of its own
+            scratch = random.randint(10**8, 2 * 10**9)
+            props = {
+                "sheetId": scratch,
+                "title": REMOVED_ROWS_WORKSHEET,
+                "hidden": True,
+                "gridProperties": {"rowCount": len(rows) + 1, "columnCount": width},
+            }
+            adding = [{"addSheet": {"properties": props}}]
         nonce = uuid.uuid4().hex
         whole_rows = {"startColumnIndex": 0, "endColumnIndex": width}
         requests_: list[dict[str, Any]] = [
+            *adding,
             {
                 "updateSheetProperties": {
                     "properties": {
@@ -673,6 +715,9 @@ class GoogleSheetsBackend(TableBackend):
             if exc.status != 400:
                 raise
             return self._stop_capturing(worksheet, rows, exc)
+        if adding:
+            self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = scratch
+            _SHEET_IDS.pop(self.key(), None)
         reply = self._call(
             "read removed rows", lambda: self.http.values_get(self.key(), self._a1(REMOVED_ROWS_WORKSHEET))
         )
@@ -1072,8 +1117,16 @@ class PromptSheet(dg.ConfigurableResource):
                 "Google Sheets append rows: the answer was lost three times", service="sheets"
             )
 
+    def read_queue_and_done(self) -> tuple[QueueSnapshot, list[dict[str, str]]]:
+        """Both worksheets in one request: what a run needs to start (the queue and the audit log)."""
+        process, done = self.backend.read_many([self.process_worksheet, self.done_worksheet])
+        return self._parse(process), self._done_rows(done)
+
     def read_done(self) -> list[dict[str, str]]:
-        table = self.backend.read(self.done_worksheet)
+        return self._done_rows(self.backend.read(self.done_worksheet))
+
+    @staticmethod
+    def _done_rows(table: list[list[str]]) -> list[dict[str, str]]:
         if not table:
             return []
         names = [DONE_ALIASES.get(normalize_header(h), normalize_header(h)) for h in table[0]]
