@@ -656,13 +656,17 @@ def done_entry(
             )
         ]
         rows = to_log + orphans
+        # one read for the Done header and the queue the removal starts from
+        before = prompt_sheet.read_before_logging() if rows and to_remove else None
         if rows:
             for key, fingerprint, _row in rows:
                 book.update(key, fingerprint, done_state=LOGGING)
-            prompt_sheet.append_done([row for _, _, row in rows])
+            prompt_sheet.append_done([row for _, _, row in rows], header=before[1] if before else None)
             for key, fingerprint, row in rows:
                 book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
-        removal = prompt_sheet.remove_rows(to_remove) if to_remove else {}
+        removal = (
+            prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None) if to_remove else {}
+        )
     except ServiceBlocked as exc:
         raise _stop(context, publisher, exc) from None
     except TransientError as exc:

@@ -108,9 +108,14 @@ class TableBackend:
         table = self.read(worksheet)
         return table[0] if table else []
 
-    def read_many(self, worksheets: Sequence[str]) -> list[list[list[str]]]:
-        """Several worksheets at once (one request where the API allows it)."""
-        return [self.read(w) for w in worksheets]
+    def read_many(self, worksheets: Sequence[str | tuple[str, str]]) -> list[list[list[str]]]:
+        """Several worksheets at once (one request where the API allows it). An item may be
+        ``(worksheet, "1:1")`` for the header row only."""
+        out = []
+        for item in worksheets:
+            name, cells = (item, "") if isinstance(item, str) else item
+            out.append([self.read_header(name)] if cells == "1:1" else self.read(name))
+        return out
 
     def write_cells(self, worksheet: str, cells: Sequence[CellWrite]) -> None:
         raise NotImplementedError
@@ -552,11 +557,13 @@ class GoogleSheetsBackend(TableBackend):
                     self._require(worksheet)
             raise
 
-    def read_many(self, worksheets: Sequence[str]) -> list[list[list[str]]]:
-        for worksheet in worksheets:
+    def read_many(self, worksheets: Sequence[str | tuple[str, str]]) -> list[list[list[str]]]:
+        items = [(w, "") if isinstance(w, str) else w for w in worksheets]
+        names = [name for name, _ in items]
+        for worksheet in names:
             self._require(worksheet)
-        ranges = [self._a1(w) for w in worksheets]
-        with self._recheck_on_refusal(worksheets):
+        ranges = [self._a1(name, cells) for name, cells in items]
+        with self._recheck_on_refusal(names):
             reply = self._call(
                 "read values",
                 lambda: self.http.values_batch_get(self.key(), ranges, {"majorDimension": "ROWS"}),
@@ -957,22 +964,24 @@ class PromptSheet(dg.ConfigurableResource):
         current = self.read_queue().by_id()
         return {pid: current[pid] for pid in ids if pid in current}
 
-    def remove_rows(self, expected: dict[str, str]) -> dict[str, str]:
+    def remove_rows(self, expected: dict[str, str], snapshot: QueueSnapshot | None = None) -> dict[str, str]:
         """Remove rows by id after re-reading them. ``expected`` maps id -> the fingerprint we processed.
 
         A row whose content changed meanwhile is kept (CHANGED); a missing id deletes nothing (VANISHED).
         Rows are deleted by position, so where people edit at the same time (Google) the delete copies
         the rows it removes into a hidden worksheet in the same atomic request: any removed row that is
         not the one we meant (a person inserted or moved rows between our read and the delete) is put
-        back where it was, and the row we meant is looked up again.
+        back where it was, and the row we meant is looked up again. ``snapshot``, a read made just
+        before (Google only: the local workbook reads under its lock), saves the first re-read.
         """
         if not expected:
             return {}
         outcome: dict[str, str] = {}
         pending = dict(expected)
+        earlier = None if self.backend.atomic else snapshot
         with self.backend.transaction():
             for _ in range(4):
-                snapshot = self.read_queue()
+                snapshot, earlier = earlier or self.read_queue(), None
                 targets: list[PromptRow] = []
                 for pid, fingerprint in pending.items():
                     matches = [r for r in snapshot.rows if r.prompt_id == pid]
@@ -1079,12 +1088,22 @@ class PromptSheet(dg.ConfigurableResource):
             self.backend.insert_row(self.process_worksheet, position, list(row.cells))
 
     # -- the log ---------------------------------------------------------------------------------------
-    def append_done(self, entries: Sequence[DoneEntry]) -> None:
-        """Append audit rows, matching columns by header name and adding the headers that are missing."""
+    def read_before_logging(self) -> tuple[QueueSnapshot, list[str]] | None:
+        """The queue and the Done header in one request, for a batch about to log and remove its rows
+        (None where reads are free and must happen under the backend's lock: the local workbook)."""
+        if self.backend.atomic:
+            return None
+        process, done_head = self.backend.read_many([self.process_worksheet, (self.done_worksheet, "1:1")])
+        return self._parse(process), (done_head[0] if done_head else [])
+
+    def append_done(self, entries: Sequence[DoneEntry], header: list[str] | None = None) -> None:
+        """Append audit rows, matching columns by header name and adding the headers that are missing.
+        ``header``: the Done header as just read (saves the read)."""
         if not entries:
             return
         with self.backend.transaction():
-            header = self.backend.read_header(self.done_worksheet)
+            if header is None or self.backend.atomic:
+                header = self.backend.read_header(self.done_worksheet)
             names = [DONE_ALIASES.get(normalize_header(h), normalize_header(h)) for h in header]
             header_cells: list[CellWrite] = []
             if not any(n.strip() for n in names):
