@@ -162,74 +162,73 @@ def prompt_record(
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
     records = ByPartition()
-    for key in keys:
-        row = rows.get(key)
-        if row is None:
-            records[key] = {"id": key, "status": GONE, "reason": "no row in the queue carries this id"}
-            context.log.warning(f"{key}: no row in the queue carries this id; nothing to do")
-            continue
-        fingerprint = row.fingerprint()
-        record: dict[str, Any] = {
-            "id": key,
-            "row_number": row.row_number,
-            "prompt": row.prompt,
-            "params": row.params,
-            "fingerprint": fingerprint,
-        }
-        records[key] = record
-        if not book.claim(
-            key,
-            fingerprint,
-            owner=owner,
-            prompt=clean_text(row.prompt),
-            lease_s=ledger.lease_s,
-            is_stale=is_stale,
-        ):
-            record.update(status=BUSY, reason="another run is working on this prompt")
-            context.log.warning(f"{key}: another run is working on this prompt; skipped")
-            continue
-        entry = book.get(key, fingerprint)
-        assert entry is not None
-        logged = done.get((key, clean_text(row.prompt)))
-        if entry.done_state == LOGGED or logged:
-            record.update(
-                status=LOGGED, reason=f"already in Done ({logged or entry.final_status}); only removed"
-            )
-            if entry.done_state != LOGGED:
-                book.update(key, fingerprint, done_state=LOGGED, final_status=logged or "")
-            continue
-        check = validate_prompt(row.prompt)
-        if not check.ok:
-            record.update(status=INVALID, reason=check.reason)
-            continue
-        try:
-            req = build_request(
-                row,
-                default_model=image_generator.model,
-                default_width=image_generator.width,
-                default_height=image_generator.height,
-            )
-        except ValueError as exc:
-            record.update(status=INVALID, reason=str(exc))
-            continue
-        record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
-        if entry.attempts >= ledger.max_attempts and entry.post_state is None:
-            record.update(
-                status=QUARANTINED,
-                reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
-            )
-    metadata: dict[str, Any] = {"partitions": len(keys)}
-    if (key := _single(context)) is not None:
-        rec = records[key]
-        metadata.update(
-            status=rec["status"],
-            prompt=dg.MetadataValue.text(clean_text(rec.get("prompt", ""))[:500]),
-            reason=rec.get("reason", ""),
-            row_number=int(rec.get("row_number") or 0),
-        )
-    else:
-        metadata["statuses"] = dg.MetadataValue.json(_count(r["status"] for r in records.values()))
-    return dg.Output(records, metadata=metadata)
+    with book.batch():  # one commit for the whole batch's claims
+        for key in keys:
+            row = rows.get(key)
+            if row is None:
+                records[key] = {"id": key, "status": GONE, "reason": "no row in the queue carries this id"}
+                context.log.warning(f"{key}: no row in the queue carries this id; nothing to do")
+                continue
+            fingerprint = row.fingerprint()
+            record: dict[str, Any] = {
+                "id": key,
+                "row_number": row.row_number,
+                "prompt": row.prompt,
+                "params": row.params,
+                "fingerprint": fingerprint,
+            }
+            records[key] = record
+            if not book.claim(
+                key,
+                fingerprint,
+                owner=owner,
+                prompt=clean_text(row.prompt),
+                lease_s=ledger.lease_s,
+                is_stale=is_stale,
+            ):
+                record.update(status=BUSY, reason="another run is working on this prompt")
+                context.log.warning(f"{key}: another run is working on this prompt; skipped")
+                continue
+            entry = book.get(key, fingerprint)
+            assert entry is not None
+            logged = done.get((key, clean_text(row.prompt)))
+            if entry.done_state == LOGGED or logged:
+                record.update(
+                    status=LOGGED, reason=f"already in Done ({logged or entry.final_status}); only removed"
+                )
+                if entry.done_state != LOGGED:
+                    book.update(key, fingerprint, done_state=LOGGED, final_status=logged or "")
+                continue
+            check = validate_prompt(row.prompt)
+            if not check.ok:
+                record.update(status=INVALID, reason=check.reason)
+                continue
+            try:
+                req = build_request(
+                    row,
+                    default_model=image_generator.model,
+                    default_width=image_generator.width,
+                    default_height=image_generator.height,
+                )
+            except ValueError as exc:
+                record.update(status=INVALID, reason=str(exc))
+                continue
+            record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
+            if entry.attempts >= ledger.max_attempts and entry.post_state is None:
+                record.update(
+                    status=QUARANTINED,
+                    reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
+                )
+    return dg.Output(records, metadata=_per_partition(context, "prompt_record", records, _record_metadata))
+
+
+def _record_metadata(_key: str, rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": rec["status"],
+        "prompt": dg.MetadataValue.text(clean_text(rec.get("prompt", ""))[:500]),
+        "reason": rec.get("reason", ""),
+        "row_number": int(rec.get("row_number") or 0),
+    }
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -255,6 +254,23 @@ def _plan_generation(
     """Which prompts of the batch need an image; the others get their no-op outcome at once."""
     outcomes = ByPartition()
     todo: list[tuple[str, str, GenerationRequest]] = []
+    with book.batch():
+        todo_keys = _plan_into(prompt_record, book, owner, is_stale, ledger, outcomes)
+    for key in todo_keys:
+        record = prompt_record[key]
+        todo.append((key, record["fingerprint"], GenerationRequest(**record["request"])))
+    return outcomes, todo
+
+
+def _plan_into(
+    prompt_record: ByPartition,
+    book: Ledger,
+    owner: str,
+    is_stale: Any,
+    ledger: PostLedger,
+    outcomes: ByPartition,
+) -> list[str]:
+    todo: list[str] = []
     for key, record in _in_queue_order(prompt_record):
         if record["status"] != READY:
             status = BUSY if record["status"] == BUSY else "SKIPPED"
@@ -269,8 +285,8 @@ def _plan_generation(
         if not _hold(book, owner, is_stale, ledger, key, record):
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
-        todo.append((key, fingerprint, GenerationRequest(**record["request"])))
-    return outcomes, todo
+        todo.append(key)
+    return todo
 
 
 def _generate_to_disk(
@@ -353,7 +369,10 @@ def generate_and_post(
     store = pipeline_io_manager.store(context.run.run_id)
     outcomes, todo = _plan_generation(prompt_record, book, owner, is_stale, ledger)
     posts = ByPartition()
-    with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency)) as pool:
+    batch = _single(context) is None
+    # More threads than request slots: an image is decoded, encoded and written while the next
+    # requests are already in flight (the generator holds a slot only for the request itself).
+    with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
         futures = {
             key: pool.submit(_generate_to_disk, image_generator, store, book, ledger, key, fp, req)
             for key, fp, req in todo
@@ -367,19 +386,29 @@ def generate_and_post(
                 posts[key] = _post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
                 )
+                if batch:
+                    # attached as each prompt finishes, while the next images are still being made
+                    context.add_asset_metadata(
+                        _image_partition_metadata(key, outcomes[key]),
+                        asset_key=GENERATED_IMAGE,
+                        partition_key=key,
+                    )
+                    context.add_asset_metadata(
+                        _post_partition_metadata(posts[key]), asset_key=TELEGRAM_POST, partition_key=key
+                    )
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
             raise _stop(context, publisher, exc) from None
     yield dg.Output(
         outcomes,
         output_name=GENERATED_IMAGE,
-        metadata=_per_partition(context, GENERATED_IMAGE, outcomes, _image_partition_metadata),
+        metadata=_per_partition(context, GENERATED_IMAGE, outcomes, _image_partition_metadata, added=batch),
     )
     yield dg.Output(
         posts,
         output_name=TELEGRAM_POST,
         metadata=_per_partition(
-            context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post)
+            context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post), added=batch
         ),
     )
 
@@ -502,14 +531,16 @@ def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
 
 
 def _per_partition(
-    context: dg.AssetExecutionContext, asset: str, values: ByPartition, describe: Any
+    context: dg.AssetExecutionContext, asset: str, values: ByPartition, describe: Any, added: bool = False
 ) -> dict[str, Any]:
     """Each prompt's own materialization metadata (preview, message id, ...), in a batch run too; the
-    output's metadata is the one partition's, or the batch's counts."""
+    output's metadata is the one partition's, or the batch's counts. ``added``: the step attached each
+    partition's metadata already, as it went."""
     if (key := _single(context)) is not None:
         return describe(key, values[key])
-    for key, value in values.items():
-        context.add_asset_metadata(describe(key, value), asset_key=asset, partition_key=key)
+    if not added:
+        for key, value in values.items():
+            context.add_asset_metadata(describe(key, value), asset_key=asset, partition_key=key)
     statuses = _count(
         v.status if isinstance(v, ImageOutcome) else v.get("status", "") for v in values.values()
     )
@@ -659,11 +690,13 @@ def done_entry(
         # one read for the Done header and the queue the removal starts from
         before = prompt_sheet.read_before_logging() if rows and to_remove else None
         if rows:
-            for key, fingerprint, _row in rows:
-                book.update(key, fingerprint, done_state=LOGGING)
+            with book.batch():  # durable, all of it, before the append
+                for key, fingerprint, _row in rows:
+                    book.update(key, fingerprint, done_state=LOGGING)
             prompt_sheet.append_done([row for _, _, row in rows], header=before[1] if before else None)
-            for key, fingerprint, row in rows:
-                book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
+            with book.batch():
+                for key, fingerprint, row in rows:
+                    book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
         removal = (
             prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None) if to_remove else {}
         )
@@ -671,9 +704,13 @@ def done_entry(
         raise _stop(context, publisher, exc) from None
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
-    for key, fingerprint in to_remove.items():
-        if removal.get(key) == "removed":
-            book.update(key, fingerprint, queue_state=REMOVED)
+    with book.batch():
+        for key, fingerprint in to_remove.items():
+            if removal.get(key) == "removed":
+                book.update(key, fingerprint, queue_state=REMOVED)
+        for key, record in prompt_record.items():
+            if record.get("fingerprint"):
+                book.release(key, record["fingerprint"], owner)
     for key, _fingerprint, entry in to_log:
         results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
         if entry.status == FAILED:
@@ -684,21 +721,18 @@ def done_entry(
                 f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
             )
         results[key]["queue_row"] = removal.get(key, "")
-    for key, record in prompt_record.items():
-        if record.get("fingerprint"):
-            book.release(key, record["fingerprint"], owner)
-    metadata: dict[str, Any] = {"partitions": len(results), "orphan_posts_logged": len(orphans)}
-    if (key := _single(context)) is not None:
-        res = results[key]
-        metadata.update(
-            status=res.get("status", ""),
-            information=res.get("information", res.get("reason", "")),
-            queue_row=res.get("queue_row", ""),
-            message_id=res.get("message_id", ""),
-        )
-    else:
-        metadata["statuses"] = dg.MetadataValue.json(_count(r.get("status", "") for r in results.values()))
+    metadata = _per_partition(context, "done_entry", results, lambda _key, res: _done_partition_metadata(res))
+    metadata["orphan_posts_logged"] = len(orphans)
     return dg.Output(results, metadata=metadata)
+
+
+def _done_partition_metadata(res: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": res.get("status", ""),
+        "information": res.get("information", res.get("reason", "")),
+        "queue_row": res.get("queue_row", ""),
+        "message_id": res.get("message_id", ""),
+    }
 
 
 def _notify(publisher: Publisher, text: str) -> None:

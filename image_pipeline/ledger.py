@@ -22,6 +22,7 @@ import contextlib
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_ms = int(busy_timeout_s * 1000)
+        self._local = threading.local()
         with self._connect() as db:
             db.executescript(_SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(prompts)")}
@@ -133,26 +135,54 @@ class Ledger:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None)
-        try:
+        # One connection per thread, kept open: opening SQLite and setting it up costs more than the
+        # writes themselves, and a batch makes hundreds of them.
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or getattr(local, "db", None) is None:
+            db = sqlite3.connect(
+                self.path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=True
+            )
             db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a recorded message id survives a power cut, not only a killed process
             db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+            local.db, local.pid, local.depth = db, os.getpid(), 0
+        yield local.db
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._connect() as db:
+            local = self._local
+            if local.depth > 0:  # inside batch(): one commit at its end
+                local.depth += 1
+                try:
+                    yield db
+                finally:
+                    local.depth -= 1
+                return
             db.execute("BEGIN IMMEDIATE")
+            local.depth = 1
             try:
                 yield db
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            finally:
+                local.depth = 0
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several writes of this thread as one transaction (one disk sync): for bookkeeping of a whole
+        batch, never around an irreversible action, whose guard must be durable on its own."""
+        with self._tx():
+            yield
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
 
     @staticmethod
     def _entry(row: tuple[Any, ...] | None) -> Entry | None:

@@ -6,13 +6,14 @@ import hashlib
 import io
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ..errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..models import GenerationRequest
@@ -54,6 +55,16 @@ class ImageGenerator(dg.ConfigurableResource):
     retry_attempts: int = Field(default=4, description="Tries per image, the first included.")
     retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
     concurrency: int = Field(default=1, description="Images generated at once within a batch run.")
+    _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
+    _slots_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def _request_slots(self) -> threading.BoundedSemaphore:
+        # Only the request to the provider holds a slot; decoding, encoding and writing the file happen
+        # outside it, so `concurrency` requests are always in flight while a batch has work.
+        with self._slots_lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(max(1, self.concurrency))
+            return self._slots
 
     @property
     def is_preview(self) -> bool:
@@ -80,9 +91,10 @@ class ImageGenerator(dg.ConfigurableResource):
         policy = RetryPolicy(attempts=max(1, self.retry_attempts), base_delay_s=self.retry_base_delay_s)
 
         def attempt() -> tuple[Image.Image, float]:
-            started = time.monotonic()
-            image = self._generate_once(request, seed)
-            return image, time.monotonic() - started
+            with self._request_slots():
+                started = time.monotonic()
+                image = self._generate_once(request, seed)
+                return image, time.monotonic() - started
 
         image, seconds = call_with_retry(attempt, policy, what=f"generate with {request.model}")
         if image.width < 1 or image.height < 1:
