@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run dev test lint clean home sandbox dev-sandbox chaos
+.PHONY: setup run dev test lint clean home sandbox dev-sandbox chaos bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -40,6 +40,11 @@ dev-sandbox: setup
 # Exactly-once under faults, kills and a concurrent editor (see README): make chaos ARGS="--prompts 100"
 chaos: setup
 	$(BIN)/python -m image_pipeline.chaos $(ARGS)
+
+# Speed, Sheets requests, 429s and memory against emulators with a fixed latency, beside the ancestor's
+# one-process-per-prompt baseline (see image_pipeline/bench.py): make bench ARGS="--only B100-gen --json b.json"
+bench: setup
+	$(BIN)/python -m image_pipeline.bench $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -1,7 +1,8 @@
 """Spacing posts to one chat so Telegram never has to answer 429.
 
 Telegram allows about 20 messages a minute into one group or channel. Posts are spaced evenly at
-``60 / per_minute`` seconds, across runs and processes: the time of the last post per chat is kept in a
+``60 / per_minute`` seconds, counted from when the previous post was answered (Telegram's window counts
+accepted posts), across runs and processes: the time of the last post per chat is kept in a
 small JSON file under an exclusive lock, and whoever holds the lock waits out the gap before taking the
 next slot. An even spacing (not a burst of 20, then a pause) also keeps under the ~1 message per second
 per chat that Telegram advises.
@@ -72,3 +73,13 @@ class ChatPacer:
             state[chat_id] = max(now, due)
         self.waited_s += wait
         return wait
+
+    def sent(self, chat_id: str) -> None:
+        """The post's answer came back: the next one is due a full interval after this moment.
+
+        Telegram counts posts by when it accepts them, and an upload takes a variable time; spacing the
+        starts alone lets two acceptances come closer than the interval."""
+        if self.interval <= 0:
+            return
+        with self._exclusive() as state:
+            state[chat_id] = max(float(state.get(chat_id, 0.0)), self._clock())

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, TelegramEmulator
@@ -30,6 +31,24 @@ def test_pacer_spaces_posts_evenly_with_a_fake_clock() -> None:
     now[0] += 10
     assert pacer.wait_turn("c") == 0.0
     assert ChatPacer(0).wait_turn("c") == 0.0
+
+
+def test_spacing_counts_from_when_the_previous_post_was_answered() -> None:
+    """Telegram's window counts accepted posts: a slow upload must push the next post back."""
+    now = [1000.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    pacer = ChatPacer(20, clock=lambda: now[0], sleep=sleep)
+    accepted = []
+    for upload_s in (0.1, 2.5, 0.1, 0.1):
+        pacer.wait_turn("c")
+        now[0] += upload_s  # the upload, answered at its end
+        pacer.sent("c")
+        accepted.append(now[0])
+    gaps = [b - a for a, b in zip(accepted, accepted[1:], strict=False)]
+    assert min(gaps) >= 3.0 and gaps == pytest.approx([5.5, 3.1, 3.1])
 
 
 def test_spacing_holds_across_processes_through_the_state_file(tmp_path: Path) -> None:

@@ -171,7 +171,10 @@ def test_request_budget_per_prompt_and_per_idle_sensor_tick(
         instance=instance, run_config=QUIET, tags={RANGE_START: batch_ids[0], RANGE_END: batch_ids[-1]}
     )
     assert batch.success and len(telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)) == 1 + 20 + 1
-    batch_reads, batch_writes = google_emulator.read_requests - reads1, google_emulator.write_requests - writes1
+    batch_reads, batch_writes = (
+        google_emulator.read_requests - reads1,
+        google_emulator.write_requests - writes1,
+    )
     with capsys.disabled():
         print(
             f"\n[request budget] one prompt end to end: {reads} Sheets reads + {writes} Sheets writes; "

@@ -273,6 +273,15 @@ class TelegramPublisher(Publisher):
         # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot.
         self.pacer().wait_turn(str(self.chat_id))
         try:
+            return self._send(upload, data, png, prompt_id, caption)
+        finally:
+            # spacing counts from when Telegram took the post, which is what its own window counts
+            self.pacer().sent(str(self.chat_id))
+
+    def _send(
+        self, upload: PreparedUpload, data: dict[str, Any], png: bytes, prompt_id: str, caption: str
+    ) -> PostReceipt:
+        try:
             result = self.call(upload.method, data, upload)
         except TelegramBadRequest as exc:
             text = str(exc).upper()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -404,6 +405,8 @@ def _retry_after_header(response: Any) -> float | None:
         return None
 
 
+# (key hash, endpoints, timeout) -> gspread client
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
 # spreadsheet key -> (when read, worksheet title -> sheetId)
 _SHEET_IDS: dict[str, tuple[float, dict[str, int]]] = {}
 SHEET_IDS_TTL_S = 600.0
@@ -432,17 +435,29 @@ class GoogleSheetsBackend(TableBackend):
         self._title = spreadsheet_title
         self._key = spreadsheet_key
         self.service_account_email = str(info.get("client_email", ""))
-        try:
-            self._gc = gspread.service_account_from_dict(
-                info, http_client=_http_client_class(sheets_base, drive_base)
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ServiceBlocked(
-                f"the Google service-account key is not usable ({type(exc).__name__}); download a new JSON key",
-                service="sheets",
-            ) from None
-        # gspread passes timeout=None by default, which disables every timeout
-        self._gc.set_timeout(timeout_s)
+        # One authorized client per key and endpoints in the process: its access token lasts an hour,
+        # so sensor ticks and the runs of `image-pipeline run` do not each fetch a new one.
+        cache_key = (
+            hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest(),
+            sheets_base,
+            drive_base,
+            timeout_s,
+        )
+        client = _CLIENTS.get(cache_key)
+        if client is None:
+            try:
+                client = gspread.service_account_from_dict(
+                    info, http_client=_http_client_class(sheets_base, drive_base)
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ServiceBlocked(
+                    f"the Google service-account key is not usable ({type(exc).__name__}); download a new JSON key",
+                    service="sheets",
+                ) from None
+            # gspread passes timeout=None by default, which disables every timeout
+            client.set_timeout(timeout_s)
+            _CLIENTS[cache_key] = client
+        self._gc = client
         self._sheet_ids: dict[str, int] | None = None
         self._capture = True
         self._capture_width = 1
