@@ -374,17 +374,30 @@ def generate_and_post(
     batch = _single(context) is None
     # More threads than request slots: an image is decoded, encoded and written while the next
     # requests are already in flight (the generator holds a slot only for the request itself).
+    refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
+
+    def generate(key: str, fp: str, req: GenerationRequest) -> tuple[ImageOutcome, str]:
+        if refused:
+            raise refused[0]
+        try:
+            return _generate_to_disk(image_generator, store, book, ledger, key, fp, req)
+        except ServiceBlocked as exc:
+            refused.append(exc)
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
-        futures = {
-            key: pool.submit(_generate_to_disk, image_generator, store, book, ledger, key, fp, req)
-            for key, fp, req in todo
-        }
+        futures = {key: pool.submit(generate, key, fp, req) for key, fp, req in todo}
         try:
             for key, record in _in_queue_order(prompt_record):
+                if refused:
+                    # credits, token or permission: nothing more leaves, whichever prompt heard it first
+                    raise refused[0]
                 if key in futures:
                     outcome, note = futures[key].result()
                     (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
                     outcomes[key] = outcome
+                if refused:
+                    raise refused[0]
                 posts[key] = _post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
                 )
