@@ -177,11 +177,7 @@ class FastSqliteStorage(DagsterSqliteStorage):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {
-            "base_dir": StringSource,
-            "synchronous": Field(str, is_required=False, default_value="NORMAL"),
-            "planned_events_per_range": Field(bool, is_required=False, default_value=True),
-        }
+        return FastSqliteEventLogStorage.config_type()  # the same options, passed through
 
     @classmethod
     def from_config_value(  # type: ignore[override]
