@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup run dev test lint clean home sandbox dev-sandbox chaos bench
+.PHONY: setup run dev test lint clean home sandbox dev-sandbox chaos bench system-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -46,7 +46,11 @@ chaos: setup
 bench: setup
 	$(BIN)/python -m image_pipeline.bench $(ARGS)
 
-test: setup
+# Chromium for the UI test and a PostgreSQL server for the Postgres instance test (Debian packages).
+system-deps:
+	bash scripts/system-deps.sh
+
+test: setup system-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: setup
