@@ -47,6 +47,7 @@ from .models import (
     validate_prompt,
 )
 from .partitions import prompt_partitions
+from .progress import RunProgress, batch_logged
 from .redact import redact
 from .resources.images import PREVIEW_LABEL, ImageGenerator
 from .resources.publisher import DeliveryUncertain, Publisher, receipt_dict
@@ -372,6 +373,8 @@ def generate_and_post(
     outcomes, todo = _plan_generation(prompt_record, book, owner, is_stale, ledger)
     posts = ByPartition()
     batch = _single(context) is None
+    progress = RunProgress(context.run.run_id, len(prompt_record), context.log.info)
+    progress.start()
     # More threads than request slots: an image is decoded, encoded and written while the next
     # requests are already in flight (the generator holds a slot only for the request itself).
     refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
@@ -401,6 +404,7 @@ def generate_and_post(
                 posts[key] = _post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
                 )
+                progress.finished(key, *_progress_status(record, posts[key]))
                 if batch:
                     # attached as each prompt finishes, while the next images are still being made
                     context.add_asset_metadata(
@@ -500,6 +504,15 @@ def _post_one(
         "caption": caption,
         **receipt_dict(receipt),
     }
+
+
+def _progress_status(record: dict[str, Any], post: dict[str, Any]) -> tuple[str, str]:
+    if post["status"] == "POSTED":
+        note = f" ({post['note']})" if post.get("note") else ""
+        return "POSTED", f"message {post['message_id']} in chat {post['chat_id']}{note}"
+    # a prompt that never got to the post: its record says why (INVALID, GONE, LOGGED, ...)
+    status = post["status"] if record["status"] in (READY, BUSY) else record["status"]
+    return status, redact(post.get("reason", ""))
 
 
 def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]:
@@ -742,6 +755,8 @@ def done_entry(
                 f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
             )
         results[key]["queue_row"] = removal.get(key, "")
+    statuses = _count(r.get("status", "") for r in results.values())
+    batch_logged(context.run.run_id, len(to_log), statuses, context.log.info)
     metadata = _per_partition(
         context, "done_entry", results, lambda _key, res: _done_partition_metadata(res), per_prompt=False
     )

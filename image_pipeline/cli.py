@@ -11,7 +11,9 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,12 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     from .batching import RANGE_END, RANGE_START, batches
     from .errors import PipelineError
     from .partitions import prompt_partitions
+    from .progress import listening
     from .resources.sheets import LocalWorkbook
 
+    # these lines are the progress display: through a pipe (`make run | tee`) they must not wait in a buffer
+    if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
+        reconfigure(line_buffering=True)
     sheet = resources["prompt_sheet"]
     if isinstance(sheet, LocalWorkbook) and _seed_workbook(Path(sheet.folder)):
         print(f"copied the sample queue into {sheet.folder}/process.csv")
@@ -98,11 +104,12 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         instance.add_dynamic_partitions(prompt_partitions.name, new)
     job = defs.resolve_job_def("process_prompts_job")
     counts: dict[str, int] = {}
-    started = time.monotonic()
     exit_code = 0
-    n = 0
     order = instance.get_dynamic_partitions(prompt_partitions.name)
-    for batch in batches(ids, order, _batch_size(args)):
+    planned = batches(ids, order, _batch_size(args))
+    console = _ConsoleProgress(ids)
+    console.begin(len(planned))
+    for batch in planned:
         # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
         tags = {"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         if len(batch) == 1:
@@ -110,28 +117,37 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         else:
             tags.update({RANGE_START: batch[0], RANGE_END: batch[-1]})
             range_args = {}
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            tags=tags,
-            # the progress lines below are the console output; the full log stays in the instance
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            **range_args,
-        )
+        # our own run id, so the lines printed come from this run only
+        console.run_id = str(uuid.uuid4())
+        with listening(console.on_event):
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                tags=tags,
+                run_id=console.run_id,
+                # the progress lines are the console output; the full log stays in the instance
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                **range_args,
+            )
         done = result.output_for_node("done_entry") if result.success else {}
         failure = ""
         if not result.success:
             event = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
             failure = _failure_text(event)
         for pid in [p for p in ids if p in set(batch)]:
-            n += 1
-            entry = done.get(pid, {})
-            status = entry.get("status", "?") if result.success else "RUN FAILED"
-            detail = (entry.get("information") or entry.get("reason", "")) if result.success else failure
+            if result.success:
+                # the Done row's status: what the final count reports
+                entry = done.get(pid, {})
+                status = entry.get("status", "?")
+                if pid not in console.seen:  # not reported while running (should not happen): say it now
+                    console.line(pid, status, entry.get("information") or entry.get("reason", ""))
+            elif pid in console.seen:
+                # it got its outcome (posted, failed, ...) before the run stopped; no Done row yet
+                status = console.seen[pid]
+            else:
+                status = "RUN FAILED"
+                console.line(pid, status, failure)
             counts[status] = counts.get(status, 0) + 1
-            elapsed = time.monotonic() - started
-            eta = elapsed / n * (len(ids) - n)
-            print(f"[{n}/{len(ids)}] {pid}: {status} {detail[:160]}  (ETA {eta:.0f}s)")
         if not result.success:
             print(
                 "stopping: fix the problem above and run again; the remaining prompts stay queued",
@@ -142,6 +158,74 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     print("done: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     _print_locations(resources)
     return exit_code
+
+
+class _ConsoleProgress:
+    """The lines ``run`` prints: one per prompt as its run reports it, counted across all the batches."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.wanted = set(ids)
+        self.total = len(ids)
+        self.seen: dict[str, str] = {}  # prompt id -> the status printed for it
+        self.run_id = ""
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def begin(self, runs: int) -> None:
+        plural = "run" if runs == 1 else "runs"
+        print(f"[0/{self.total}] starting: {self.total} prompts in {runs} {plural}  (ETA --)", flush=True)
+
+    def line(self, pid: str, status: str, detail: str) -> None:
+        from .progress import progress_text
+
+        with self._lock:
+            self.seen[pid] = status
+            n = len(self.seen)
+            timing = progress_text(n, self.total, time.monotonic() - self.started)
+            print(f"[{n}/{self.total}] {pid}: {status} {detail[:160]}  ({timing})", flush=True)
+
+    def on_event(self, event: object) -> None:
+        from .progress import BatchLogged, PromptFinished
+
+        if getattr(event, "run_id", None) != self.run_id:
+            return
+        if isinstance(event, PromptFinished):
+            # ride-along prompts of a range (finished earlier) are not part of this command's count
+            if event.prompt_id in self.wanted and event.prompt_id not in self.seen:
+                self.line(event.prompt_id, event.status, event.detail)
+        elif isinstance(event, BatchLogged):
+            print(f"      {event.summary()}", flush=True)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """One table of every check; the exit code says whether anything failed."""
+    _load_env()
+    import dagster as dg
+
+    from .definitions import build_definitions
+    from .preflight import FAIL, WARN, render_table, run_preflight
+
+    defs = build_definitions()
+    names = ("prompt_sheet", "image_generator", "publisher")
+    with dg.build_resources({k: defs.resources[k] for k in names}) as built:
+        resources = [getattr(built, k) for k in names]
+        for label, resource in zip(("queue", "generator", "publisher"), resources, strict=True):
+            try:
+                text = resource.describe()
+            except Exception as exc:  # a broken key shows in the table below; describing needs it too
+                text = f"{type(resource).__name__} ({type(exc).__name__})"
+            print(f"{label + ':':<11}{text}")
+        print()
+        checks = run_preflight(resources)
+    print(render_table(checks))
+    failed = sum(c.status == FAIL for c in checks)
+    warned = sum(c.status == WARN for c in checks)
+    print()
+    if failed:
+        print(f"{failed} check(s) failed, {warned} warning(s): fix the FAIL lines above, then run again")
+        return 1
+    print(f"all services ready ({warned} warning(s))")
+    return 0
 
 
 HOST_TAG = "image_pipeline/host"
@@ -226,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         help="prompts per Dagster run (default IMAGE_PIPELINE_BATCH_SIZE or 200; 1: one run per prompt)",
     )
     run.set_defaults(func=cmd_run)
+    doctor = sub.add_parser(
+        "doctor", help="check each configured service with its cheapest real call; exit 1 if any fails"
+    )
+    doctor.set_defaults(func=cmd_doctor)
     sub.add_parser(
         "sandbox", help="start loopback emulators of Google, Hugging Face and Telegram (see README)"
     )

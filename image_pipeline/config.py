@@ -113,6 +113,7 @@ def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
         model=_get(env, "HF_MODEL", DEFAULT_MODEL),
         provider=_get(env, "HF_PROVIDER", "auto"),
         base_url=base_url or None,
+        hub_url=_get(env, "HF_ENDPOINT") or None,
         concurrency=int(_get(env, "HF_CONCURRENCY", "1")),
         **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
         **_retry_fields(env),

@@ -3,6 +3,10 @@
 import dagster as dg
 
 from .assets import GROUP
+from .preflight import FAIL, WARN, render_markdown, render_table, run_preflight
+from .resources.images import ImageGenerator
+from .resources.publisher import Publisher
+from .resources.sheets import PromptSheet
 
 process_prompts_job = dg.define_asset_job(
     "process_prompts_job",
@@ -13,3 +17,35 @@ process_prompts_job = dg.define_asset_job(
     # Python start and a code load to every run the daemon launches (seconds, for an instant post).
     executor_def=dg.in_process_executor,
 )
+
+
+@dg.op(
+    description="Checks Sheets, Hugging Face and Telegram with their cheapest real calls (as `doctor`).",
+    tags={"kind": "preflight"},
+)
+def preflight(
+    context: dg.OpExecutionContext,
+    prompt_sheet: PromptSheet,
+    image_generator: ImageGenerator,
+    publisher: Publisher,
+) -> dg.Output[None]:
+    checks = run_preflight([prompt_sheet, image_generator, publisher])
+    context.log.info("preflight:\n" + render_table(checks))
+    failed = [c for c in checks if c.status == FAIL]
+    metadata = {
+        "checks": dg.MetadataValue.md(render_markdown(checks)),
+        "failed": len(failed),
+        "warnings": sum(c.status == WARN for c in checks),
+    }
+    if failed:
+        summary = "; ".join(f"{c.service} {c.name}: {c.detail} -> {c.fix}" for c in failed)
+        raise dg.Failure(description=f"preflight failed: {summary}", metadata=metadata)
+    return dg.Output(None, metadata=metadata)
+
+
+@dg.job(
+    description="Preflight: is every configured service ready? Fails with what to fix.",
+    executor_def=dg.in_process_executor,
+)
+def preflight_job() -> None:
+    preflight()

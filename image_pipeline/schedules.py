@@ -7,6 +7,9 @@ from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
 from .partitions import prompt_partitions
+from .preflight import gate
+from .resources.images import ImageGenerator
+from .resources.publisher import Publisher
 from .resources.sheets import PromptSheet
 
 
@@ -22,7 +25,11 @@ def build_daily_schedule(
         description=f"Processes the {per_tick} oldest queued prompt(s) at {cron} ({timezone}).",
     )
     def daily_prompt_schedule(
-        context: dg.ScheduleEvaluationContext, prompt_sheet: PromptSheet, ledger: PostLedger
+        context: dg.ScheduleEvaluationContext,
+        prompt_sheet: PromptSheet,
+        ledger: PostLedger,
+        image_generator: ImageGenerator,
+        publisher: Publisher,
     ):
         try:
             snapshot = prompt_sheet.ensure_ids()
@@ -30,6 +37,10 @@ def build_daily_schedule(
             return dg.SkipReason(f"cannot read the queue: {exc}")
         if not snapshot.rows:
             return dg.SkipReason("the queue is empty")
+        refused = gate([prompt_sheet, image_generator, publisher])
+        if refused:
+            context.log.warning(refused)
+            return dg.SkipReason(refused)
         # Oldest first, but a prompt that already failed in an earlier run goes behind the fresh ones, so
         # one bad prompt cannot hold the daily post back until it is quarantined.
         attempts = ledger.open().attempts([row.prompt_id for row in snapshot.rows])

@@ -12,6 +12,9 @@ from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .partitions import prompt_partitions
+from .preflight import gate
+from .resources.images import ImageGenerator
+from .resources.publisher import Publisher
 from .resources.sheets import PromptSheet
 
 
@@ -28,7 +31,12 @@ def build_prompt_sheet_sensor(
             + (" and runs it at once (instant mode)." if instant else ". The daily schedule runs them.")
         ),
     )
-    def prompt_sheet_sensor(context: dg.SensorEvaluationContext, prompt_sheet: PromptSheet):
+    def prompt_sheet_sensor(
+        context: dg.SensorEvaluationContext,
+        prompt_sheet: PromptSheet,
+        image_generator: ImageGenerator,
+        publisher: Publisher,
+    ):
         cursor = _load_cursor(context.cursor)
         try:
             token = prompt_sheet.change_token()
@@ -51,6 +59,12 @@ def build_prompt_sheet_sensor(
                 run_request(batch, key_prefix="prompts", tags={"trigger": "sensor"})
                 for batch in batches(new_ids, order, batch_size)
             ]
+        if run_requests:
+            refused = gate([prompt_sheet, image_generator, publisher])
+            if refused:
+                # the cursor stays, so the next tick sees the same new rows and checks again
+                context.log.warning(refused)
+                return dg.SkipReason(refused)
         new_cursor = json.dumps({"token": token, "rows": len(ids)})
         if not new_ids:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new prompts"), cursor=new_cursor)

@@ -77,6 +77,9 @@ class World:
             "IMAGE_PIPELINE_DATA": str(data),
             "IMAGE_PIPELINE_RETRY_BASE_DELAY_S": "0.01",
             "IMAGE_PIPELINE_HTTP_TIMEOUT_S": "1",
+            # module-scoped fixtures run before conftest's isolated_env: pacing off here too (the
+            # emulated Telegram has no flood control in this module), or the corpus waits 3 s per post
+            "TELEGRAM_POSTS_PER_MINUTE": "0",
         }
         env.update(overrides)
         return env
@@ -96,6 +99,8 @@ def _apply(mp: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 def _hf_hook(world: World):
     def on_request(request: Request, endpoint: str) -> None:
+        if endpoint != "text_to_image":
+            return  # a preflight's GET, not a generation
         try:
             prompt = str((request.json() or {}).get("inputs", ""))
         except ValueError:
@@ -197,7 +202,9 @@ def run_range(
 def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> Any:
     sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
     ctx = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"prompt_sheet": defs.resources["prompt_sheet"]}
+        instance=instance,
+        cursor=cursor,
+        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
     )
     return sensor(ctx)
 
@@ -208,7 +215,9 @@ def tick_schedule(defs: dg.Definitions, instance: dg.DagsterInstance) -> Any:
     ctx = dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime(2026, 1, 2, 7, tzinfo=UTC),
-        resources={name: defs.resources[name] for name in ("prompt_sheet", "ledger")},
+        resources={
+            name: defs.resources[name] for name in ("prompt_sheet", "ledger", "image_generator", "publisher")
+        },
     )
     # The context opens the instance from its ref and leaves Dagster's current-instance ContextVar
     # pointing at it; evaluated in a copied context, that cannot leak into the runs that follow.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -123,7 +124,7 @@ def test_row_edited_after_posting_is_a_new_prompt_and_the_old_post_is_logged(
 def test_two_runs_never_take_the_same_prompt(hf_emulator, local_resources, instance, workbook_dir) -> None:
     [pid] = queue(workbook_dir, ["a slow painting"])
     instance.add_dynamic_partitions("prompts", [pid])
-    hf_emulator.set_latency(1.5)
+    hf_emulator.set_latency(3.0)
     resources = dict(local_resources)
     resources["image_generator"] = HuggingFaceGenerator(
         token=HF_TOKEN, base_url=f"{hf_emulator.base_url}/models/m", model="m", width=64, height=64
@@ -139,9 +140,13 @@ def test_two_runs_never_take_the_same_prompt(hf_emulator, local_resources, insta
 
     first = threading.Thread(target=run)
     first.start()
-    import time
-
-    time.sleep(0.5)
+    # The second run starts once the first one's request is at the emulator, not after a fixed sleep:
+    # Dagster reconfigures Python logging (dictConfig) when a run starts, and doing that while the other
+    # run's thread is inside a log handler can deadlock in CPython's logging locks.
+    deadline = time.monotonic() + 30
+    while hf_emulator.max_in_flight_seen == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hf_emulator.max_in_flight_seen == 1, "the first run never asked for its image"
     run()  # the second run starts while the first one generates
     first.join(30)
     assert all(r.success for r in results) and len(results) == 2

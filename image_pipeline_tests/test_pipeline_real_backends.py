@@ -57,7 +57,9 @@ def test_sensor_then_one_batched_run_on_the_real_backends(
     defs = build_definitions(real_env)
     sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
     ctx = dg.build_sensor_context(
-        instance=instance, cursor=None, resources={"prompt_sheet": defs.resources["prompt_sheet"]}
+        instance=instance,
+        cursor=None,
+        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
     )
     tick = sensor(ctx)
     ids = list(tick.dynamic_partitions_requests[0].partition_keys)
@@ -87,7 +89,10 @@ def test_sensor_then_one_batched_run_on_the_real_backends(
     assert (posts[0]["width"], posts[0]["height"]) == (320, 192)
     [notice] = telegram_emulator.messages_for(ALERTS_CHANNEL_ID)
     assert ids[2] in notice["text"] and "FAILED" in notice["text"]
-    assert len(hf_emulator.calls) == 2 + 1  # two images and one rejected prompt; the invalid one never left
+    generations = [c for c in hf_emulator.calls if c["method"] == "POST"]
+    assert len(generations) == 2 + 1  # two images and one rejected prompt; the invalid one never left
+    # the sensor's preflight asked the endpoint once, with a GET that generates nothing
+    assert [c["method"] for c in hf_emulator.calls if c["method"] != "POST"] == ["GET"]
 
     # which backends ran is in the run log, and no secret is anywhere in it
     logs = "\n".join(str(e.user_message) for e in instance.all_logs(result.run_id))
@@ -132,7 +137,14 @@ def test_request_budget_per_prompt_and_per_idle_sensor_tick(
 
     def tick(cursor):
         return sensor(
-            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet})
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={
+                    "prompt_sheet": sheet,
+                    **{k: defs.resources[k] for k in ("image_generator", "publisher")},
+                },
+            )
         )
 
     first = tick(None)

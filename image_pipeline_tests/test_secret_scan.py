@@ -244,7 +244,9 @@ def test_no_secret_reaches_any_output(
             defs = build_definitions(bad)
             sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
             ctx = dg.build_sensor_context(
-                instance=instance, cursor=None, resources={"prompt_sheet": defs.resources["prompt_sheet"]}
+                instance=instance,
+                cursor=None,
+                resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
             )
             tick = contextvars.copy_context().run(sensor, ctx)
             texts.append((f"{name}: sensor", repr(tick)))
@@ -252,7 +254,9 @@ def test_no_secret_reaches_any_output(
             sctx = dg.build_schedule_context(
                 instance=instance,
                 scheduled_execution_time=datetime(2026, 1, 2, 7, tzinfo=UTC),
-                resources={k: defs.resources[k] for k in ("prompt_sheet", "ledger")},
+                resources={
+                    k: defs.resources[k] for k in ("prompt_sheet", "ledger", "image_generator", "publisher")
+                },
             )
             texts.append((f"{name}: schedule", repr(contextvars.copy_context().run(schedule, sctx))))
             known = set(instance.get_dynamic_partitions("prompts"))

@@ -12,6 +12,8 @@ import dagster as dg
 from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.definitions import build_definitions
 from image_pipeline.ledger import PostLedger
+from image_pipeline.resources.images import OfflinePreviewGenerator
+from image_pipeline.resources.publisher import LocalOutbox
 from image_pipeline.resources.sheets import LocalWorkbook
 from image_pipeline.schedules import build_daily_schedule
 from image_pipeline.sensors import build_prompt_sheet_sensor
@@ -23,8 +25,17 @@ def _sheet(workbook_dir: Path) -> LocalWorkbook:
     return LocalWorkbook(folder=str(workbook_dir))
 
 
+def _services(workbook_dir: Path) -> dict[str, object]:
+    """The generator and publisher the triggers' preflight checks (the embedded stand-ins)."""
+    return {
+        "image_generator": OfflinePreviewGenerator(),
+        "publisher": LocalOutbox(folder=str(workbook_dir.parent / "outbox")),
+    }
+
+
 def _tick(sensor, instance, sheet, cursor):
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet}) as ctx:
+    resources = {"prompt_sheet": sheet, **_services(Path(sheet.folder))}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
         return sensor(ctx)
 
 
@@ -93,7 +104,7 @@ def test_sensor_evaluate_tick_adds_partitions_like_the_daemon(workbook_dir: Path
             instance_ref=instance.get_ref(),
             cursor=None,
             definitions=defs,
-            resources={"prompt_sheet": _sheet(workbook_dir)},
+            resources={"prompt_sheet": _sheet(workbook_dir), **_services(workbook_dir)},
         )
         data = sensor.evaluate_tick(ctx)
         # one batched run: a range over the two new partitions, in queue order
@@ -113,6 +124,7 @@ def test_schedule_picks_the_oldest_prompt_and_registers_it(instance, workbook_di
         resources={
             "prompt_sheet": _sheet(workbook_dir),
             "ledger": PostLedger(path=str(workbook_dir / "l.sqlite")),
+            **_services(workbook_dir),
         },
     ) as ctx:
         requests = schedule(ctx)
@@ -136,7 +148,7 @@ def test_schedule_batches_never_cover_a_prompt_left_for_later(instance, workbook
     with dg.build_schedule_context(
         instance=instance,
         scheduled_execution_time=datetime(2026, 1, 2, 7, tzinfo=UTC),
-        resources={"prompt_sheet": sheet, "ledger": ledger},
+        resources={"prompt_sheet": sheet, "ledger": ledger, **_services(workbook_dir)},
     ) as ctx:
         requests = schedule(ctx)
     spans = [
@@ -154,6 +166,7 @@ def test_schedule_on_an_empty_queue_skips_and_writes_nothing(instance, workbook_
         resources={
             "prompt_sheet": _sheet(workbook_dir),
             "ledger": PostLedger(path=str(workbook_dir / "l.sqlite")),
+            **_services(workbook_dir),
         },
     ) as ctx:
         result = schedule(ctx)
@@ -184,7 +197,8 @@ def test_schedule_puts_prompts_that_failed_before_behind_fresh_ones(instance, wo
     book.add_attempt(rows[0].prompt_id, rows[0].fingerprint(), "HTTP 503")
     schedule = build_daily_schedule(cron="0 7 * * *", timezone="UTC", per_tick=1)
     with dg.build_schedule_context(
-        instance=instance, resources={"prompt_sheet": _sheet(workbook_dir), "ledger": ledger}
+        instance=instance,
+        resources={"prompt_sheet": _sheet(workbook_dir), "ledger": ledger, **_services(workbook_dir)},
     ) as ctx:
         [request] = schedule(ctx)
     assert request.partition_key == rows[1].prompt_id

@@ -493,6 +493,8 @@ class SpreadsheetFile:
     created_ms: int
     modified_ms: int
     version: int = 1
+    # shared as Viewer: may read, every write is refused with 403 like the real API
+    readers: set[str] = field(default_factory=set)
     locale: str = "en_US"
     time_zone: str = "Etc/GMT"
 
@@ -853,11 +855,16 @@ class GoogleEmulator(EmulatorServer):
             sheet.put(row - 1, col - 1, None if isinstance(cell, _Skip) else cell)
             self._touch(self._file(spreadsheet_id))
 
-    def share(self, spreadsheet_id: str, email: str) -> None:
+    def share(self, spreadsheet_id: str, email: str, role: str = "writer") -> None:
+        """Share with ``email`` as Editor (``writer``) or Viewer (``reader``)."""
         with self._state:
             file = self._file(spreadsheet_id)
             file.shared.add(email)
             file.unshared.discard(email)
+            if role == "reader":
+                file.readers.add(email)
+            else:
+                file.readers.discard(email)
 
     def unshare(self, spreadsheet_id: str, email: str) -> None:
         with self._state:
@@ -1143,7 +1150,7 @@ class GoogleEmulator(EmulatorServer):
         file = self._files.get(info.spreadsheet_id)
         if file is None:
             raise _Reply(sheets_error(404))
-        if not self._can_access(file, token.email):
+        if not self._can_access(file, token.email) or (writing and not self._can_edit(file, token.email)):
             raise _Reply(sheets_error(403))
         body = self._json_body(request) if request.method in ("POST", "PUT") else None
         handler = getattr(self, "_sheets_" + info.endpoint.replace(".", "_"))
@@ -2022,6 +2029,12 @@ class GoogleEmulator(EmulatorServer):
             "version": str(file.version),
             "shared": True,
             "ownedByMe": file.owner_email == caller,
+            "capabilities": {
+                "canEdit": self._can_edit(file, caller),
+                "canComment": True,
+                "canShare": self._can_edit(file, caller),
+                "canDownload": True,
+            },
             "owners": [
                 {
                     "kind": "drive#user",
@@ -2046,6 +2059,9 @@ class GoogleEmulator(EmulatorServer):
         if email == file.owner_email or email in file.shared:
             return True
         return file.share_all and email not in file.unshared and email in self._accounts
+
+    def _can_edit(self, file: SpreadsheetFile, email: str) -> bool:
+        return self._can_access(file, email) and (email == file.owner_email or email not in file.readers)
 
     def _file(self, spreadsheet_id: str) -> SpreadsheetFile:
         try:

@@ -103,7 +103,13 @@ class HuggingFaceEmulator(EmulatorServer):
         self.require_multiple_of_8 = True
         self.max_side = 2048
         self.loading_estimated_time = 20.0  # what an injected 503 reports
-        self.calls: list[dict[str, Any]] = []
+        # The Hub API side (GET /api/whoami-v2, GET /api/models/<id>) that a preflight asks: which
+        # providers serve a model for text-to-image, and what the token may do.
+        self.providers: dict[str, str] = {"hf-inference": "live", "fal-ai": "live"}
+        self.model_tasks: dict[str, str] = {}
+        self.token_role = "fineGrained"
+        self.token_permissions: list[str] = ["inference.serverless.write"]
+        self.calls: list[dict[str, Any]] = []  # every request: generations and a preflight's GETs
         self.max_in_flight_seen = 0
         self._in_flight = 0  # requests anywhere in dispatch (what the client is doing)
         self._active = 0  # requests admitted past the concurrency cap (what the "GPU" is doing)
@@ -126,6 +132,9 @@ class HuggingFaceEmulator(EmulatorServer):
 
     # ----------------------------------------------------------------- base hooks
     def endpoint_of(self, request: Request) -> str:
+        if request.method == "GET":
+            # what a preflight asks: the Hub API, or the endpoint URL itself (no generation)
+            return "hub_api" if request.path.startswith("/api/") else "probe"
         return "text_to_image"
 
     def _dispatch(self, request: Request) -> tuple[Response | None, Fault | None, str]:
@@ -169,7 +178,13 @@ class HuggingFaceEmulator(EmulatorServer):
     # ----------------------------------------------------------------- routing
     def route(self, request: Request) -> Response:
         model = model_of(request.path)
-        call: dict[str, Any] = {"path": request.path, "model": model, "body": None, "authorized": False}
+        call: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "model": model,
+            "body": None,
+            "authorized": False,
+        }
         response = self._route(request, model, call)
         call["status"] = response.status
         with self._lock:
@@ -177,7 +192,16 @@ class HuggingFaceEmulator(EmulatorServer):
         return response
 
     def _route(self, request: Request, model: str | None, call: dict[str, Any]) -> Response:
+        if request.method == "GET" and request.path.split("?")[0].startswith("/api/"):
+            return self._hub(request)
         if request.method != "POST":
+            # the gateway checks the token before it looks at the method, as the hosted endpoints do
+            if not self._authorized(request):
+                return self._error(
+                    401, {"error": INVALID_CREDENTIALS}, {"X-Error-Message": INVALID_CREDENTIALS}
+                )
+            if self.credits_depleted:
+                return self._error(402, {"error": CREDITS_MESSAGE})
             return self._error(405, {"error": "Method Not Allowed"})
         scheme, _, credential = request.header("authorization").partition(" ")
         if scheme.lower() != "bearer" or credential.strip() != self.token:
@@ -237,6 +261,58 @@ class HuggingFaceEmulator(EmulatorServer):
         fmt = "jpeg" if self.image_format == "jpeg" else "png"
         image = render_image(prompt, seed if isinstance(seed, int) else None, width, height, fmt, self.blank)
         return Response(200, image, {"Content-Type": f"image/{fmt}", "x-request-id": _request_id()})
+
+    # ----------------------------------------------------------------- Hub API
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, credential = request.header("authorization").partition(" ")
+        return scheme.lower() == "bearer" and credential.strip() == self.token
+
+    def _hub(self, request: Request) -> Response:
+        path = request.path.split("?")[0]
+        if path == "/api/whoami-v2":
+            if not self._authorized(request):
+                return self._error(
+                    401, {"error": INVALID_CREDENTIALS}, {"X-Error-Message": INVALID_CREDENTIALS}
+                )
+            token: dict[str, Any] = {"displayName": "image-pipeline", "role": self.token_role}
+            if self.token_role == "fineGrained":
+                token["fineGrained"] = {
+                    "canReadGatedRepos": True,
+                    "global": list(self.token_permissions),
+                    "scoped": [],
+                }
+            return Response.json(
+                {
+                    "type": "user",
+                    "id": "65f0c0ffee0123456789abcd",
+                    "name": "pipeline-user",
+                    "fullname": "Pipeline User",
+                    "canPay": True,
+                    "orgs": [],
+                    "auth": {"type": "access_token", "accessToken": token},
+                }
+            )
+        if path.startswith("/api/models/"):
+            repo = path[len("/api/models/") :].strip("/")
+            if repo in self.unknown_models or repo.count("/") != 1:
+                headers = {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}
+                return self._error(
+                    404 if self._authorized(request) else 401, {"error": "Repository not found"}, headers
+                )
+            task = self.model_tasks.get(repo, "text-to-image")
+            mapping = {
+                provider: {"status": status, "providerId": repo, "task": task}
+                for provider, status in self.providers.items()
+            }
+            return Response.json(
+                {
+                    "_id": hashlib.sha1(repo.encode()).hexdigest()[:24],
+                    "id": repo,
+                    "pipeline_tag": task,
+                    "inferenceProviderMapping": mapping,
+                }
+            )
+        return self._error(404, {"error": "Not Found"})
 
     # ----------------------------------------------------------------- helpers
     def _is_rejected(self, prompt: str) -> bool:

@@ -17,6 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from ..errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..models import GenerationRequest
+from ..preflight import Check, fail, ok, skipped, warn
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 
@@ -44,6 +45,9 @@ def encode_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+IMAGES = "Hugging Face"  # the service name in preflight tables
 
 
 class ImageGenerator(dg.ConfigurableResource):
@@ -120,6 +124,144 @@ class HuggingFaceGenerator(ImageGenerator):
         default=None, description="Send requests to exactly this URL (self-hosted endpoint, local server)."
     )
     timeout_s: float = Field(default=120.0, description="Timeout of one generation request.")
+    hub_url: str | None = Field(
+        default=None,
+        description="Hub API the preflight asks about the token and model, instead of https://huggingface.co.",
+    )
+
+    def preflight(self) -> list[Check]:
+        from huggingface_hub.utils import build_hf_headers, get_session
+
+        register_secret(self.token)
+        install_log_redaction()
+        if self.base_url:
+            return self._preflight_endpoint(get_session(), build_hf_headers(token=self.token or False))
+        return self._preflight_hub()
+
+    def _preflight_endpoint(self, session: Any, headers: dict[str, str]) -> list[Check]:
+        """A GET on the endpoint: its gateway checks the token first, and nothing is generated or billed."""
+        names = ["token valid", "model reachable"]
+        where = f"endpoint {self.base_url}"
+        try:
+            response = session.get(self.base_url, headers=headers, timeout=min(self.timeout_s, 30.0))
+        except Exception as exc:
+            return [
+                fail(
+                    IMAGES,
+                    names[0],
+                    f"{where} unreachable ({type(exc).__name__})",
+                    "check HF_INFERENCE_BASE_URL",
+                ),
+                *skipped(IMAGES, names[1:], "needs the endpoint"),
+            ]
+        status = response.status_code
+        if status == 401:
+            return [
+                fail(IMAGES, names[0], f"{where} rejected the token (HTTP 401)", "check HF_TOKEN"),
+                *skipped(IMAGES, names[1:], "needs a valid token"),
+            ]
+        token_check = ok(IMAGES, names[0], "accepted by the endpoint" if self.token else "no token sent")
+        if status == 402:
+            fix = "add credits or a payment method; prompts stay queued meanwhile"
+            return [token_check, fail(IMAGES, names[1], "credits depleted (HTTP 402)", fix)]
+        if status == 403:
+            return [token_check, fail(IMAGES, names[1], "access refused (HTTP 403)", "give the token access")]
+        if status == 404:
+            fix = "check HF_INFERENCE_BASE_URL (the endpoint's URL, with the model path if it has one)"
+            return [token_check, fail(IMAGES, names[1], f"{where}: not found (HTTP 404)", fix)]
+        if status == 503:
+            return [
+                token_check,
+                warn(IMAGES, names[1], f"{where} is starting (HTTP 503)", "runs wait for it"),
+            ]
+        if status >= 500:
+            return [
+                token_check,
+                fail(IMAGES, names[1], f"{where}: server error (HTTP {status})", "try later"),
+            ]
+        # 2xx, 405 (POST only) or 4xx about the missing body: something is serving there
+        return [token_check, ok(IMAGES, names[1], f"{self.model} at {where} (HTTP {status} to a GET)")]
+
+    def _preflight_hub(self) -> list[Check]:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+        names = ["token valid", "model reachable"]
+        new_token = (
+            "create a token at https://huggingface.co/settings/tokens with the permission 'Make calls to "
+            "Inference Providers' and set HF_TOKEN"
+        )
+        if not self.token:
+            return [
+                fail(IMAGES, names[0], "no HF_TOKEN", new_token),
+                *skipped(IMAGES, names[1:], "needs a token"),
+            ]
+        api = HfApi(endpoint=self.hub_url or None, token=self.token)
+        try:
+            me = api.whoami()
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            text = (
+                "the token is invalid or revoked (HTTP 401)"
+                if status == 401
+                else f"Hub answered HTTP {status}"
+            )
+            return [
+                fail(IMAGES, names[0], text, new_token),
+                *skipped(IMAGES, names[1:], "needs a valid token"),
+            ]
+        except Exception as exc:
+            detail = f"the Hub is unreachable ({type(exc).__name__})"
+            return [
+                fail(IMAGES, names[0], detail, "check the network"),
+                *skipped(IMAGES, names[1:], "no Hub"),
+            ]
+        access = ((me.get("auth") or {}).get("accessToken")) or {}
+        user = str(me.get("name", "?"))
+        if access.get("role") == "fineGrained":
+            allowed = set((access.get("fineGrained") or {}).get("global") or [])
+            if "inference.serverless.write" not in allowed:
+                fix = "edit the token and tick 'Make calls to Inference Providers'"
+                checks = [
+                    fail(IMAGES, names[0], f"the token of {user} may not call Inference Providers", fix)
+                ]
+            else:
+                checks = [ok(IMAGES, names[0], f"user {user}, may call Inference Providers")]
+        else:
+            checks = [ok(IMAGES, names[0], f"user {user} ({access.get('role', 'token')})")]
+
+        try:
+            info = api.model_info(self.model, expand=["inferenceProviderMapping", "pipeline_tag"])
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if isinstance(exc, RepositoryNotFoundError) or status == 404:
+                fix = (
+                    f"check HF_MODEL ({self.model}): a public text-to-image model id such as {DEFAULT_MODEL}"
+                )
+                return [*checks, fail(IMAGES, names[1], f"no model {self.model} on the Hub", fix)]
+            return [*checks, fail(IMAGES, names[1], f"Hub answered HTTP {status}", "try again later")]
+        except Exception as exc:
+            return [
+                *checks,
+                fail(IMAGES, names[1], f"Hub unreachable ({type(exc).__name__})", "check the network"),
+            ]
+        if info.pipeline_tag and info.pipeline_tag != "text-to-image":
+            fix = "set HF_MODEL to a text-to-image model"
+            return [*checks, fail(IMAGES, names[1], f"{self.model} is a {info.pipeline_tag} model", fix)]
+        mapping = {m.provider: m.status for m in (info.inference_provider_mapping or [])}
+        live = sorted(p for p, status in mapping.items() if status == "live")
+        provider = self.provider or "auto"
+        if provider == "auto":
+            if not live:
+                fix = "pick a model whose page lists Inference Providers, or set HF_INFERENCE_BASE_URL"
+                return [*checks, fail(IMAGES, names[1], f"no provider serves {self.model}", fix)]
+            return [*checks, ok(IMAGES, names[1], f"{self.model} via {', '.join(live)} (auto)")]
+        if mapping.get(provider) == "live":
+            return [*checks, ok(IMAGES, names[1], f"{self.model} via {provider}")]
+        state = mapping.get(provider)
+        detail = f"{provider} does not serve {self.model}" + (f" ({state})" if state else "")
+        fix = f"set HF_PROVIDER to one of: {', '.join(live)}" if live else "pick another model"
+        return [*checks, fail(IMAGES, names[1], detail, fix)]
 
     def describe(self) -> str:
         where = self.base_url or f"provider {self.provider}"
@@ -277,6 +419,11 @@ class OfflinePreviewGenerator(ImageGenerator):
     @property
     def is_preview(self) -> bool:
         return True
+
+    def preflight(self) -> list[Check]:
+        return [
+            ok(IMAGES, "generator", "offline preview generator (no HF_TOKEN): images are labelled previews")
+        ]
 
     def describe(self) -> str:
         return "offline preview generator (Pillow; no AI model)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import html
 import io
 import json
 import logging
@@ -20,9 +19,11 @@ import requests
 from PIL import Image
 from pydantic import Field, PrivateAttr
 
+from .. import gallery
 from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..files import atomic_write
 from ..pacing import ChatPacer
+from ..preflight import Check, fail, ok, skipped
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 from ..transport import never_reached_server
@@ -111,6 +112,9 @@ class Publisher(dg.ConfigurableResource):
 # ---------------------------------------------------------------------------------------------------
 # Telegram
 # ---------------------------------------------------------------------------------------------------
+TELEGRAM = "Telegram"  # the service name in preflight tables
+
+
 class DeliveryUncertain(ServiceBlocked):
     """Telegram may have accepted the post but we never saw the answer; retrying could post twice."""
 
@@ -156,6 +160,7 @@ class TelegramPublisher(Publisher):
         upload: PreparedUpload | None = None,
         *,
         retry_read_timeout: bool = False,
+        policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         """One Bot API call with retries; raises typed errors whose text never contains the token."""
 
@@ -199,7 +204,81 @@ class TelegramPublisher(Publisher):
                 ) from None
             return self._parse(method, response)
 
-        return call_with_retry(attempt, self.retry_policy(), what=f"telegram {method}")
+        return call_with_retry(attempt, policy or self.retry_policy(), what=f"telegram {method}")
+
+    def preflight(self) -> list[Check]:
+        """getMe, then getChat and getChatMember for each chat we post to: read-only calls, no message."""
+        once = RetryPolicy(attempts=1, base_delay_s=0.0)
+        try:
+            me = self.call("getMe", {}, retry_read_timeout=True, policy=once)
+        except PipelineError as exc:
+            fix = (
+                "copy the token again from @BotFather (/mybots > API Token) into TELEGRAM_TOKEN"
+                if exc.status == 401
+                else "check TELEGRAM_API_BASE_URL and the network"
+            )
+            names = ["bot can post", *(["alert chat"] if self.alert_chat_id else [])]
+            return [
+                fail(TELEGRAM, "token valid", str(exc), fix),
+                *skipped(TELEGRAM, ["chat reachable", *names], "needs a valid token"),
+            ]
+        bot = f"@{me.get('username', me.get('id'))}"
+        checks = [ok(TELEGRAM, "token valid", f"bot {bot}")]
+        checks.extend(
+            self._chat_checks(self.chat_id, me, bot, once, names=("chat reachable", "bot can post"))
+        )
+        if self.alert_chat_id:
+            checks.extend(self._chat_checks(self.alert_chat_id, me, bot, once, names=(None, "alert chat")))
+        return checks
+
+    def _chat_checks(
+        self, chat_id: str, me: dict[str, Any], bot: str, once: RetryPolicy, names: tuple[str | None, str]
+    ) -> list[Check]:
+        reach, post = names
+        variable = "TELEGRAM_CHAT_ID" if reach else "TELEGRAM_ALERT_CHAT_ID"
+        try:
+            chat = self.call("getChat", {"chat_id": chat_id}, retry_read_timeout=True, policy=once)
+        except PipelineError as exc:
+            if exc.status == 403:
+                fix = f"add {bot} to the chat again (as an administrator allowed to post, for a channel)"
+            elif exc.status == 400:
+                fix = f"check {variable} (-100... for a channel or group, or @channelusername) and add {bot} to it"
+            else:
+                fix = "check the network and try again"
+            return [
+                fail(TELEGRAM, reach or post, str(exc), fix),
+                *([skipped(TELEGRAM, [post], "needs the chat")[0]] if reach else []),
+            ]
+        kind = str(chat.get("type", "?"))
+        label = chat.get("title") or chat.get("username") or chat.get("first_name") or chat_id
+        where = f"{kind} {label!r}" + (f" (@{chat['username']})" if chat.get("username") else "")
+        checks = [ok(TELEGRAM, reach, where)] if reach else []
+        if kind == "private":
+            return [*checks, ok(TELEGRAM, post, f"{where}: private chat with {bot}")]
+        try:
+            member = self.call(
+                "getChatMember",
+                {"chat_id": chat_id, "user_id": str(me.get("id", ""))},
+                retry_read_timeout=True,
+                policy=once,
+            )
+        except PipelineError as exc:
+            return [*checks, fail(TELEGRAM, post, str(exc), f"add {bot} to the {kind}")]
+        status = str(member.get("status", ""))
+        if kind == "channel":
+            if status == "creator" or (status == "administrator" and member.get("can_post_messages")):
+                return [*checks, ok(TELEGRAM, post, f"{bot} is an administrator allowed to post in {where}")]
+            fix = f"add {bot} to the channel as an administrator with the right 'Post messages'"
+            return [*checks, fail(TELEGRAM, post, f"{bot} is {status or 'not a member'} in {where}", fix)]
+        if status in ("left", "kicked"):
+            return [
+                *checks,
+                fail(TELEGRAM, post, f"{bot} is not in {where} ({status})", f"add {bot} to the {kind}"),
+            ]
+        if status == "restricted" and not (member.get("can_send_photos") and member.get("is_member", True)):
+            fix = f"allow {bot} to send photos in the {kind}'s permissions"
+            return [*checks, fail(TELEGRAM, post, f"{bot} may not send photos in {where}", fix)]
+        return [*checks, ok(TELEGRAM, post, f"{bot} is a {status} of {where}")]
 
     def _parse(self, method: str, response: requests.Response) -> dict[str, Any]:
         try:
@@ -368,6 +447,16 @@ class LocalOutbox(Publisher):
     def describe(self) -> str:
         return f"local outbox {self.folder}"
 
+    def preflight(self) -> list[Check]:
+        existing = Path(self.folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):
+            return [fail(TELEGRAM, "outbox", f"{existing} is not writable", "set IMAGE_PIPELINE_OUTBOX")]
+        return [
+            ok(TELEGRAM, "outbox", f"local outbox {self.folder} (no TELEGRAM_TOKEN / TELEGRAM_CHAT_ID set)")
+        ]
+
     @property
     def root(self) -> Path:
         return Path(self.folder)
@@ -429,47 +518,8 @@ class LocalOutbox(Publisher):
         return True
 
     def _write_gallery(self, posts: list[dict[str, Any]]) -> None:
-        cards = []
-        for p in sorted(posts, key=lambda p: int(p["message_id"]), reverse=True):
-            cards.append(
-                '<figure><img src="{src}" loading="lazy" alt="{alt}"><figcaption>{cap}'
-                "<small>#{mid} · {date} · {pid}{note}</small></figcaption></figure>".format(
-                    src=html.escape(p["file"]),
-                    alt=html.escape(p["caption"][:200]),
-                    cap=html.escape(p["caption"]).replace("\n", "<br>"),
-                    mid=html.escape(p["message_id"]),
-                    date=html.escape(p["date"]),
-                    pid=html.escape(p["prompt_id"]),
-                    note=(" · " + html.escape(p["note"])) if p.get("note") else "",
-                )
-            )
-        notices = "".join(
-            f"<li>{html.escape(n['date'])}: {html.escape(n['text'])}</li>"
-            for n in reversed(self.notices()[-20:])
-        )
-        page = _GALLERY.format(
-            count=len(posts),
-            cards="\n".join(cards) or "<p>No posts yet.</p>",
-            notices=f"<h2>Notices</h2><ul>{notices}</ul>" if notices else "",
-        )
-        atomic_write(self.root / "index.html", page.encode("utf-8"))
-
-
-_GALLERY = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>image-pipeline outbox</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}}
-main{{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1.2rem}}
-figure{{margin:0;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden}}
-img{{width:100%;display:block}} figcaption{{padding:.6rem;white-space:pre-wrap;word-break:break-word}}
-small{{display:block;color:#666;margin-top:.4rem}}
-</style></head><body>
-<h1>Outbox ({count} posts, newest first)</h1>
-{notices}
-<main>
-{cards}
-</main></body></html>
-"""
+        # the whole page again on every post and notice: about 10 ms at 1000 entries (gallery.py)
+        gallery.write(self.root, posts, self.notices())
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from ..models import (
     new_prompt_id,
     normalize_header,
 )
+from ..preflight import Check, fail, ok, skipped, warn
 from ..redact import install_log_redaction, redact, register_secret
 from ..retry import RetryPolicy, call_with_retry
 from ..transport import never_reached_server
@@ -57,6 +58,7 @@ VANISHED = "vanished"  # no row has the id any more: a person deleted it (or it 
 
 # A hidden worksheet that receives a copy of the rows a delete removes, in the same atomic batchUpdate,
 # so the pipeline knows exactly what it deleted even when people edit the queue at the same moment.
+SHEETS = "Sheets"  # the service name in preflight tables
 REMOVED_ROWS_WORKSHEET = "_image_pipeline_removed"
 
 
@@ -525,6 +527,29 @@ class GoogleSheetsBackend(TableBackend):
                 _SHEET_IDS[self.key()] = (time.monotonic(), dict(self._sheet_ids))
         return self._sheet_ids
 
+    # -- preflight: the cheapest real calls that prove each part works --------------------------------
+    def check_credentials(self) -> None:
+        """An access token from the key's token endpoint (skipped while this process holds a valid one)."""
+        if getattr(self.http.auth, "valid", False):
+            return
+        self._call("fetch an access token", self.http.login)
+
+    def metadata(self) -> dict[str, Any]:
+        meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
+        self._sheet_ids = {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+        _SHEET_IDS[self.key()] = (time.monotonic(), dict(self._sheet_ids))
+        return dict(meta)
+
+    def can_edit(self) -> bool | None:
+        """Drive's ``capabilities.canEdit`` for the service account: Viewer access reads but cannot log."""
+        import gspread
+
+        url = f"{gspread.urls.DRIVE_FILES_API_V3_URL}/{self.key()}"
+        params = {"fields": "capabilities(canEdit)", "supportsAllDrives": True}
+        reply = self._call("read sharing", lambda: self.http.request("get", url, params=params).json())
+        value = (reply.get("capabilities") or {}).get("canEdit")
+        return value if isinstance(value, bool) else None
+
     def forget_sheet_ids(self) -> None:
         self._sheet_ids = None
         _SHEET_IDS.pop(self._key or "", None)
@@ -907,6 +932,36 @@ class PromptSheet(dg.ConfigurableResource):
         snapshot = self._parse(self.backend.read(self.process_worksheet))
         return snapshot
 
+    def preflight(self) -> list[Check]:
+        """The cheapest real calls showing the queue can be read, logged to and edited (see preflight.py)."""
+        raise NotImplementedError
+
+    def _header_check(self, process_header: Sequence[str], done_header: Sequence[str] | None) -> Check:
+        name, process, done = "header as expected", self.process_worksheet, self.done_worksheet
+        cells = [str(c) for c in process_header]
+        if not any(c.strip() for c in cells):
+            return fail(
+                SHEETS,
+                name,
+                f"row 1 of {process!r} is empty",
+                f"put 'prompt' in A1 of {process!r} (optional columns: id, {', '.join(OPTIONAL_COLUMNS)})",
+            )
+        detail = f"{process!r}: {', '.join(c for c in cells if c.strip())}"
+        if done_header is not None:
+            names = [DONE_ALIASES.get(normalize_header(h), normalize_header(h)) for h in done_header]
+            missing = [c for c in DONE_COLUMNS if c not in names]
+            if not any(str(h).strip() for h in done_header):
+                detail += f"; {done!r}: empty (the header is written on the first log)"
+            elif missing:
+                detail += f"; {done!r} gets the missing columns {', '.join(missing)} on the first log"
+            else:
+                detail += f"; {done!r}: all columns present"
+        if normalize_header(cells[0]) != "prompt":
+            return warn(
+                SHEETS, name, f"A1 of {process!r} says {cells[0]!r}; column A is read as the prompt", detail
+            )
+        return ok(SHEETS, name, detail)
+
     def ensure_ids(self) -> QueueSnapshot:
         """Read the queue and give every row without a usable id a fresh one (a single write).
 
@@ -1178,6 +1233,41 @@ class LocalWorkbook(PromptSheet):
     def _make_backend(self) -> TableBackend:
         return WorkbookBackend(Path(self.folder), self.process_worksheet, self.done_worksheet)
 
+    def preflight(self) -> list[Check]:
+        backend = WorkbookBackend(Path(self.folder), self.process_worksheet, self.done_worksheet)
+        checks = [ok(SHEETS, "workbook", f"local workbook {self.folder} (no Google credentials set)")]
+        process, done = backend.path(self.process_worksheet), backend.path(self.done_worksheet)
+        if not process.exists():
+            checks.append(
+                warn(
+                    SHEETS,
+                    "worksheets present",
+                    f"no {process.name} yet",
+                    "`make run` copies the sample queue there; or create it with 'prompt' in row 1",
+                )
+            )
+        else:
+            checks.append(
+                ok(SHEETS, "worksheets present", f"{process.name}; {done.name} is made on the first log")
+            )
+            try:
+                process_header = backend.read_header(self.process_worksheet)
+                done_header = backend.read_header(self.done_worksheet) if done.exists() else None
+            except PipelineError as exc:
+                checks.append(fail(SHEETS, "header as expected", str(exc), "fix the file's format"))
+            else:
+                checks.append(self._header_check(process_header, done_header))
+        existing = Path(self.folder)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if os.access(existing, os.W_OK):
+            checks.append(ok(SHEETS, "write permission", f"{existing} is writable"))
+        else:
+            checks.append(
+                fail(SHEETS, "write permission", f"{existing} is not writable", "set IMAGE_PIPELINE_WORKBOOK")
+            )
+        return checks
+
 
 class GoogleSheet(PromptSheet):
     """Google Sheets through gspread and a service account."""
@@ -1228,7 +1318,7 @@ class GoogleSheet(PromptSheet):
         register_secret(info.get("private_key_id"))
         return info
 
-    def _make_backend(self) -> TableBackend:
+    def _make_backend(self, policy: RetryPolicy | None = None) -> GoogleSheetsBackend:
         return GoogleSheetsBackend(
             info=self._key_info(),
             spreadsheet_key=self.spreadsheet_key or None,
@@ -1238,6 +1328,87 @@ class GoogleSheet(PromptSheet):
             sheets_base=self.sheets_api_base_url or None,
             drive_base=self.drive_api_base_url or None,
             timeout_s=self.timeout_s,
-            policy=self.retry_policy(),
+            policy=policy or self.retry_policy(),
             quota_retry_s=self.quota_retry_s,
         )
+
+    def preflight(self) -> list[Check]:
+        names = ["key valid", "spreadsheet reachable", "worksheets present", "header as expected"]
+        names.append("write permission")
+        new_key = (
+            "create a new JSON key for the service account (Google Cloud console: IAM > Service accounts "
+            "> Keys) and set GOOGLE_SERVICE_ACCOUNT_FILE or GOOGLE_SERVICE_ACCOUNT_JSON"
+        )
+        try:
+            # one attempt per call: a preflight reports what it meets instead of waiting out backoffs
+            backend = self._make_backend(RetryPolicy(attempts=1, base_delay_s=0.0))
+        except ServiceBlocked as exc:
+            return [fail(SHEETS, names[0], str(exc), new_key), *skipped(SHEETS, names[1:], "needs a key")]
+        email = backend.service_account_email
+        try:
+            backend.check_credentials()
+        except PipelineError as exc:
+            fix = "check the network and the key's token_uri" if isinstance(exc, TransientError) else new_key
+            return [fail(SHEETS, names[0], str(exc), fix), *skipped(SHEETS, names[1:], "needs a valid key")]
+        checks = [ok(SHEETS, names[0], f"service account {email}")]
+
+        share = f"share the spreadsheet with {email} as Editor (the sheet's Share button)"
+        try:
+            meta = backend.metadata()
+        except PipelineError as exc:
+            text = str(exc)
+            if "has not been used" in text or "SERVICE_DISABLED" in text or "is disabled" in text:
+                fix = "enable the Google Sheets API and the Google Drive API in the key's Cloud project"
+            elif isinstance(exc, TransientError):
+                fix = "Google did not answer properly: check the network and try again"
+            elif exc.status == 404 and self.spreadsheet_key:
+                fix = f"check GOOGLE_SHEET_KEY (the id between /d/ and /edit in the sheet's address); {share}"
+            elif exc.status == 404:
+                fix = f"{share}, or set GOOGLE_SHEET_KEY"
+            else:
+                fix = share
+            return [
+                *checks,
+                fail(SHEETS, names[1], text, fix),
+                *skipped(SHEETS, names[2:], "needs the sheet"),
+            ]
+        title = str((meta.get("properties") or {}).get("title", ""))
+        checks.append(ok(SHEETS, names[1], f"{title!r} ({backend.key()})"))
+
+        worksheets = [str(s["properties"]["title"]) for s in meta.get("sheets", [])]
+        process, done = self.process_worksheet, self.done_worksheet
+        if process not in worksheets:
+            found = ", ".join(w for w in worksheets if w != REMOVED_ROWS_WORKSHEET) or "none"
+            fix = f"add a worksheet named {process!r} with 'prompt' in A1, or set GOOGLE_PROCESS_WORKSHEET"
+            checks.append(fail(SHEETS, names[2], f"no worksheet {process!r} (found: {found})", fix))
+            checks.extend(skipped(SHEETS, [names[3]], "needs the queue worksheet"))
+        else:
+            has_done = done in worksheets
+            if has_done:
+                checks.append(ok(SHEETS, names[2], f"{process!r} and {done!r}"))
+            else:
+                checks.append(
+                    warn(SHEETS, names[2], f"no worksheet {done!r}", "the pipeline adds it on its first log")
+                )
+            try:
+                tables = backend.read_many([(process, "1:1"), *([(done, "1:1")] if has_done else [])])
+            except PipelineError as exc:
+                checks.append(fail(SHEETS, names[3], str(exc), share))
+            else:
+                heads = [t[0] if t else [] for t in tables]
+                checks.append(self._header_check(heads[0], heads[1] if has_done else None))
+
+        try:
+            can_edit = backend.can_edit()
+        except PipelineError as exc:
+            checks.append(
+                warn(SHEETS, names[4], f"Drive did not answer ({exc})", "enable the Google Drive API")
+            )
+        else:
+            if can_edit is False:
+                checks.append(fail(SHEETS, names[4], f"{email} may only view the spreadsheet", share))
+            elif can_edit is None:
+                checks.append(warn(SHEETS, names[4], "Drive did not say whether the account may edit"))
+            else:
+                checks.append(ok(SHEETS, names[4], f"{email} can edit"))
+        return checks
