@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import Any
 import dagster as dg
 from PIL import Image
 
-from .errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from .errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
     LOGGED,
@@ -65,12 +66,31 @@ BUSY = "BUSY"  # another live run holds the claim
 QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILED Done row
 # outcome of a transient failure that did not use up the attempts: the prompt stays queued
 RETRY = "RETRY"
+# today's cap of images or posts is used up: the prompt stays queued for another day, no attempt counted
+CAPPED = "CAPPED"
 
 
-def _stop(context: dg.AssetExecutionContext, publisher: Publisher, exc: ServiceBlocked) -> dg.Failure:
-    """A service refuses us: tell the operator once, stop the run, leave the queue as it is."""
+def _stop(
+    context: dg.AssetExecutionContext, publisher: Publisher, exc: ServiceBlocked, book: Ledger | None = None
+) -> dg.Failure:
+    """A service refuses us: tell the operator once, stop the run, leave the queue as it is.
+
+    Credits depleted (or a provider's quota used up) also pauses spending until an operator resumes:
+    the schedule and sensor skip their ticks meanwhile, and only the run that paused it sends a notice."""
     message = redact(str(exc))
     context.log.error(message)
+    if isinstance(exc, CreditsDepleted) and book is not None:
+        if book.pause(exc.service, message):
+            _notify(
+                publisher,
+                f"image-pipeline paused spending: {message} Resume with `image-pipeline resume` "
+                "or the resume_spending_job in the Dagster UI.",
+            )
+        else:
+            context.log.warning("spending was paused already; no second notice")
+        return dg.Failure(
+            description=message, metadata={"service": exc.service, "status": str(exc.status or "")}
+        )
     _notify(publisher, f"image-pipeline stopped: {message}")
     return dg.Failure(description=message, metadata={"service": exc.service, "status": str(exc.status or "")})
 
@@ -152,6 +172,10 @@ def prompt_record(
     keys = context.partition_keys
     context.log.info(f"prompt sheet backend: {prompt_sheet.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
+    pause = book.pause_state()
+    if pause is not None:
+        # nothing is claimed or spent: the queue stays as it is until an operator resumes
+        raise dg.Failure(description=pause.message())
     try:
         snapshot, done_rows = prompt_sheet.read_queue_and_done()
         current = snapshot.by_id()
@@ -378,15 +402,34 @@ def generate_and_post(
     # More threads than request slots: an image is decoded, encoded and written while the next
     # requests are already in flight (the generator holds a slot only for the request itself).
     refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
+    awaiting_post: set[str] = set()  # generation started, post not done yet (the daily post cap)
+    awaiting_post_lock = threading.Lock()
 
     def generate(key: str, fp: str, req: GenerationRequest) -> tuple[ImageOutcome, str]:
         if refused:
             raise refused[0]
+        if ledger.daily_post_cap > 0:
+            # images made in this run and not posted yet count too: generation runs ahead of posting
+            with awaiting_post_lock:
+                if book.used_today("posts") + len(awaiting_post) >= ledger.daily_post_cap:
+                    reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; not generated, stays queued"
+                    return ImageOutcome(CAPPED, {"reason": reason}), reason
+                awaiting_post.add(key)
+        if not book.reserve("images", ledger.daily_image_cap):
+            reason = f"the daily cap of {ledger.daily_image_cap} images is reached; stays queued"
+            return ImageOutcome(CAPPED, {"reason": reason}), reason
         try:
-            return _generate_to_disk(image_generator, store, book, ledger, key, fp, req)
+            outcome, note = _generate_to_disk(image_generator, store, book, ledger, key, fp, req)
         except ServiceBlocked as exc:
+            book.unreserve("images")
             refused.append(exc)
             raise
+        except BaseException:
+            book.unreserve("images")
+            raise
+        if not outcome.ok:
+            book.unreserve("images")  # only images that exist count against the cap
+        return outcome, note
 
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
         futures = {key: pool.submit(generate, key, fp, req) for key, fp, req in todo}
@@ -404,6 +447,8 @@ def generate_and_post(
                 posts[key] = _post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
                 )
+                with awaiting_post_lock:
+                    awaiting_post.discard(key)
                 progress.finished(key, *_progress_status(record, posts[key]))
                 if batch:
                     # attached as each prompt finishes, while the next images are still being made
@@ -417,7 +462,7 @@ def generate_and_post(
                     )
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
-            raise _stop(context, publisher, exc) from None
+            raise _stop(context, publisher, exc, book) from None
     yield dg.Output(
         outcomes,
         output_name=GENERATED_IMAGE,
@@ -466,6 +511,10 @@ def _post_one(
     suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
     caption = caption_for(_row_from_record(record), suffix=suffix)
     png = image.read_png()
+    if not book.reserve("posts", ledger.daily_post_cap):
+        reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
+        context.log.warning(f"{key}: {reason}")
+        return {"status": CAPPED, "reason": reason}
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
     book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
     try:
@@ -476,13 +525,16 @@ def _post_one(
         return {"status": FAILED, "reason": f"delivery uncertain: {exc}"}
     except ServiceBlocked:
         book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
         raise
     except PromptRejected as exc:
         book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
         context.log.warning(f"{key}: posting failed: {exc}")
         return {"status": FAILED, "reason": f"posting failed: {exc}"}
     except TransientError as exc:
         book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
         status, reason = _transient_outcome(book, ledger, key, fingerprint, "posting", exc)
         context.log.warning(f"{key}: {reason}")
         return {"status": status, "reason": reason}
@@ -603,8 +655,8 @@ def _entry_for(
     status = record["status"]
     if (
         status in (GONE, BUSY, LOGGED)
-        or image.status in (RETRY, "BUSY")
-        or post.get("status") in (RETRY, "BUSY")
+        or image.status in (RETRY, "BUSY", CAPPED)
+        or post.get("status") in (RETRY, "BUSY", CAPPED)
     ):
         return None
     entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
@@ -699,8 +751,13 @@ def done_entry(
                 or generated_image[key].meta.get("reason")
                 or telegram_post[key].get("reason", "")
             )
+            capped = CAPPED in (generated_image[key].status, telegram_post[key].get("status"))
             results[key] = {
-                "status": record["status"] if record["status"] in (GONE, BUSY) else RETRY,
+                "status": record["status"]
+                if record["status"] in (GONE, BUSY)
+                else CAPPED
+                if capped
+                else RETRY,
                 "reason": reason,
             }
         else:

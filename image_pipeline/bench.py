@@ -746,7 +746,14 @@ def no_change_tick(sandbox: Sandbox, root: Path) -> dict[str, Any]:
         # the sensor logs through a console handler made with the context: keep it out of the table
         with (
             contextlib.redirect_stderr(io.StringIO()),
-            dg.build_sensor_context(instance=instance, cursor=cursor, resources={"prompt_sheet": sheet}) as c,
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={
+                    "prompt_sheet": sheet,
+                    **{k: defs.resources[k] for k in ("image_generator", "publisher", "ledger")},
+                },
+            ) as c,
         ):
             result = sensor(c)
         if isinstance(result, dg.SensorResult):

@@ -228,6 +228,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Lift the budget guard's pause (after credits were added or the quota renewed)."""
+    _load_env()
+    from .definitions import build_definitions
+
+    book = build_definitions().resources["ledger"].open()
+    lifted = book.resume()
+    if not lifted:
+        print("spending was not paused; nothing to do")
+        return 0
+    for pause in lifted:
+        print(f"resumed: {pause.service} had paused spending: {pause.reason}")
+    print("the schedule and the sensor start work again at their next tick; `make run` works now")
+    return 0
+
+
 HOST_TAG = "image_pipeline/host"
 PID_TAG = "image_pipeline/pid"
 
@@ -314,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         "doctor", help="check each configured service with its cheapest real call; exit 1 if any fails"
     )
     doctor.set_defaults(func=cmd_doctor)
+    resume = sub.add_parser(
+        "resume", help="lift the pause set when credits ran out or a quota was used up (budget guard)"
+    )
+    resume.set_defaults(func=cmd_resume)
     sub.add_parser(
         "sandbox", help="start loopback emulators of Google, Hugging Face and Telegram (see README)"
     )

@@ -156,5 +156,7 @@ def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
                 if _get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS")
                 else {}
             ),
+            daily_image_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_IMAGE_CAP", "0") or 0),
+            daily_post_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_POST_CAP", "0") or 0),
         ),
     }

@@ -9,7 +9,7 @@ import dagster as dg
 
 from .assets import ASSETS
 from .config import resources_from, settings_from
-from .jobs import preflight_job, process_prompts_job
+from .jobs import preflight_job, process_prompts_job, resume_spending_job
 from .redact import install_log_redaction
 from .schedules import build_daily_schedule
 from .sensors import build_prompt_sheet_sensor
@@ -20,7 +20,7 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
     settings = settings_from(env)
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[process_prompts_job, preflight_job],
+        jobs=[process_prompts_job, preflight_job, resume_spending_job],
         schedules=[
             build_daily_schedule(
                 cron=settings.schedule_cron,

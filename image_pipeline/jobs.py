@@ -3,6 +3,7 @@
 import dagster as dg
 
 from .assets import GROUP
+from .ledger import PostLedger
 from .preflight import FAIL, WARN, render_markdown, render_table, run_preflight
 from .resources.images import ImageGenerator
 from .resources.publisher import Publisher
@@ -49,3 +50,21 @@ def preflight(
 )
 def preflight_job() -> None:
     preflight()
+
+
+@dg.op(description="Lifts the budget guard's pause, once credits were added or the quota renewed.")
+def resume_spending(context: dg.OpExecutionContext, ledger: PostLedger) -> dg.Output[None]:
+    lifted = ledger.open().resume()
+    for pause in lifted:
+        context.log.info(f"resumed: {pause.service} had paused spending: {pause.reason}")
+    if not lifted:
+        context.log.info("spending was not paused; nothing to do")
+    return dg.Output(None, metadata={"pauses_lifted": len(lifted)})
+
+
+@dg.job(
+    description="Budget guard: resume spending after credits ran out (the schedule and sensor skip until then).",
+    executor_def=dg.in_process_executor,
+)
+def resume_spending_job() -> None:
+    resume_spending()

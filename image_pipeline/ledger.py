@@ -61,6 +61,17 @@ CREATE TABLE IF NOT EXISTS prompts (
     posted_at     REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (prompt_id, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS pauses (
+    service       TEXT PRIMARY KEY,
+    reason        TEXT NOT NULL,
+    since         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS daily_counts (
+    day           TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    n             INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, kind)
+);
 """
 
 _COLUMNS = [
@@ -105,6 +116,27 @@ class Entry:
     lease_until: float = 0.0
     updated_at: float = 0.0
     posted_at: float = 0.0  # when the message id was recorded: the end of the duplicate window
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Spending stopped by a service's answer (credits depleted, quota used up) until an operator resumes."""
+
+    service: str
+    reason: str
+    since: float
+
+    def message(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.since))
+        return (
+            f"spending is paused since {when}: {self.reason} Resume once it is fixed: "
+            "`image-pipeline resume`, or launch resume_spending_job in the Dagster UI"
+        )
+
+
+def utc_day(now: float | None = None) -> str:
+    """The day daily caps are counted in: the UTC date, the same on every machine."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
 def owner_token(run_id: str) -> str:
@@ -277,6 +309,59 @@ class Ledger:
                     (*fields.values(), prompt_id, fingerprint),
                 )
 
+    # ------------------------------------------------------------------ the budget guard
+    def pause(self, service: str, reason: str) -> bool:
+        """Stop spending; True only for the call that paused it (so exactly one notice goes out)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO pauses (service, reason, since) VALUES (?, ?, ?)",
+                (service, reason[:500], time.time()),
+            )
+            return cur.rowcount == 1
+
+    def pause_state(self) -> Pause | None:
+        with self._connect() as db:
+            row = db.execute("SELECT service, reason, since FROM pauses ORDER BY since LIMIT 1").fetchone()
+        return Pause(*row) if row else None
+
+    def resume(self) -> list[Pause]:
+        """Lift every pause; returns what was lifted."""
+        with self._tx() as db:
+            rows = db.execute("SELECT service, reason, since FROM pauses ORDER BY since").fetchall()
+            db.execute("DELETE FROM pauses")
+        return [Pause(*r) for r in rows]
+
+    def reserve(self, kind: str, cap: int | None, day: str | None = None) -> bool:
+        """Count one more ``kind`` (images, posts) for today unless that would pass ``cap``.
+
+        Reserved before the request, in one transaction, so concurrent runs and threads never go past
+        the cap together; ``unreserve`` gives the unit back when nothing was spent after all."""
+        day = day or utc_day()
+        with self._tx() as db:
+            row = db.execute("SELECT n FROM daily_counts WHERE day=? AND kind=?", (day, kind)).fetchone()
+            used = int(row[0]) if row else 0
+            if cap is not None and cap > 0 and used >= cap:
+                return False
+            db.execute(
+                "INSERT INTO daily_counts (day, kind, n) VALUES (?, ?, 1) "
+                "ON CONFLICT(day, kind) DO UPDATE SET n = n + 1",
+                (day, kind),
+            )
+            return True
+
+    def unreserve(self, kind: str, day: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE daily_counts SET n = MAX(0, n - 1) WHERE day=? AND kind=?", (day or utc_day(), kind)
+            )
+
+    def used_today(self, kind: str, day: str | None = None) -> int:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT n FROM daily_counts WHERE day=? AND kind=?", (day or utc_day(), kind)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def add_attempt(self, prompt_id: str, fingerprint: str, error: str) -> int:
         with self._tx() as db:
             db.execute(
@@ -320,5 +405,28 @@ class PostLedger(dg.ConfigurableResource):
         description="Runs in which a prompt may fail transiently before it is quarantined as FAILED.",
     )
 
+    daily_image_cap: int = Field(
+        default=0,
+        description="Images generated per UTC day, across runs (0: no cap). Prompts over it stay queued.",
+    )
+    daily_post_cap: int = Field(
+        default=0,
+        description="Posts per UTC day, across runs (0: no cap). Prompts over it stay queued.",
+    )
+
     def open(self) -> Ledger:
         return Ledger(self.path)
+
+    def why_not_spend(self) -> str | None:
+        """Why the schedule and sensor must not start work now (a pause, a daily cap), or None."""
+        book = self.open()
+        pause = book.pause_state()
+        if pause is not None:
+            return pause.message()
+        for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
+            if cap > 0 and book.used_today(kind) >= cap:
+                return (
+                    f"the daily cap of {cap} {kind} is reached ({utc_day()} UTC); "
+                    "queued prompts go out after midnight UTC"
+                )
+        return None

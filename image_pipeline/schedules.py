@@ -37,7 +37,7 @@ def build_daily_schedule(
             return dg.SkipReason(f"cannot read the queue: {exc}")
         if not snapshot.rows:
             return dg.SkipReason("the queue is empty")
-        refused = gate([prompt_sheet, image_generator, publisher])
+        refused = ledger.why_not_spend() or gate([prompt_sheet, image_generator, publisher])
         if refused:
             context.log.warning(refused)
             return dg.SkipReason(refused)

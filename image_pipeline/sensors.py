@@ -11,6 +11,7 @@ import dagster as dg
 from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
+from .ledger import PostLedger
 from .partitions import prompt_partitions
 from .preflight import gate
 from .resources.images import ImageGenerator
@@ -36,6 +37,7 @@ def build_prompt_sheet_sensor(
         prompt_sheet: PromptSheet,
         image_generator: ImageGenerator,
         publisher: Publisher,
+        ledger: PostLedger,
     ):
         cursor = _load_cursor(context.cursor)
         try:
@@ -60,7 +62,8 @@ def build_prompt_sheet_sensor(
                 for batch in batches(new_ids, order, batch_size)
             ]
         if run_requests:
-            refused = gate([prompt_sheet, image_generator, publisher])
+            # a pause or a used-up daily cap first: no API call needed to know the answer
+            refused = ledger.why_not_spend() or gate([prompt_sheet, image_generator, publisher])
             if refused:
                 # the cursor stays, so the next tick sees the same new rows and checks again
                 context.log.warning(refused)

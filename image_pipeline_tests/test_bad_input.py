@@ -204,7 +204,7 @@ def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str 
     ctx = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
+        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")},
     )
     return sensor(ctx)
 

@@ -59,7 +59,7 @@ def test_sensor_then_one_batched_run_on_the_real_backends(
     ctx = dg.build_sensor_context(
         instance=instance,
         cursor=None,
-        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
+        resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")},
     )
     tick = sensor(ctx)
     ids = list(tick.dynamic_partitions_requests[0].partition_keys)
@@ -142,7 +142,7 @@ def test_request_budget_per_prompt_and_per_idle_sensor_tick(
                 cursor=cursor,
                 resources={
                     "prompt_sheet": sheet,
-                    **{k: defs.resources[k] for k in ("image_generator", "publisher")},
+                    **{k: defs.resources[k] for k in ("image_generator", "publisher", "ledger")},
                 },
             )
         )

@@ -34,6 +34,7 @@ from image_pipeline.emulators.google import GoogleEmulator
 from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+from image_pipeline.ledger import PostLedger
 
 from .conftest import PIPELINE_ENV
 
@@ -246,7 +247,9 @@ def test_no_secret_reaches_any_output(
             ctx = dg.build_sensor_context(
                 instance=instance,
                 cursor=None,
-                resources={k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher")},
+                resources={
+                    k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")
+                },
             )
             tick = contextvars.copy_context().run(sensor, ctx)
             texts.append((f"{name}: sensor", repr(tick)))
@@ -319,6 +322,10 @@ def test_no_secret_reaches_any_output(
 
         scenario("hf-402", ["a fox"], "credits are depleted (HTTP 402)", success=False, before=deplete)
         hf_emulator.credits_depleted = False
+        # the budget guard paused spending; the operator resumes, as the pause's notice says
+        paused = PostLedger(path=str(data / "ledger.sqlite")).open().resume()
+        assert [p.service for p in paused] == ["images"]
+        texts.append(("hf-402: the pause", repr(paused)))
         scenario(
             "telegram-401-wrong-token",
             ["a fox"],

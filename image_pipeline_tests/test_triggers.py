@@ -34,7 +34,11 @@ def _services(workbook_dir: Path) -> dict[str, object]:
 
 
 def _tick(sensor, instance, sheet, cursor):
-    resources = {"prompt_sheet": sheet, **_services(Path(sheet.folder))}
+    resources = {
+        "prompt_sheet": sheet,
+        "ledger": PostLedger(path=str(Path(sheet.folder) / "ledger.sqlite")),
+        **_services(Path(sheet.folder)),
+    }
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
         return sensor(ctx)
 
@@ -104,7 +108,11 @@ def test_sensor_evaluate_tick_adds_partitions_like_the_daemon(workbook_dir: Path
             instance_ref=instance.get_ref(),
             cursor=None,
             definitions=defs,
-            resources={"prompt_sheet": _sheet(workbook_dir), **_services(workbook_dir)},
+            resources={
+                "prompt_sheet": _sheet(workbook_dir),
+                "ledger": PostLedger(path=str(workbook_dir / "ledger.sqlite")),
+                **_services(workbook_dir),
+            },
         )
         data = sensor.evaluate_tick(ctx)
         # one batched run: a range over the two new partitions, in queue order

@@ -26,6 +26,10 @@ CREDITS_MESSAGE = (
     "Subscribe to PRO to get 20x more monthly included credits."
 )
 RATE_LIMIT_MESSAGE = "Rate limit reached. Please retry later."
+PROVIDER_QUOTA_MESSAGE = (
+    "Your account has used all available credits or reached its monthly spending limit. "
+    "To continue making API requests, purchase more credits or raise your spending limit."
+)
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 # the wording of the content filter is not documented; this keeps the shape ({"error": str}, 400)
 REJECTED_MESSAGE = "The prompt was rejected by the content policy of the inference provider."
@@ -93,6 +97,9 @@ class HuggingFaceEmulator(EmulatorServer):
         self.default_size = default_size
         self.unknown_models: set[str] = set()
         self.credits_depleted = False
+        # a routed provider's own account limit (money or monthly quota), answered as 429 with no
+        # RateLimit header: waiting does not help
+        self.provider_quota_exhausted = False
         self.rejected_prompts: set[str] = set()
         self.reject_if: Callable[[str], bool] | None = None
         self.blank = False
@@ -211,6 +218,8 @@ class HuggingFaceEmulator(EmulatorServer):
             return self._error(404, {"error": f"Model {model} does not exist"})
         if self.credits_depleted:
             return self._error(402, {"error": CREDITS_MESSAGE})
+        if self.provider_quota_exhausted:
+            return self._error(429, {"error": PROVIDER_QUOTA_MESSAGE})
         remaining = self.loading_for_s
         if remaining > 0:
             payload = {

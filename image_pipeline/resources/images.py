@@ -6,6 +6,7 @@ import hashlib
 import io
 import logging
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -319,6 +320,15 @@ class HuggingFaceGenerator(ImageGenerator):
                     status=status,
                     retry_after=_estimated_time(exc.response),
                 )
+            if status in (403, 429) and _is_billing_refusal(server):
+                # A provider's quota or balance used up comes as 429 or 403 rather than 402: waiting
+                # minutes does not fix it, so it is a refusal of our account, not a rate limit.
+                return CreditsDepleted(
+                    f"Hugging Face: the provider's quota or balance is used up (HTTP {status}): "
+                    f"{server[:200]} Add credits or raise the spending limit; the prompt stays queued",
+                    service="images",
+                    status=status,
+                )
             if status == 429:
                 return TransientError(
                     "Hugging Face rate limit (HTTP 429)",
@@ -374,6 +384,18 @@ class HuggingFaceGenerator(ImageGenerator):
             # huggingface_hub raises ValueError for a model the provider does not serve for this task
             return PromptRejected(f"cannot use model {request.model}: {redact(exc)[:200]}", service="images")
         return TransientError(f"Hugging Face call failed ({type(exc).__name__})", service="images")
+
+
+# What providers say when an account's money or monthly quota is gone, as opposed to a per-minute rate
+# limit ("exceeded your monthly included credits", "Exhausted balance", "NOT_ENOUGH_BALANCE", "used all
+# available credits or reached its monthly spending limit", "insufficient quota").
+_BILLING_WORDS = re.compile(
+    r"credits?\b|balance|quota|spending limit|billing|payment|insufficient[_ ]funds", re.I
+)
+
+
+def _is_billing_refusal(server_message: str) -> bool:
+    return bool(server_message) and bool(_BILLING_WORDS.search(server_message))
 
 
 def _is_transport_error(exc: BaseException) -> bool:
