@@ -11,15 +11,29 @@ import contextlib
 import hashlib
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from PIL import Image
 
+from .approval import (
+    APPROVAL_HINT,
+    APPROVED,
+    HELD,
+    POST,
+    PREVIEW_ONLY,
+    approved_outcome,
+    keep_preview,
+    outcome_pngs,
+    plan_for,
+    variation_seeds,
+)
+from .content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
 from .errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
@@ -27,6 +41,7 @@ from .ledger import (
     LOGGING,
     POSTED,
     POSTING,
+    PREVIEWED,
     REMOVED,
     UNCERTAIN,
     Entry,
@@ -36,8 +51,11 @@ from .ledger import (
     stale_owner_check,
 )
 from .models import (
+    AWAITING_APPROVAL,
     FAILED,
+    GENERATING,
     INVALID,
+    QUEUED,
     SUCCESS,
     DoneEntry,
     GenerationRequest,
@@ -46,6 +64,7 @@ from .models import (
     caption_for,
     clean_text,
     validate_prompt,
+    variations_of,
 )
 from .partitions import prompt_partitions
 from .progress import RunProgress, batch_logged
@@ -63,6 +82,7 @@ TELEGRAM_POST = "telegram_post"
 READY = "READY"
 GONE = "GONE"  # no row carries the id any more: deleted by a person, or already processed and removed
 BUSY = "BUSY"  # another live run holds the claim
+HELD_STATUS = "HELD"  # a person holds it (HOLD) or it waits for APPROVE: stays queued, nothing done
 QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILED Done row
 # outcome of a transient failure that did not use up the attempts: the prompt stays queued
 RETRY = "RETRY"
@@ -239,11 +259,26 @@ def prompt_record(
                 record.update(status=INVALID, reason=str(exc))
                 continue
             record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
+            mode, why = plan_for(row, entry)
+            record.update(mode=mode, count=variations_of(row))
+            if mode == HELD and entry.post_state is None:
+                record.update(status=HELD_STATUS, reason=why)
+                continue
+            if why:
+                context.log.info(f"{key}: {why}")
             if entry.attempts >= ledger.max_attempts and entry.post_state is None:
                 record.update(
                     status=QUARANTINED,
                     reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
                 )
+    working = {
+        k: GENERATING
+        for k, r in records.items()
+        if r["status"] == READY and r.get("mode") in (POST, PREVIEW_ONLY)
+    }
+    if working:
+        # what a person sees in the status column while the batch runs (only where the sheet has one)
+        prompt_sheet.write_statuses(working, snapshot)
     # the batch's counts only: per prompt, the image and the post carry the details
     metadata = _per_partition(context, "prompt_record", records, _record_metadata, per_prompt=False)
     return dg.Output(records, metadata=metadata)
@@ -277,15 +312,17 @@ def _transient_outcome(
 
 def _plan_generation(
     prompt_record: ByPartition, book: Ledger, owner: str, is_stale: Any, ledger: PostLedger
-) -> tuple[ByPartition, list[tuple[str, str, GenerationRequest]]]:
-    """Which prompts of the batch need an image; the others get their no-op outcome at once."""
+) -> tuple[ByPartition, list[tuple[str, str, GenerationRequest, int]]]:
+    """Which prompts of the batch need images (and how many); the others get their outcome at once."""
     outcomes = ByPartition()
-    todo: list[tuple[str, str, GenerationRequest]] = []
+    todo: list[tuple[str, str, GenerationRequest, int]] = []
     with book.batch():
         todo_keys = _plan_into(prompt_record, book, owner, is_stale, ledger, outcomes)
     for key in todo_keys:
         record = prompt_record[key]
-        todo.append((key, record["fingerprint"], GenerationRequest(**record["request"])))
+        todo.append(
+            (key, record["fingerprint"], GenerationRequest(**record["request"]), record.get("count", 1))
+        )
     return outcomes, todo
 
 
@@ -312,8 +349,21 @@ def _plan_into(
         if not _hold(book, owner, is_stale, ledger, key, record):
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
+        if record.get("mode") == APPROVED and entry is not None:
+            # exactly what the person approved: the previewed files, not a new generation
+            outcomes[key] = approved_outcome(entry)
+            continue
         todo.append(key)
     return todo
+
+
+CHECK_DESCRIPTIONS = (
+    "The image decodes (a truncated or non-image body never reaches the channel).",
+    "The image is not blank or a single colour (what providers send when their safety filter fires).",
+    "The image is within Telegram's photo limits after the publisher's recompression (or goes as a document).",
+    "The caption is within Telegram's 1024 characters.",
+    "The prompt holds none of the banned words (IMAGE_PIPELINE_BANNED_WORDS / _FILE).",
+)
 
 
 def _generate_to_disk(
@@ -324,8 +374,44 @@ def _generate_to_disk(
     key: str,
     fingerprint: str,
     request: GenerationRequest,
+    count: int = 1,
 ) -> tuple[ImageOutcome, str]:
-    """One image, written to its PNG file as soon as it exists: memory holds only the images in flight."""
+    """The prompt's image (or ``count`` variations with different seeds), each written to its PNG file as
+    soon as it exists: memory holds only the images in flight. All or nothing: a variation that fails
+    fails the prompt's images, as one post shows them all."""
+    made: list[ImageOutcome] = []
+    for i, seed in enumerate(variation_seeds(request.seed, count)):
+        outcome, note = _generate_one(
+            image_generator,
+            store,
+            book,
+            ledger,
+            key if i == 0 else f"{key}-v{i + 1}",
+            key,
+            fingerprint,
+            replace(request, seed=seed),
+        )
+        if not outcome.ok:
+            return outcome, note
+        made.append(outcome)
+    if count == 1:
+        return made[0], note
+    first = made[0]
+    meta = {**first.meta, "variations": [{**m.meta, "path": m.path} for m in made]}
+    note = f"{count} variations, {first.meta['width']}x{first.meta['height']} from {first.meta['model']}"
+    return ImageOutcome("OK", meta, path=first.path, thumbnail=first.thumbnail), note
+
+
+def _generate_one(
+    image_generator: ImageGenerator,
+    store: PartitionFileStore,
+    book: Ledger,
+    ledger: PostLedger,
+    file_key: str,
+    key: str,
+    fingerprint: str,
+    request: GenerationRequest,
+) -> tuple[ImageOutcome, str]:
     try:
         image = image_generator.generate(request)
     except PromptRejected as exc:
@@ -339,12 +425,13 @@ def _generate_to_disk(
         "model": image.model,
         "provider": image.provider,
         "seed": image.seed,
+        "negative_prompt": request.negative_prompt or "",
         "generation_s": image.seconds,
         "preview": image.preview,
         "sha256": hashlib.sha256(image.png).hexdigest(),
         "bytes": len(image.png),
     }
-    path = store.write_png(GENERATED_IMAGE, key, image.png)
+    path = store.write_png(GENERATED_IMAGE, file_key, image.png)
     thumbnail = _thumbnail_markdown(image.png, key)
     note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
     return ImageOutcome("OK", meta, path=str(path), thumbnail=thumbnail), note
@@ -374,6 +461,10 @@ def _generate_to_disk(
     },
     partitions_def=prompt_partitions,
     pool="hf_api",
+    check_specs=[
+        dg.AssetCheckSpec(name, asset=GENERATED_IMAGE, blocking=True, description=description)
+        for name, description in zip(CHECK_NAMES, CHECK_DESCRIPTIONS, strict=True)
+    ],
 )
 def generate_and_post(
     context: dg.AssetExecutionContext,
@@ -394,6 +485,7 @@ def generate_and_post(
     context.log.info(f"publisher backend: {publisher.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
     store = pipeline_io_manager.store(context.run.run_id)
+    previews = store.base / "previews"  # what APPROVE posts: kept apart from files a later run rewrites
     outcomes, todo = _plan_generation(prompt_record, book, owner, is_stale, ledger)
     posts = ByPartition()
     batch = _single(context) is None
@@ -403,36 +495,60 @@ def generate_and_post(
     # requests are already in flight (the generator holds a slot only for the request itself).
     refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
     awaiting_post: set[str] = set()  # generation started, post not done yet (the daily post cap)
-    awaiting_post_lock = threading.Lock()
 
-    def generate(key: str, fp: str, req: GenerationRequest) -> tuple[ImageOutcome, str]:
+    def capped(key: str, count: int) -> tuple[ImageOutcome, str] | None:
+        """The daily caps, decided in queue order before the requests start (so they start in queue
+        order too). Units of the image cap are reserved here and given back if nothing is made."""
+        if ledger.daily_post_cap > 0:
+            # images of this batch not posted yet count: generation runs ahead of posting
+            if book.used_today("posts") + len(awaiting_post) >= ledger.daily_post_cap:
+                reason = (
+                    f"the daily cap of {ledger.daily_post_cap} posts is reached; not generated, stays queued"
+                )
+                return ImageOutcome(CAPPED, {"reason": reason}), reason
+            awaiting_post.add(key)
+        if ledger.daily_image_cap > 0:
+            taken = 0
+            while taken < count and book.reserve("images", ledger.daily_image_cap):
+                taken += 1
+            if taken < count:
+                for _ in range(taken):
+                    book.unreserve("images")
+                awaiting_post.discard(key)
+                reason = f"the daily cap of {ledger.daily_image_cap} images is reached; stays queued"
+                return ImageOutcome(CAPPED, {"reason": reason}), reason
+        return None
+
+    def generate(key: str, fp: str, req: GenerationRequest, count: int) -> tuple[ImageOutcome, str]:
         if refused:
             raise refused[0]
-        if ledger.daily_post_cap > 0:
-            # images made in this run and not posted yet count too: generation runs ahead of posting
-            with awaiting_post_lock:
-                if book.used_today("posts") + len(awaiting_post) >= ledger.daily_post_cap:
-                    reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; not generated, stays queued"
-                    return ImageOutcome(CAPPED, {"reason": reason}), reason
-                awaiting_post.add(key)
-        if not book.reserve("images", ledger.daily_image_cap):
-            reason = f"the daily cap of {ledger.daily_image_cap} images is reached; stays queued"
-            return ImageOutcome(CAPPED, {"reason": reason}), reason
         try:
-            outcome, note = _generate_to_disk(image_generator, store, book, ledger, key, fp, req)
+            outcome, note = _generate_to_disk(image_generator, store, book, ledger, key, fp, req, count)
         except ServiceBlocked as exc:
-            book.unreserve("images")
             refused.append(exc)
+            give_back(count)
             raise
         except BaseException:
-            book.unreserve("images")
+            give_back(count)
             raise
         if not outcome.ok:
-            book.unreserve("images")  # only images that exist count against the cap
+            give_back(count)  # only images that exist count against the cap
         return outcome, note
 
+    def give_back(count: int) -> None:
+        if ledger.daily_image_cap > 0:
+            for _ in range(count):
+                book.unreserve("images")
+
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
-        futures = {key: pool.submit(generate, key, fp, req) for key, fp, req in todo}
+        futures = {}
+        for key, fp, req, n in todo:
+            over = capped(key, n)
+            if over is not None:
+                outcomes[key] = over[0]
+                context.log.warning(f"{key}: {over[1]}")
+            else:
+                futures[key] = pool.submit(generate, key, fp, req, n)
         try:
             for key, record in _in_queue_order(prompt_record):
                 if refused:
@@ -445,10 +561,9 @@ def generate_and_post(
                 if refused:
                     raise refused[0]
                 posts[key] = _post_one(
-                    context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key]
+                    context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
                 )
-                with awaiting_post_lock:
-                    awaiting_post.discard(key)
+                awaiting_post.discard(key)
                 progress.finished(key, *_progress_status(record, posts[key]))
                 if batch:
                     # attached as each prompt finishes, while the next images are still being made
@@ -475,6 +590,34 @@ def generate_and_post(
             context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post), added=batch
         ),
     )
+    yield from _check_results(posts)
+
+
+def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
+    """One result per pre-post check for the run's prompts. Each prompt that failed one was not posted
+    (the step blocks it) and gets a FAILED Done row naming the check; the result is a warning, so the
+    batch's other prompts and its Done log go on."""
+    for name in CHECK_NAMES:
+        checked = 0
+        blocked: list[dict[str, str]] = []
+        for key, post in posts.items():
+            for outcome in post.get("checks", []):
+                if outcome["name"] != name:
+                    continue
+                checked += 1
+                if not outcome["passed"]:
+                    blocked.append({"prompt_id": key, "detail": outcome["detail"]})
+        yield dg.AssetCheckResult(
+            asset_key=GENERATED_IMAGE,
+            check_name=name,
+            passed=not blocked,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "prompts_checked": checked,
+                "prompts_blocked": len(blocked),
+                "blocked": dg.MetadataValue.json(blocked[:50]),
+            },
+        )
 
 
 def _post_one(
@@ -487,8 +630,10 @@ def _post_one(
     key: str,
     record: dict[str, Any],
     image: ImageOutcome,
+    previews: Path,
 ) -> dict[str, Any]:
-    """Post one prompt's image unless the ledger says it was (or may have been) posted already."""
+    """Post one prompt's image(s) unless the ledger says it was (or may have been) posted already; for a
+    PREVIEW row, send them to the alert chat only and wait for APPROVE."""
     if record["status"] != READY:
         status = BUSY if record["status"] == BUSY else "SKIPPED"
         return {"status": status, "reason": record.get("reason", record["status"])}
@@ -509,8 +654,24 @@ def _post_one(
     if not _hold(book, owner, is_stale, ledger, key, record):
         return {"status": "BUSY", "reason": "another run took over this prompt"}
     suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
+    preview_only = record.get("mode") == PREVIEW_ONLY
+    if preview_only:
+        suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
     caption = caption_for(_row_from_record(record), suffix=suffix)
-    png = image.read_png()
+    pngs = outcome_pngs(image)
+    checks = run_all(pngs[0], caption, record["prompt"], key, publisher.content_policy())
+    for extra in pngs[1:]:
+        checks += [c for c in check_image(extra, key) if not c.passed]
+    checked = [_check_dict(c) for c in checks]
+    blocked = first_failure(checks)
+    if blocked is not None:
+        reason = f"blocked by the pre-post check {blocked.name}: {blocked.detail}"
+        context.log.warning(f"{key}: {reason}")
+        return {"status": FAILED, "reason": reason, "check": blocked.name, "checks": checked}
+    if preview_only:
+        return _send_preview(
+            context, book, ledger, publisher, key, fingerprint, image, pngs, caption, previews, checked
+        )
     if not book.reserve("posts", ledger.daily_post_cap):
         reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
         context.log.warning(f"{key}: {reason}")
@@ -518,7 +679,10 @@ def _post_one(
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
     book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
     try:
-        receipt = publisher.publish(prompt_id=key, png=png, caption=caption)
+        if len(pngs) == 1:
+            receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption)
+        else:
+            receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption)
     except DeliveryUncertain as exc:
         book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
         context.log.warning(f"{key}: {exc}")
@@ -554,8 +718,52 @@ def _post_one(
         "status": "POSTED",
         "image_sha256": image.meta.get("sha256", ""),
         "caption": caption,
+        "image_meta": image.meta,
+        "checks": checked,
         **receipt_dict(receipt),
     }
+
+
+def _send_preview(
+    context: dg.AssetExecutionContext,
+    book: Ledger,
+    ledger: PostLedger,
+    publisher: Publisher,
+    key: str,
+    fingerprint: str,
+    image: ImageOutcome,
+    pngs: list[bytes],
+    caption: str,
+    previews: Path,
+    checked: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""
+    try:
+        receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption)
+    except PromptRejected as exc:
+        return {"status": FAILED, "reason": f"preview failed: {exc}", "checks": checked}
+    except TransientError as exc:
+        status, reason = _transient_outcome(book, ledger, key, fingerprint, "preview", exc)
+        return {"status": status, "reason": reason, "checks": checked}
+    book.update(
+        key,
+        fingerprint,
+        preview_state=PREVIEWED,
+        preview_images=keep_preview(previews, key, fingerprint, image),
+        image_meta=json.dumps(image.meta),
+    )
+    where = "the alert chat" if receipt is not None else f"{previews} (no alert chat is set)"
+    context.log.info(f"{key}: preview of {len(pngs)} image(s) sent to {where}; awaiting approval")
+    return {
+        "status": AWAITING_APPROVAL,
+        "reason": f"preview sent to {where}; {APPROVAL_HINT}",
+        "checks": checked,
+        "image_meta": image.meta,
+    }
+
+
+def _check_dict(outcome: CheckOutcome) -> dict[str, Any]:
+    return {"name": outcome.name, "passed": outcome.passed, "detail": outcome.detail}
 
 
 def _progress_status(record: dict[str, Any], post: dict[str, Any]) -> tuple[str, str]:
@@ -579,6 +787,7 @@ def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]
         "model": m["model"],
         "provider": m["provider"],
         "seed": m["seed"] if m["seed"] is not None else "",
+        "negative_prompt": dg.MetadataValue.text(str(m.get("negative_prompt", ""))),
         "generation_s": dg.MetadataValue.float(float(m["generation_s"])),
         "bytes": m["bytes"],
         "sha256": m["sha256"],
@@ -605,6 +814,17 @@ def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
             metadata["link"] = dg.MetadataValue.url(post["link"])
         if post.get("note"):
             metadata["note"] = post["note"]
+        # the reproducibility record: with these the image can be traced and generated again
+        meta = post.get("image_meta") or {}
+        if meta.get("sha256"):
+            metadata.update(
+                model=str(meta.get("model", "")),
+                provider=str(meta.get("provider", "")),
+                seed=str(meta["seed"]) if meta.get("seed") is not None else "",
+                size=f"{meta['width']}x{meta['height']}",
+                negative_prompt=dg.MetadataValue.text(str(meta.get("negative_prompt", ""))),
+                generation_s=dg.MetadataValue.float(float(meta.get("generation_s") or 0.0)),
+            )
     else:
         metadata["reason"] = post.get("reason", "")
     return metadata
@@ -654,9 +874,9 @@ def _entry_for(
     """The Done row for a prompt, or None when it stays queued (RETRY, BUSY) or is not ours (GONE)."""
     status = record["status"]
     if (
-        status in (GONE, BUSY, LOGGED)
+        status in (GONE, BUSY, LOGGED, HELD_STATUS)
         or image.status in (RETRY, "BUSY", CAPPED)
-        or post.get("status") in (RETRY, "BUSY", CAPPED)
+        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL)
     ):
         return None
     entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
@@ -670,6 +890,12 @@ def _entry_for(
         if post.get("note"):
             entry.information += f" ({post['note']})"
         entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
+        entry.message_link = post.get("link", "")
+        if len(post.get("message_ids") or []) > 1:
+            ids = post["message_ids"]
+            entry.information = (
+                f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
+            )
     elif not image.ok and image.status == FAILED:
         entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
     else:
@@ -681,6 +907,11 @@ def _entry_for(
         entry.size = f"{meta['width']}x{meta['height']}"
         entry.generation_s = str(meta.get("generation_s", ""))
         entry.image_sha256 = meta["sha256"]
+        entry.provider = str(meta.get("provider", ""))
+        entry.negative_prompt = str(meta.get("negative_prompt", ""))
+        if meta.get("variations"):
+            entry.seed = ";".join(str(v.get("seed", "")) for v in meta["variations"])
+            entry.image_sha256 = ";".join(str(v.get("sha256", "")) for v in meta["variations"])
         if meta.get("preview"):
             entry.information += " [offline preview]"
     entry.information = redact(entry.information)[:1000]
@@ -711,6 +942,9 @@ def _orphan_posts(
             size=f"{meta['width']}x{meta['height']}" if meta.get("width") else "",
             generation_s=str(meta.get("generation_s", "")),
             image_sha256=meta.get("sha256", ""),
+            provider=str(meta.get("provider", "")),
+            negative_prompt=str(meta.get("negative_prompt", "")),
+            message_link=e.link,
         )
         out.append((e, row))
     return out
@@ -752,9 +986,12 @@ def done_entry(
                 or telegram_post[key].get("reason", "")
             )
             capped = CAPPED in (generated_image[key].status, telegram_post[key].get("status"))
+            waiting = telegram_post[key].get("status") == AWAITING_APPROVAL
             results[key] = {
                 "status": record["status"]
-                if record["status"] in (GONE, BUSY)
+                if record["status"] in (GONE, BUSY, HELD_STATUS)
+                else AWAITING_APPROVAL
+                if waiting
                 else CAPPED
                 if capped
                 else RETRY,
@@ -812,6 +1049,14 @@ def done_entry(
                 f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
             )
         results[key]["queue_row"] = removal.get(key, "")
+    # rows that stay queued show why in their status cell (only where the sheet has that column)
+    stay = {
+        key: AWAITING_APPROVAL if res["status"] == AWAITING_APPROVAL else QUEUED
+        for key, res in results.items()
+        if res.get("status") in (AWAITING_APPROVAL, RETRY, CAPPED)
+    }
+    if stay:
+        prompt_sheet.write_statuses(stay)
     statuses = _count(r.get("status", "") for r in results.values())
     batch_logged(context.run.run_id, len(to_log), statuses, context.log.info)
     metadata = _per_partition(

@@ -120,9 +120,16 @@ def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
     )
 
 
+def _content_policy(env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "banned_words": _get(env, "IMAGE_PIPELINE_BANNED_WORDS"),
+        "banned_words_file": _get(env, "IMAGE_PIPELINE_BANNED_WORDS_FILE"),
+    }
+
+
 def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
     if not (_get(env, "TELEGRAM_TOKEN") and _get(env, "TELEGRAM_CHAT_ID")):
-        return LocalOutbox(folder=str(settings.outbox), **_retry_fields(env))
+        return LocalOutbox(folder=str(settings.outbox), **_retry_fields(env), **_content_policy(env))
     timeout = _timeout(env)
     return TelegramPublisher(
         token=dg.EnvVar("TELEGRAM_TOKEN"),
@@ -133,6 +140,7 @@ def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
         posts_per_minute=float(_get(env, "TELEGRAM_POSTS_PER_MINUTE", "20")),
         pacing_state_path=str(settings.data / "telegram_pacing.json"),
         **_retry_fields(env),
+        **_content_policy(env),
     )
 
 

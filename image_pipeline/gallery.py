@@ -1,5 +1,8 @@
 """The local outbox's ``index.html``: every post and notice, newest first, readable straight from disk.
 
+An album (one post of several images) is one card showing all of them; a preview (images shown to the
+operator only) is a PREVIEW card among the notices, never a post.
+
 Opened as a ``file://`` page, so everything is in the one file: inline CSS, no script, no fetch of the
 JSON lines (browsers refuse ``fetch`` on ``file://``), images by paths relative to the page. Captions and
 notices are user text and are always escaped; a Content-Security-Policy forbids scripts on top of that.
@@ -27,14 +30,19 @@ _STOPPED_NOTICE = "image-pipeline stopped: "
 
 @dataclass(frozen=True)
 class Card:
-    kind: str  # "post" or "notice"
-    status: str  # POSTED, FAILED, STOPPED, NOTICE
+    kind: str  # "post", "notice" or "preview"
+    status: str  # POSTED, FAILED, STOPPED, NOTICE, PREVIEW
     date: str  # ISO 8601 UTC, as the outbox records it
     text: str  # the caption, or the notice
     prompt_id: str = ""
-    message_id: str = ""
-    image: str = ""  # path relative to index.html
+    message_id: str = ""  # the first message of the post
+    images: tuple[str, ...] = ()  # paths relative to index.html, in album order
     note: str = ""
+    last_message_id: str = ""  # set for an album: its messages run from message_id to this one
+
+    @property
+    def image(self) -> str:
+        return self.images[0] if self.images else ""
 
 
 def cards(posts: Iterable[Mapping[str, Any]], notices: Iterable[Mapping[str, Any]]) -> list[Card]:
@@ -45,6 +53,7 @@ def cards(posts: Iterable[Mapping[str, Any]], notices: Iterable[Mapping[str, Any
     """
     keyed: list[tuple[tuple[str, int, int], Card]] = []
     for i, p in enumerate(posts):
+        ids = [str(m) for m in p.get("message_ids") or ()]
         card = Card(
             kind="post",
             status="POSTED",
@@ -52,12 +61,25 @@ def cards(posts: Iterable[Mapping[str, Any]], notices: Iterable[Mapping[str, Any
             text=str(p.get("caption", "")),
             prompt_id=str(p.get("prompt_id", "")),
             message_id=str(p.get("message_id", "")),
-            image=_relative(str(p.get("file", ""))),
+            images=_images(p),
             note=str(p.get("note", "") or ""),
+            last_message_id=ids[-1] if len(ids) > 1 else "",
         )
         keyed.append(((card.date, 0, i), card))
     for i, n in enumerate(notices):
         text = str(n.get("text", ""))
+        if n.get("kind") == "preview":
+            preview = Card(
+                kind="preview",
+                status="PREVIEW",
+                date=str(n.get("date", "")),
+                text=text,
+                prompt_id=str(n.get("prompt_id", "")),
+                images=_images(n),
+                note=str(n.get("note", "") or ""),
+            )
+            keyed.append(((preview.date, 1, i), preview))
+            continue
         status, prompt_id = "NOTICE", ""
         if m := _PROMPT_NOTICE.match(text):
             status, prompt_id = m["status"], m["id"]
@@ -68,6 +90,13 @@ def cards(posts: Iterable[Mapping[str, Any]], notices: Iterable[Mapping[str, Any
         )
     keyed.sort(key=lambda kc: kc[0], reverse=True)
     return [card for _, card in keyed]
+
+
+def _images(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """An album's ``files``, or the single ``file`` every record written before albums has."""
+    files = record.get("files")
+    paths = [str(f) for f in files] if isinstance(files, list) else [str(record.get("file", ""))]
+    return tuple(r for r in map(_relative, paths) if r)
 
 
 def _relative(path: str) -> str:
@@ -92,22 +121,27 @@ def render(items: list[Card]) -> str:
 @functools.lru_cache(maxsize=8192)
 def _card_html(c: Card) -> str:
     status_class = "s-" + (re.sub(r"[^a-z]", "", c.status.lower()) or "notice")
-    if c.image:
-        src = _e(quote(c.image))
-        figure = (
-            f'<a href="{src}"><img src="{src}" loading="lazy" decoding="async" alt="{_e(c.text[:200])}"></a>'
-        )
-    else:
-        figure = ""
+    count = len(c.images)
+    links = []
+    for n, path in enumerate(c.images, 1):
+        src = _e(quote(path))
+        alt = _e(c.text[:200] + (f" ({n}/{count})" if count > 1 else ""))
+        links.append(f'<a href="{src}"><img src="{src}" loading="lazy" decoding="async" alt="{alt}"></a>')
+    # an album lays its images out in a grid inside the one card, as Telegram groups them in one post
+    figure = f'<div class="grid n{min(count, 4)}">{"".join(links)}</div>' if count > 1 else "".join(links)
+    album = " album" if count > 1 else ""
     meta = [f'<time datetime="{_e(c.date)}">{_e(_when(c.date))}</time>']
     if c.message_id:
-        meta.append(f"#{_e(c.message_id)}")
+        last = f"–#{_e(c.last_message_id)}" if c.last_message_id else ""
+        meta.append(f"#{_e(c.message_id)}{last}")
+    if count > 1:
+        meta.append(f"{count} images")
     if c.prompt_id:
         meta.append(_e(c.prompt_id))
     if c.note:
         meta.append(_e(c.note))
     return (
-        f'<article class="card {c.kind} {status_class}">{figure}'
+        f'<article class="card {c.kind}{album} {status_class}">{figure}'
         f'<div class="body"><p class="meta"><span class="status">{_e(c.status)}</span> '
         f"{' · '.join(meta)}</p>"
         f'<p class="text">{_e(c.text)}</p></div></article>'
@@ -141,6 +175,9 @@ header p{{color:#555;margin:.2rem 0 1rem}}
 main{{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1.2rem;align-items:start}}
 .card{{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;overflow:hidden;border-top:4px solid #999}}
 .card img{{width:100%;display:block;background:#eee}}
+.grid{{display:grid;grid-template-columns:1fr 1fr;gap:2px;background:#fff}}
+.grid img{{height:100%;object-fit:cover;aspect-ratio:1}}
+.grid.n3 a:first-child{{grid-column:span 2}} .grid.n3 a:first-child img{{aspect-ratio:2}}
 .body{{padding:.6rem .7rem}}
 .meta{{margin:0 0 .4rem;color:#666;font-size:.85rem}}
 .text{{margin:0;white-space:pre-wrap;word-break:break-word}}
@@ -148,6 +185,7 @@ main{{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap
 background:#999;color:#fff}}
 .s-posted{{border-top-color:#2e7d32}} .s-posted .status{{background:#2e7d32}}
 .s-failed,.s-stopped{{border-top-color:#c62828}} .s-failed .status,.s-stopped .status{{background:#c62828}}
+.s-preview{{border-top-color:#1565c0}} .s-preview .status{{background:#1565c0}}
 .notice .text{{font-family:ui-monospace,monospace;font-size:.85rem}}
 </style></head><body>
 <header><h1>image-pipeline outbox</h1>

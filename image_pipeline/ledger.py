@@ -35,6 +35,7 @@ from pydantic import Field
 POSTING = "POSTING"
 POSTED = "POSTED"
 UNCERTAIN = "UNCERTAIN"
+PREVIEWED = "PREVIEWED"
 LOGGING = "LOGGING"
 LOGGED = "LOGGED"
 REMOVED = "REMOVED"
@@ -59,6 +60,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     lease_until   REAL NOT NULL DEFAULT 0,
     updated_at    REAL NOT NULL DEFAULT 0,
     posted_at     REAL NOT NULL DEFAULT 0,
+    preview_state TEXT,
+    preview_images TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (prompt_id, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS pauses (
@@ -93,6 +96,8 @@ _COLUMNS = [
     "lease_until",
     "updated_at",
     "posted_at",
+    "preview_state",
+    "preview_images",
 ]
 
 
@@ -116,6 +121,8 @@ class Entry:
     lease_until: float = 0.0
     updated_at: float = 0.0
     posted_at: float = 0.0  # when the message id was recorded: the end of the duplicate window
+    preview_state: str | None = None  # PREVIEWED: sent to the alert chat, waiting for APPROVE
+    preview_images: str = ""  # JSON list of {path, meta} of the previewed images: what APPROVE posts
 
 
 @dataclass(frozen=True)
@@ -162,8 +169,14 @@ class Ledger:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(prompts)")}
-            if "posted_at" not in have:  # a ledger from before the column existed
-                db.execute("ALTER TABLE prompts ADD COLUMN posted_at REAL NOT NULL DEFAULT 0")
+            # ledgers from before a column existed
+            for column, ddl in (
+                ("posted_at", "REAL NOT NULL DEFAULT 0"),
+                ("preview_state", "TEXT"),
+                ("preview_images", "TEXT NOT NULL DEFAULT ''"),
+            ):
+                if column not in have:
+                    db.execute(f"ALTER TABLE prompts ADD COLUMN {column} {ddl}")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -235,6 +248,19 @@ class Ledger:
                 (prompt_id,),
             ).fetchall()
         return [e for e in (self._entry(r) for r in rows) if e is not None]
+
+    def ids_seen(self, prompt_ids: list[str]) -> set[str]:
+        """The ids any run has worked on (claimed at least once): a prompt not among them never ran."""
+        seen: set[str] = set()
+        with self._connect() as db:
+            for start in range(0, len(prompt_ids), 500):  # SQLite's limit on bound parameters
+                chunk = prompt_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT DISTINCT prompt_id FROM prompts WHERE prompt_id IN ({marks})", chunk
+                ).fetchall()
+                seen.update(r[0] for r in rows)
+        return seen
 
     def attempts(self, prompt_ids: list[str]) -> dict[str, int]:
         if not prompt_ids:

@@ -18,8 +18,21 @@ FAILED = "FAILED"
 INVALID = "INVALID"
 
 # Optional "Process" columns, matched by header name (case-insensitive).
-OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption")
+OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count")
 ID_COLUMN = "id"
+# An optional "status" column steers a row and shows its progress. It is not part of the row's
+# fingerprint: typing a word there (or the pipeline writing its state) is not an edit of the prompt.
+STATUS_COLUMN = "status"
+# what a person types
+HOLD = "HOLD"  # keep it queued, skip it
+PREVIEW = "PREVIEW"  # generate, send only to the alert chat, wait for APPROVE
+APPROVE = "APPROVE"  # publish the previewed image(s) as they are
+COMMANDS = (HOLD, PREVIEW, APPROVE)
+# what the pipeline writes
+QUEUED = "QUEUED"
+GENERATING = "GENERATING"
+AWAITING_APPROVAL = "AWAITING APPROVAL"
+MAX_COUNT = 10  # Telegram albums hold 2-10 items
 
 # Done columns in the order we write them into a fresh sheet. Existing sheets keep their order; the
 # ancestor's "info" column is accepted for "information".
@@ -36,8 +49,17 @@ DONE_COLUMNS = (
     "size",
     "generation_s",
     "image_sha256",
+    "provider",
+    "negative_prompt",
+    "message_link",
 )
-DONE_ALIASES = {"info": "information", "time": "timestamp", "date": "timestamp", "message": "message_id"}
+DONE_ALIASES = {
+    "info": "information",
+    "time": "timestamp",
+    "date": "timestamp",
+    "message": "message_id",
+    "link": "message_link",
+}
 
 TELEGRAM_CAPTION_LIMIT = 1024
 ELLIPSIS = "…"
@@ -69,10 +91,22 @@ class PromptRow:
     prompt_id: str = ""
     params: dict[str, str] = field(default_factory=dict)
     cells: tuple[str, ...] = field(default=(), compare=False, repr=False)  # the raw row, to restore it
+    status: str = field(default="", compare=False)  # the "status" cell as typed
+
+    @property
+    def command(self) -> str:
+        """HOLD, PREVIEW, APPROVE when a person typed one (any case), AWAITING APPROVAL while a preview
+        waits, else "" (process normally: empty, or a state the pipeline wrote)."""
+        word = " ".join(self.status.split()).upper()
+        return word if word in (*COMMANDS, AWAITING_APPROVAL) else ""
 
     def fingerprint(self) -> str:
         """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""
-        payload = "\x1f".join([self.prompt, *(f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS)])
+        # "count" came later: it joins only when set, so rows (and ledgers) from before keep their prints
+        parts = [f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS if k != "count"]
+        if self.params.get("count", ""):
+            parts.append(f"count={self.params['count']}")
+        payload = "\x1f".join([self.prompt, *parts])
         return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
@@ -143,9 +177,15 @@ def build_request(
     width = _multiple_of_8(_parse_int("width", p.get("width", ""), MIN_SIDE, MAX_SIDE) or default_width)
     height = _multiple_of_8(_parse_int("height", p.get("height", ""), MIN_SIDE, MAX_SIDE) or default_height)
     seed = _parse_int("seed", p.get("seed", ""), 0, 2**32 - 1)
+    _parse_int("count", p.get("count", ""), 1, MAX_COUNT)  # validated here; variations_of() reads it
     model = clean_text(p.get("model", "")).strip() or default_model
     negative = clean_text(p.get("negative_prompt", "")).strip() or None
     return GenerationRequest(clean_text(row.prompt).strip(), negative, model, width, height, seed)
+
+
+def variations_of(row: PromptRow) -> int:
+    """How many images the row asks for (the optional "count" column, 1-10)."""
+    return _parse_int("count", row.params.get("count", ""), 1, MAX_COUNT) or 1
 
 
 def caption_for(row: PromptRow, *, suffix: str = "", limit: int = TELEGRAM_CAPTION_LIMIT) -> str:
@@ -183,6 +223,9 @@ class DoneEntry:
     size: str = ""
     generation_s: str = ""
     image_sha256: str = ""
+    provider: str = ""
+    negative_prompt: str = ""
+    message_link: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}

@@ -6,6 +6,7 @@ from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
+from .models import AWAITING_APPROVAL, HOLD
 from .partitions import prompt_partitions
 from .preflight import gate
 from .resources.images import ImageGenerator
@@ -35,16 +36,22 @@ def build_daily_schedule(
             snapshot = prompt_sheet.ensure_ids()
         except PipelineError as exc:
             return dg.SkipReason(f"cannot read the queue: {exc}")
-        if not snapshot.rows:
-            return dg.SkipReason("the queue is empty")
+        # rows a person holds, or that wait for APPROVE, are not the schedule's to run
+        rows = [row for row in snapshot.rows if row.command not in (HOLD, AWAITING_APPROVAL)]
+        if not rows:
+            return dg.SkipReason(
+                "the queue is empty"
+                if not snapshot.rows
+                else "every queued row is on hold or awaiting approval"
+            )
         refused = ledger.why_not_spend() or gate([prompt_sheet, image_generator, publisher])
         if refused:
             context.log.warning(refused)
             return dg.SkipReason(refused)
         # Oldest first, but a prompt that already failed in an earlier run goes behind the fresh ones, so
         # one bad prompt cannot hold the daily post back until it is quarantined.
-        attempts = ledger.open().attempts([row.prompt_id for row in snapshot.rows])
-        ordered = sorted(snapshot.rows, key=lambda row: (attempts.get(row.prompt_id, 0) > 0, row.row_number))
+        attempts = ledger.open().attempts([row.prompt_id for row in rows])
+        ordered = sorted(rows, key=lambda row: (attempts.get(row.prompt_id, 0) > 0, row.row_number))
         chosen = [row.prompt_id for row in ordered[: max(1, per_tick)]]
         # Schedules cannot return partition requests, so register new ids directly before targeting them.
         known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))

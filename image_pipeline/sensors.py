@@ -8,10 +8,11 @@ import json
 
 import dagster as dg
 
-from .batching import batches, run_request
+from .batching import RANGE_END, RANGE_START, batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
+from .models import AWAITING_APPROVAL, HOLD, QUEUED
 from .partitions import prompt_partitions
 from .preflight import gate
 from .resources.images import ImageGenerator
@@ -50,16 +51,28 @@ def build_prompt_sheet_sensor(
             # A sensor that raises shows as an error tick; the daemon keeps going either way, but a
             # clear skip reason is what a person needs to read in the tick log.
             return dg.SkipReason(f"cannot read the queue: {exc}")
-        known = set(context.instance.get_dynamic_partitions(prompt_partitions.name))
+        registered = list(context.instance.get_dynamic_partitions(prompt_partitions.name))
+        known = set(registered)
         ids = [row.prompt_id for row in snapshot.rows]
         new_ids = [pid for pid in ids if pid not in known]
+        dropped = _deleted_before_they_ran(context, ledger, registered, set(ids))
+        word = {row.prompt_id: row.command for row in snapshot.rows}
+        waiting = [pid for pid in ids if word.get(pid) in (HOLD, AWAITING_APPROVAL)]
         run_requests = []
-        if instant and new_ids:
+        if instant:
             # the new partitions are registered in this order by this tick: batches are ranges of them
-            order = [pid for pid in context.instance.get_dynamic_partitions(prompt_partitions.name)] + new_ids
+            order = registered + new_ids
+            fresh = [pid for pid in new_ids if pid not in waiting]
             run_requests = [
                 run_request(batch, key_prefix="prompts", tags={"trigger": "sensor"})
-                for batch in batches(new_ids, order, batch_size)
+                for batch in batches(fresh, order, batch_size)
+            ]
+            # rows a person released since the last tick (HOLD cleared, APPROVE typed under a preview)
+            held_before = set(cursor.get("held", []))
+            released = [pid for pid in ids if pid in held_before and pid in known and pid not in waiting]
+            run_requests += [
+                run_request(batch, key_prefix=f"released-{token}", tags={"trigger": "sensor"})
+                for batch in batches(released, order, batch_size)
             ]
         if run_requests:
             # a pause or a used-up daily cap first: no API call needed to know the answer
@@ -68,17 +81,74 @@ def build_prompt_sheet_sensor(
                 # the cursor stays, so the next tick sees the same new rows and checks again
                 context.log.warning(refused)
                 return dg.SkipReason(refused)
-        new_cursor = json.dumps({"token": token, "rows": len(ids)})
-        if not new_ids:
-            return dg.SensorResult(skip_reason=dg.SkipReason("no new prompts"), cursor=new_cursor)
-        context.log.info(f"{len(new_ids)} new prompt(s): {', '.join(new_ids[:20])}")
+        new_cursor = json.dumps({"token": token, "rows": len(ids), "held": waiting})
+        fresh_rows = {
+            row.prompt_id: QUEUED for row in snapshot.rows if row.prompt_id in new_ids and not row.status
+        }
+        if fresh_rows:
+            prompt_sheet.write_statuses(fresh_rows, snapshot)
+        partition_requests = []
+        if dropped:
+            partition_requests.append(prompt_partitions.build_delete_request(dropped))
+        if not new_ids and not run_requests:
+            skip = "no new prompts" + (f"; {len(dropped)} deleted row(s) dropped" if dropped else "")
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason(skip),
+                dynamic_partitions_requests=partition_requests,
+                cursor=new_cursor,
+            )
+        if new_ids:
+            context.log.info(f"{len(new_ids)} new prompt(s): {', '.join(new_ids[:20])}")
         return dg.SensorResult(
             run_requests=run_requests,
-            dynamic_partitions_requests=[prompt_partitions.build_add_request(new_ids)],
+            dynamic_partitions_requests=[
+                *partition_requests,
+                *([prompt_partitions.build_add_request(new_ids)] if new_ids else []),
+            ],
             cursor=new_cursor,
         )
 
     return prompt_sheet_sensor
+
+
+def _deleted_before_they_ran(
+    context: dg.SensorEvaluationContext, ledger: PostLedger, registered: list[str], in_sheet: set[str]
+) -> list[str]:
+    """Partitions whose row a person deleted before any run worked on it: dropped, their queued runs
+    cancelled. A prompt that ran (the ledger knows it) keeps its partition and its history, whether its
+    row left the queue because it was done or because a person deleted it afterwards."""
+    gone = [pid for pid in registered if pid not in in_sheet]
+    if not gone:
+        return []
+    seen = ledger.open().ids_seen(gone)
+    dropped = [pid for pid in gone if pid not in seen]
+    if not dropped:
+        return []
+    doomed = set(dropped)
+    position = {pid: i for i, pid in enumerate(registered)}
+    waiting = context.instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name=process_prompts_job.name,
+            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED],
+        )
+    )
+    for run in waiting:
+        tags = run.tags
+        if tags.get("dagster/partition"):
+            members = {tags["dagster/partition"]}
+        elif tags.get(RANGE_START) in position and tags.get(RANGE_END) in position:
+            first, last = position[tags[RANGE_START]], position[tags[RANGE_END]]
+            members = set(registered[first : last + 1])
+        else:
+            continue
+        # a range that still holds a live prompt runs: its deleted ones just come out GONE
+        if members and members <= doomed:
+            context.instance.report_run_canceled(
+                run, message=f"the queue row of {', '.join(sorted(members))} was deleted before it ran"
+            )
+            context.log.info(f"cancelled queued run {run.run_id}: its prompt row was deleted")
+    context.log.info(f"{len(dropped)} row(s) deleted before they ran: {', '.join(dropped[:20])}")
+    return dropped
 
 
 def _load_cursor(raw: str | None) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 
@@ -325,3 +326,185 @@ def test_injected_faults_use_the_bot_api_envelope(tg: TelegramEmulator) -> None:
         garbage.json()
     assert requests.post(url, data=data, timeout=5).json()["ok"] is True
     assert tg.count_429 == 1 and len(tg.messages) == 1
+
+
+# ----------------------------------------------------------------- sendMediaGroup
+def send_album(
+    tg: TelegramEmulator,
+    media: list | str | None,
+    files: dict[str, bytes] | None = None,
+    chat_id: int | str = CHANNEL,
+) -> requests.Response:
+    data: dict[str, str | int] = {"chat_id": chat_id}
+    if media is not None:
+        data["media"] = media if isinstance(media, str) else json.dumps(media)
+    parts = {name: (f"{name}.png", body, "image/png") for name, body in (files or {}).items()}
+    return requests.post(api(tg, "sendMediaGroup"), data=data, files=parts or None, timeout=5)
+
+
+def photos(count: int, caption: str | None = None, **first: str) -> tuple[list[dict], dict[str, bytes]]:
+    media: list[dict] = [{"type": "photo", "media": f"attach://img{i}"} for i in range(count)]
+    if caption is not None:
+        media[0].update(caption=caption, **first)
+    return media, {f"img{i}": png(60 + i, 40) for i in range(count)}
+
+
+def test_send_media_group_posts_one_message_per_item_sharing_a_group_id(tg: TelegramEmulator) -> None:
+    send_photo(tg)  # message 1, so the album's ids are seen to continue the chat's numbering
+    media, files = photos(3, "<b>Three</b> foxes", parse_mode="HTML")
+    resp = send_album(tg, media, files)
+    assert resp.status_code == 200, resp.text
+    result = resp.json()["result"]
+    assert [m["message_id"] for m in result] == [2, 3, 4]
+    group = result[0]["media_group_id"]
+    assert isinstance(group, str) and group.isdigit()
+    assert all(m["media_group_id"] == group and m["chat"]["id"] == CHANNEL for m in result)
+    assert [m.get("caption") for m in result] == ["Three foxes", None, None]
+    assert [m["photo"][-1]["width"] for m in result] == [60, 61, 62]
+    album = tg.messages_for(CHANNEL)[1:]
+    assert [(m["method"], m["media_group_id"], m["caption"]) for m in album] == [
+        ("sendMediaGroup", group, "<b>Three</b> foxes"),
+        ("sendMediaGroup", group, None),
+        ("sendMediaGroup", group, None),
+    ]
+    assert [m["image"] for m in album] == list(files.values())
+    assert (album[2]["width"], album[2]["height"]) == (62, 40)
+    # a second album gets its own group id
+    again = send_album(tg, *photos(2)).json()["result"]
+    assert again[0]["media_group_id"] != group and tg.count("sendmediagroup") == 2
+
+
+def test_send_media_group_accepts_file_ids_documents_and_json(tg: TelegramEmulator) -> None:
+    file_id = send_photo(tg, png(300, 200)).json()["result"]["photo"][-1]["file_id"]
+    media = [{"type": "photo", "media": file_id}, {"type": "photo", "media": "attach://new"}]
+    resp = send_album(tg, media, {"new": png(30, 30)}, chat_id=ALERTS_CHANNEL_ID)
+    assert resp.status_code == 200, resp.text
+    assert [m["photo"][-1]["width"] for m in resp.json()["result"]] == [300, 30]
+    docs = [
+        {"type": "document", "media": "attach://a", "caption": "two files"},
+        {"type": "document", "media": "attach://b"},
+    ]
+    result = send_album(tg, docs, {"a": png(), "b": png()}).json()["result"]
+    assert [m["document"]["file_name"] for m in result] == ["a.png", "b.png"]
+    # application/json works when every item is a file_id (uploads need multipart)
+    as_json = requests.post(
+        api(tg, "sendMediaGroup"),
+        json={"chat_id": CHANNEL, "media": [{"type": "photo", "media": file_id}] * 2},
+        timeout=5,
+    )
+    assert as_json.status_code == 200 and len(as_json.json()["result"]) == 2
+
+
+def test_send_media_group_item_count_limits(tg: TelegramEmulator) -> None:
+    assert_error(send_album(tg, *photos(11)), 400, "Bad Request: too many messages to send as an album")
+    assert_error(send_album(tg, []), 400, "Bad Request: there are no messages to send")
+    # the documented minimum is 2, but the server posts a single item as a plain message without a group
+    single = send_album(tg, *photos(1, "only one"))
+    assert single.status_code == 200, single.text
+    [message] = single.json()["result"]
+    assert "media_group_id" not in message and message["caption"] == "only one"
+    assert len(tg.messages) == 1 and tg.messages[0]["media_group_id"] is None
+
+
+def test_send_media_group_parameter_errors(tg: TelegramEmulator) -> None:
+    files = {"img0": png()}
+    cases = [
+        (None, 'Bad Request: parameter "media" is required'),
+        ("not json", "Bad Request: can't parse media JSON object"),
+        ('{"type": "photo"}', "Bad Request: expected an Array of InputMedia"),
+        (["attach://img0"] * 2, "Bad Request: can't parse InputMedia: expected an Object"),
+        (
+            [{"type": "photo", "media": "attach://missing"}] * 2,
+            "Bad Request: can't parse InputMedia: media not found",
+        ),
+        ([{"type": "photo"}] * 2, "Bad Request: can't parse InputMedia: media not found"),
+        ([{"media": "attach://img0"}] * 2, "Bad Request: can't parse InputMedia: Can't find field \"type\""),
+        (
+            [{"type": "sticker", "media": "attach://img0"}] * 2,
+            'Bad Request: can\'t parse InputMedia: type "sticker" is unsupported',
+        ),
+        (
+            [{"type": "animation", "media": "attach://img0"}] * 2,
+            "Bad Request: can't parse InputMedia: type \"animation\" can't be used in sendMediaGroup",
+        ),
+        (
+            [{"type": "photo", "media": "attach://img0", "caption": "a cat <3 you", "parse_mode": "HTML"}]
+            * 2,
+            "Bad Request: can't parse InputMedia: Can't parse entities: Unsupported start tag \"3\" at byte offset 6",
+        ),
+        ([{"type": "photo", "media": "nope"}] * 2, "Bad Request: wrong file identifier/HTTP URL specified"),
+        (
+            [{"type": "photo", "media": "attach://img0"}, {"type": "document", "media": "attach://img0"}],
+            "Bad Request: document can't be mixed with other media types",
+        ),
+    ]
+    for media, description in cases:
+        assert_error(send_album(tg, media, files), 400, description)
+    assert_error(send_album(tg, *photos(2), chat_id=-100111), 400, "Bad Request: chat not found")
+    assert tg.messages == []
+
+
+def test_send_media_group_caption_and_photo_limits(tg: TelegramEmulator) -> None:
+    media, files = photos(2, "x" * 1024)
+    assert send_album(tg, media, files).status_code == 200
+    media, files = photos(2, "x" * 1025)
+    assert_error(send_album(tg, media, files), 400, "Bad Request: message caption is too long")
+    # the caption limit holds for every item, not only the first
+    media, files = photos(2)
+    media[1]["caption"] = "y" * 1025
+    assert_error(send_album(tg, media, files), 400, "Bad Request: message caption is too long")
+    # a photo the server refuses fails the whole album, named by its position
+    media, files = photos(3)
+    files["img1"] = png(2100, 100)  # ratio 21
+    assert_error(
+        send_album(tg, media, files),
+        400,
+        'Bad Request: failed to send message #2 with the error message "PHOTO_INVALID_DIMENSIONS"',
+    )
+    files["img1"] = png(6000, 4001)  # sides over 10000
+    assert_error(
+        send_album(tg, media, files),
+        400,
+        'Bad Request: failed to send message #2 with the error message "PHOTO_INVALID_DIMENSIONS"',
+    )
+    files["img1"], files["img2"] = png(), b"not an image"
+    assert_error(
+        send_album(tg, media, files),
+        400,
+        'Bad Request: failed to send message #3 with the error message "IMAGE_PROCESS_FAILED"',
+    )
+    tg.max_photo_bytes = 1000  # stands in for 10 MB
+    files["img2"] = png(400, 400, (1, 2, 3)) + b"\0" * 1000
+    assert_error(
+        send_album(tg, media, files),
+        400,
+        'Bad Request: failed to send message #3 with the error message "PHOTO_SAVE_FILE_INVALID"',
+    )
+    assert len(tg.messages) == 2  # only the first album
+
+
+def test_each_album_item_counts_against_the_rate_caps(tg: TelegramEmulator) -> None:
+    tg.per_chat_per_minute = 4
+    tg.rate_window_s = 1.0
+    assert send_album(tg, *photos(3)).status_code == 200
+    resp = send_album(tg, *photos(2))  # 3 + 2 > 4: the whole album waits, none of it is posted
+    body = assert_error(resp, 429, "Too Many Requests: retry after 1")
+    assert body["parameters"] == {"retry_after": 1} and resp.headers["Retry-After"] == "1"
+    assert send_photo(tg).status_code == 200  # one more message still fits
+    time.sleep(1.05)
+    assert send_album(tg, *photos(2)).status_code == 200
+    assert len(tg.messages_for(CHANNEL)) == 6 and tg.count_429 == 1
+    tg.per_chat_per_minute = None
+    tg.global_per_second = 3
+    time.sleep(1.05)
+    assert send_album(tg, *photos(2), chat_id=ALERTS_CHANNEL_ID).status_code == 200
+    assert send_album(tg, *photos(2)).status_code == 429  # 4 messages in one second across chats
+
+
+def test_faults_apply_to_send_media_group(tg: TelegramEmulator) -> None:
+    tg.fail_next(502, endpoints=["sendMediaGroup"])
+    assert_error(send_album(tg, *photos(2)), 502, "Bad Gateway")
+    assert send_photo(tg).status_code == 200  # other methods are not in the plan
+    assert send_album(tg, *photos(2)).status_code == 200
+    assert tg.count("sendmediagroup") == 2
+    assert [r.path for r in tg.requests][0] == "/bot<token>/sendMediaGroup"

@@ -41,11 +41,14 @@ class Page(HTMLParser):
         self.attributes.update(a)
         classes = (a.get("class") or "").split()
         if tag == "article":
-            self.cards.append({"classes": classes, "img": None, "status": "", "time": None, "text": ""})
+            self.cards.append(
+                {"classes": classes, "img": None, "imgs": [], "status": "", "time": None, "text": ""}
+            )
         elif not self.cards:
             return
         elif tag == "img":
-            self.cards[-1]["img"] = a.get("src")
+            self.cards[-1]["img"] = self.cards[-1]["img"] or a.get("src")
+            self.cards[-1]["imgs"].append(a.get("src"))
         elif tag == "time":
             self.cards[-1]["time"] = a.get("datetime")
             self._field = "time_text"
@@ -144,6 +147,53 @@ def test_cards_sort_by_time_across_posts_and_notices(tmp_path: Path) -> None:
     assert "b" not in page.tags
 
 
+def test_album_and_preview_cards_next_to_records_written_before_albums(tmp_path: Path) -> None:
+    posts = [
+        # a single-image record as every outbox wrote it before albums existed
+        {
+            "message_id": "1",
+            "prompt_id": "a",
+            "caption": "old",
+            "file": "images/00001-a.png",
+            "date": "2025-05-01T10:00:00Z",
+        },
+        {
+            "message_id": "2",
+            "message_ids": ["2", "3", "4"],
+            "prompt_id": "b",
+            "caption": "three foxes",
+            "file": "images/00002-b-1.png",
+            "files": ["images/00002-b-1.png", "images/00003-b-2.png", "../outside.png"],
+            "method": "sendMediaGroup",
+            "date": "2025-05-01T11:00:00Z",
+        },
+    ]
+    notices = [
+        {
+            "date": "2025-05-01T12:00:00Z",
+            "kind": "preview",
+            "prompt_id": "c",
+            "text": "a preview <b>",
+            "files": ["images/preview-00001-c-1.png", "images/preview-00001-c-2.png"],
+        }
+    ]
+    page = parse(gallery.write(tmp_path, posts, notices))
+    preview, album, old = page.cards
+    assert (
+        preview["status"] == "PREVIEW"
+        and "preview" in preview["classes"]
+        and "post" not in preview["classes"]
+    )
+    assert preview["imgs"] == ["images/preview-00001-c-1.png", "images/preview-00001-c-2.png"]
+    assert preview["text"] == "a preview <b>"
+    # one card for the album; the path that leaves the folder is dropped, the other two stay in order
+    assert album["status"] == "POSTED" and "album" in album["classes"]
+    assert album["imgs"] == ["images/00002-b-1.png", "images/00003-b-2.png"]
+    html = (tmp_path / "index.html").read_text()
+    assert "#2–#4 · 2 images" in html  # the album's messages, and what is shown of it
+    assert old["imgs"] == ["images/00001-a.png"] and "album" not in old["classes"]
+
+
 def test_empty_gallery_and_a_gallery_of_1000_entries(tmp_path: Path) -> None:
     assert "No posts yet." in gallery.write(tmp_path / "empty", [], []).read_text()
     posts = [
@@ -183,6 +233,10 @@ def test_gallery_opens_from_disk_in_chromium(tmp_path: Path) -> None:
     ]
     for i, prompt in enumerate(prompts, 1):
         outbox.publish(prompt_id=f"p{i}", png=_png(prompt, 320), caption=prompt)
+    outbox.publish_album(
+        prompt_id="p6", pngs=[_png(p, 320) for p in prompts[:3]], caption="an album of three"
+    )
+    outbox.preview(prompt_id="p7", pngs=[_png(p, 320) for p in prompts[3:]], caption="a preview of two")
     outbox.notify("image-pipeline: prompt p6 FAILED: generation failed: the model is loading")
     index = tmp_path / "outbox" / "index.html"
     artifacts = ROOT / "test-artifacts"
@@ -194,9 +248,16 @@ def test_gallery_opens_from_disk_in_chromium(tmp_path: Path) -> None:
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(index.as_uri())
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15_000)
+            # polled from here: wait_for_function re-checks with eval() in the page, which the page's own
+            # CSP refuses whenever the images are not complete at the first check
+            deadline = time.monotonic() + 15
+            while not page.evaluate("Array.from(document.images).every(i => i.complete)"):
+                assert time.monotonic() < deadline, "images did not load"
+                time.sleep(0.05)
             widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
-            assert len(widths) == 5 and all(w == 320 for w in widths), widths
+            assert len(widths) == 10 and all(w == 320 for w in widths), widths
+            assert page.locator("article.post.album img").count() == 3
+            assert page.locator("article.preview img").count() == 2
             assert page.evaluate("document.scripts.length") == 0 and dialogs == []
             assert page.locator("article .status").first.inner_text() == "FAILED"
             page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)

@@ -11,7 +11,7 @@ from PIL import Image
 from image_pipeline.emulators.base import RESET, TIMEOUT, TRUNCATE
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline.errors import PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher
+from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher, receipt_dict
 
 
 def png(width: int, height: int, colour: str = "teal") -> bytes:
@@ -36,8 +36,9 @@ def publisher(emulator, **overrides) -> TelegramPublisher:
 def test_send_photo_records_chat_and_message_id(telegram_emulator) -> None:
     receipt = publisher(telegram_emulator).publish(prompt_id="p1", png=png(64, 48), caption="a teal square")
     assert receipt.method == "sendPhoto" and receipt.chat_id == str(DEFAULT_CHANNEL_ID)
-    assert receipt.message_id == "1"
+    assert receipt.message_id == "1" and receipt.message_ids == ("1",)
     assert receipt.link == "https://t.me/image_pipeline_test/1"
+    assert receipt_dict(receipt)["message_ids"] == ["1"]
     [message] = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
     assert message["caption"] == "a teal square" and (message["width"], message["height"]) == (64, 48)
 

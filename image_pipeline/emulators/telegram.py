@@ -2,8 +2,8 @@
 
 It answers ``/bot<token>[/test]/<method>`` like ``api.telegram.org`` / ``tdlib/telegram-bot-api`` do:
 the same routing errors, the ``{"ok":...}`` envelope with HTTP status == ``error_code``, the size,
-dimension, caption and text limits, real ``Message`` objects, and per-chat / global flood control with
-``Retry-After``. See ``/work/shared/api-contracts.md`` section 2 for the evidence behind each rule.
+dimension, caption and text limits, real ``Message`` objects (an array of them, sharing a
+``media_group_id``, for ``sendMediaGroup``), and per-chat / global flood control with ``Retry-After``. See ``/work/shared/api-contracts.md`` section 2 for the evidence behind each rule.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ MAX_PHOTO_SIDE_SUM = 10000
 MAX_PHOTO_RATIO = 20
 MAX_CAPTION_CHARS = 1024
 MAX_TEXT_CHARS = 4096
+# tdlib's MAX_GROUPED_MESSAGES. The docs say "2-10 items", but the server only refuses 0 and 11+: one item
+# goes out as a plain message without media_group_id (MessagesManager::send_message_group).
+MAX_ALBUM_ITEMS = 10
 
 # Telegram keeps a few downscaled copies of every photo; these are the long-side limits of the
 # "s", "m", "x" and "y" sizes. Photos are recompressed to at most 1280 px on the long side.
@@ -55,7 +58,7 @@ _HTML_TAGS = {
 }  # fmt: skip
 _HTML_ENTITY = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});")
 
-_SEND_METHODS = {"sendphoto", "senddocument", "sendmessage"}
+_SEND_METHODS = {"sendphoto", "senddocument", "sendmessage", "sendmediagroup"}
 _KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS}
 _BOT_STATUSES = {"administrator", "member", "left", "kicked"}
 
@@ -101,6 +104,18 @@ class UploadedFile:
     filename: str
     content_type: str
     data: bytes
+
+
+@dataclass
+class AlbumItem:
+    """One parsed InputMedia of a sendMediaGroup request."""
+
+    kind: str  # "photo" or "document"
+    upload: UploadedFile
+    stored: StoredFile | None  # set when the item named an earlier file_id
+    caption: str | None  # as sent
+    parse_mode: str | None
+    has_spoiler: bool
 
 
 @dataclass
@@ -290,6 +305,7 @@ class TelegramEmulator(EmulatorServer):
         self._chat_sends: dict[int, deque[float]] = {}
         self._global_sends: deque[float] = deque()
         self._file_seq = 0
+        self._media_group_seq = 0
         self.add_chat(DEFAULT_CHANNEL_ID, "channel", "Test channel", DEFAULT_CHANNEL_USERNAME)
         self.add_chat(ALERTS_CHANNEL_ID, "channel", "Alerts")
 
@@ -577,17 +593,7 @@ class TelegramEmulator(EmulatorServer):
             raise TelegramError(400, "Bad Request: file must be non-empty")
         width, height = self._try_dimensions(upload.data)
         file_id, unique_id, stored = self._store("document", upload, width, height, stored)
-        mime = upload.content_type
-        if not mime or mime == "application/octet-stream":
-            mime = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
-        document = {
-            "file_name": upload.filename,
-            "mime_type": mime,
-            "file_id": file_id,
-            "file_unique_id": unique_id,
-            "file_size": len(upload.data),
-        }
-        extra: dict[str, Any] = {"document": document}
+        extra: dict[str, Any] = {"document": self._document_object(upload, file_id, unique_id)}
         if caption:
             extra["caption"] = caption
         return self._deliver(chat, "sendDocument", params, extra, upload, width, height)
@@ -602,7 +608,151 @@ class TelegramEmulator(EmulatorServer):
             raise TelegramError(400, "Bad Request: message is too long")
         return self._deliver(chat, "sendMessage", params, {"text": plain}, None, None, None)
 
+    def _m_sendmediagroup(
+        self, params: dict[str, str], files: dict[str, UploadedFile]
+    ) -> list[dict[str, Any]]:
+        # The order of checks is the server's: the Bot API parses "media" first, then resolves the chat,
+        # then tdlib counts the items, checks each one and finally uploads them.
+        raw = params.get("media", "")
+        if not raw:
+            raise TelegramError(400, 'Bad Request: parameter "media" is required')
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise TelegramError(400, "Bad Request: can't parse media JSON object") from exc
+        if not isinstance(value, list):
+            raise TelegramError(400, "Bad Request: expected an Array of InputMedia")
+        items = [self._album_item(entry, files) for entry in value]
+        chat = self._require_chat(params)
+        self._check_can_post(chat)
+        if len(items) > MAX_ALBUM_ITEMS:
+            raise TelegramError(400, "Bad Request: too many messages to send as an album")
+        if not items:
+            raise TelegramError(400, "Bad Request: there are no messages to send")
+        captions = [
+            self._check_caption(
+                {k: v for k, v in (("caption", i.caption), ("parse_mode", i.parse_mode)) if v}
+            )
+            for i in items
+        ]
+        if len({i.kind for i in items}) > 1:
+            # documents (and audio) group only with their own kind; the only mix the emulator can see
+            raise TelegramError(400, "Bad Request: document can't be mixed with other media types")
+        sizes: list[tuple[int | None, int | None]] = []
+        for number, item in enumerate(items, 1):
+            try:
+                sizes.append(self._album_item_size(item))
+            except TelegramError as err:
+                if err.code != 400:
+                    raise
+                # the album is one upload: a photo the server refuses fails the whole request, named by position
+                inner = err.description.removeprefix("Bad Request: ")
+                raise TelegramError(
+                    400, f'Bad Request: failed to send message #{number} with the error message "{inner}"'
+                ) from err
+        with self._lock:
+            self._media_group_seq += 1
+            group_seq = self._media_group_seq
+        # real ids are long decimal strings; only an album of two or more gets one
+        group_id = str(13_000_000_000_000_000 + group_seq) if len(items) > 1 else None
+        entries: list[_Outgoing] = []
+        for item, caption, (width, height) in zip(items, captions, sizes, strict=True):
+            file_id, unique_id, _ = self._store(item.kind, item.upload, width, height, item.stored)
+            extra: dict[str, Any] = {"media_group_id": group_id} if group_id else {}
+            if item.kind == "photo":
+                assert width is not None and height is not None
+                extra["photo"] = self._photo_sizes(file_id, unique_id, width, height, len(item.upload.data))
+            else:
+                extra["document"] = self._document_object(item.upload, file_id, unique_id)
+            if caption:
+                extra["caption"] = caption
+            if item.has_spoiler and item.kind == "photo":
+                extra["has_media_spoiler"] = True
+            item_params = {**params, "caption": item.caption, "parse_mode": item.parse_mode}
+            entries.append(_Outgoing(item_params, extra, item.upload, width, height, group_id))
+        return self._deliver_many(chat, "sendMediaGroup", params, entries)
+
+    def _album_item(self, entry: Any, files: dict[str, UploadedFile]) -> AlbumItem:
+        """One InputMedia, checked in the order ``Client::get_input_media`` checks it."""
+
+        def bad(detail: str) -> TelegramError:
+            return TelegramError(400, f"Bad Request: can't parse InputMedia: {detail}")
+
+        if not isinstance(entry, dict):
+            raise bad("expected an Object")
+        caption, parse_mode = entry.get("caption"), entry.get("parse_mode")
+        for name, field in (("caption", caption), ("parse_mode", parse_mode), ("media", entry.get("media"))):
+            if field is not None and (isinstance(field, bool) or not isinstance(field, str | int | float)):
+                raise bad(f'Field "{name}" must be of type String')
+        caption = None if caption is None else str(caption)
+        parse_mode = None if parse_mode is None else str(parse_mode)
+        if caption:
+            try:
+                visible_text(caption, parse_mode)
+            except TelegramError as err:
+                # tdlib nests the parser's message, capitalised, inside the InputMedia one
+                detail = err.description.removeprefix("Bad Request: ")
+                raise bad(detail[:1].upper() + detail[1:]) from err
+        media = str(entry.get("media") or "").strip()
+        upload: UploadedFile | None = None
+        if media.startswith("attach://"):
+            upload = files.get(media[len("attach://") :])
+        if upload is None and (not media or media.startswith("attach://")):
+            raise bad("media not found")
+        kind = entry.get("type")
+        if kind is None:
+            raise bad('Can\'t find field "type"')
+        kind = str(kind)
+        if kind == "animation":
+            raise bad('type "animation" can\'t be used in sendMediaGroup')
+        if kind not in ("photo", "document", "video", "audio"):
+            raise bad(f'type "{kind}" is unsupported')
+        if kind not in ("photo", "document"):
+            # valid on the real server; the pipeline never sends them, so the emulator does not model them
+            raise TelegramError(400, f'Bad Request: type "{kind}" is not emulated')
+        stored: StoredFile | None = None
+        if upload is None:
+            # a file_id (or URL) instead of an upload, as sendPhoto accepts
+            stored = self._files.get(media)
+            if stored is None:
+                raise TelegramError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            if stored.kind != kind:
+                raise TelegramError(
+                    400, f"Bad Request: type of file mismatch, can't use {stored.kind} as {kind}"
+                )
+            upload = UploadedFile(stored.filename, stored.content_type, stored.data)
+        return AlbumItem(
+            kind, upload, stored, caption, parse_mode, _to_bool(_stringify(entry.get("has_spoiler", "")))
+        )
+
+    def _album_item_size(self, item: AlbumItem) -> tuple[int | None, int | None]:
+        """The same limits sendPhoto / sendDocument enforce; raises their errors."""
+        if item.kind == "photo":
+            if item.stored is not None:
+                return item.stored.width, item.stored.height
+            if len(item.upload.data) > self.max_photo_bytes:
+                raise TelegramError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+            return self._photo_dimensions(item.upload.data)
+        if len(item.upload.data) > self.max_document_bytes:
+            raise TelegramError(413, "Request Entity Too Large")
+        if not item.upload.data:
+            raise TelegramError(400, "Bad Request: file must be non-empty")
+        return self._try_dimensions(item.upload.data)
+
     # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def _document_object(upload: UploadedFile, file_id: str, unique_id: str) -> dict[str, Any]:
+        mime = upload.content_type
+        if not mime or mime == "application/octet-stream":
+            mime = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
+        return {
+            "file_name": upload.filename,
+            "mime_type": mime,
+            "file_id": file_id,
+            "file_unique_id": unique_id,
+            "file_size": len(upload.data),
+        }
+
     @staticmethod
     def _photo_dimensions(data: bytes) -> tuple[int, int]:
         try:
@@ -679,25 +829,35 @@ class TelegramEmulator(EmulatorServer):
                 break
         return sizes
 
-    def _check_rate(self, chat: Chat, now: float) -> None:
-        """Flood control; must run under ``self._lock`` together with the send it guards."""
+    def _check_rate(self, chat: Chat, now: float, count: int = 1) -> None:
+        """Flood control for ``count`` messages sent at once (an album is one message per item).
+
+        Must run under ``self._lock`` together with the send it guards. An album is all or nothing: it
+        waits until the window has room for every one of its messages."""
         waits: list[float] = []
         per_chat = self._chat_sends.setdefault(chat.id, deque())
         while per_chat and per_chat[0] <= now - self.rate_window_s:
             per_chat.popleft()
         while self._global_sends and self._global_sends[0] <= now - 1.0:
             self._global_sends.popleft()
-        if self.per_chat_per_minute is not None and len(per_chat) >= self.per_chat_per_minute:
-            waits.append(per_chat[-self.per_chat_per_minute] + self.rate_window_s - now)
-        if self.global_per_second is not None and len(self._global_sends) >= self.global_per_second:
-            waits.append(self._global_sends[-self.global_per_second] + 1.0 - now)
+        for sent, cap, window in (
+            (per_chat, self.per_chat_per_minute, self.rate_window_s),
+            (self._global_sends, self.global_per_second, 1.0),
+        ):
+            if cap is None:
+                continue
+            # an album larger than the cap goes out into an empty window rather than never
+            need = min(count, cap)
+            if len(sent) + need > cap:
+                # the oldest sends that must expire first; the last of them decides the wait
+                waits.append(sent[len(sent) + need - cap - 1] + window - now)
         if waits:
             retry_after = max(1, math.ceil(max(waits)))
             raise TelegramError(
                 429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after}
             )
-        per_chat.append(now)
-        self._global_sends.append(now)
+        per_chat.extend([now] * count)
+        self._global_sends.extend([now] * count)
 
     def _deliver(
         self,
@@ -709,39 +869,66 @@ class TelegramEmulator(EmulatorServer):
         width: int | None,
         height: int | None,
     ) -> dict[str, Any]:
+        [message] = self._deliver_many(
+            chat, method, params, [_Outgoing(params, extra, upload, width, height)]
+        )
+        return message
+
+    def _deliver_many(
+        self, chat: Chat, method: str, params: dict[str, str], entries: list[_Outgoing]
+    ) -> list[dict[str, Any]]:
+        """Post ``entries`` as consecutive messages: flood control, ids and the record are one step."""
         now_mono = time.monotonic()
         date = int(time.time())
         with self._lock:
-            self._check_rate(chat, now_mono)
-            message_id = self._next_message_id.get(chat.id, 0) + 1
-            self._next_message_id[chat.id] = message_id
-            self.messages.append(
-                {
-                    "chat_id": chat.id,
-                    "message_id": message_id,
-                    "method": method,
-                    "caption": params.get("caption"),
-                    "parse_mode": params.get("parse_mode"),
-                    "text": params.get("text"),
-                    "visible_text": extra.get("caption", extra.get("text")),
-                    "filename": upload.filename if upload else None,
-                    "content_type": upload.content_type if upload else None,
-                    "image": upload.data if upload else None,
-                    "width": width,
-                    "height": height,
-                    "date": date,
-                    "params": dict(params),
-                }
-            )
-        message: dict[str, Any] = {"message_id": message_id}
-        if chat.type == "channel":
-            message["sender_chat"] = chat.short()
-        else:
-            message["from"] = self._bot_user()
-        message["chat"] = chat.short()
-        message["date"] = date
-        message.update(extra)
-        return message
+            self._check_rate(chat, now_mono, len(entries))
+            first_id = self._next_message_id.get(chat.id, 0) + 1
+            self._next_message_id[chat.id] = first_id + len(entries) - 1
+            for offset, entry in enumerate(entries):
+                upload = entry.upload
+                self.messages.append(
+                    {
+                        "chat_id": chat.id,
+                        "message_id": first_id + offset,
+                        "method": method,
+                        "media_group_id": entry.media_group_id,
+                        "caption": entry.params.get("caption"),
+                        "parse_mode": entry.params.get("parse_mode"),
+                        "text": entry.params.get("text"),
+                        "visible_text": entry.extra.get("caption", entry.extra.get("text")),
+                        "filename": upload.filename if upload else None,
+                        "content_type": upload.content_type if upload else None,
+                        "image": upload.data if upload else None,
+                        "width": entry.width,
+                        "height": entry.height,
+                        "date": date,
+                        "params": dict(params),
+                    }
+                )
+        messages = []
+        for offset, entry in enumerate(entries):
+            message: dict[str, Any] = {"message_id": first_id + offset}
+            if chat.type == "channel":
+                message["sender_chat"] = chat.short()
+            else:
+                message["from"] = self._bot_user()
+            message["chat"] = chat.short()
+            message["date"] = date
+            message.update(entry.extra)
+            messages.append(message)
+        return messages
+
+
+@dataclass
+class _Outgoing:
+    """One message about to be posted: what the record keeps and what the answer carries."""
+
+    params: dict[str, Any]
+    extra: dict[str, Any]
+    upload: UploadedFile | None
+    width: int | None
+    height: int | None
+    media_group_id: str | None = None
 
 
 def _b64(raw: bytes) -> str:

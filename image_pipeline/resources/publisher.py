@@ -8,11 +8,11 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import requests
@@ -30,22 +30,35 @@ from ..transport import never_reached_server
 
 log = logging.getLogger("image_pipeline.publisher")
 
+if TYPE_CHECKING:
+    from ..content_checks import BannedWords
+
 # Telegram's documented sendPhoto limits.
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MAX_SIDE_SUM = 10_000
 PHOTO_MAX_RATIO = 20.0
 DOCUMENT_MAX_BYTES = 50 * 1024 * 1024
 MESSAGE_MAX_CHARS = 4096
+ALBUM_MAX_IMAGES = 10  # sendMediaGroup: "must include 2-10 items"; one image goes through sendPhoto
+CAPTION_MAX_CHARS = 1024
+# What Telegram answers when it will not take an upload as a photo; as a document it goes through untouched.
+_PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
 
 
 @dataclass(frozen=True)
 class PostReceipt:
     chat_id: str
-    message_id: str
-    method: str
+    message_id: str  # the first message of the post
+    method: str  # sendPhoto, sendDocument or sendMediaGroup
     link: str
     sent_bytes: int
     note: str = ""
+    # every message of the post, in order; an album is one message per image
+    message_ids: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.message_ids and self.message_id:
+            object.__setattr__(self, "message_ids", (self.message_id,))
 
 
 @dataclass(frozen=True)
@@ -89,16 +102,89 @@ def _as_document(png: bytes, prompt_id: str, why: str) -> PreparedUpload:
     return PreparedUpload("sendDocument", png, f"{prompt_id}.png", "image/png", f"sent as a document: {why}")
 
 
+def check_album(pngs: Sequence[bytes]) -> None:
+    """Refuse, before any request, an album Telegram could not take as one post."""
+    if not pngs:
+        raise ValueError("an album needs at least one image")
+    if len(pngs) > ALBUM_MAX_IMAGES:
+        raise ValueError(
+            f"an album holds at most {ALBUM_MAX_IMAGES} images (Telegram's sendMediaGroup limit), "
+            f"got {len(pngs)}; split the prompt's images into several posts"
+        )
+
+
+def prepare_album(pngs: Sequence[bytes], prompt_id: str) -> list[PreparedUpload]:
+    """Each image fitted like ``prepare_upload``; one image that can only be a document makes all documents.
+
+    Telegram groups documents "only with messages of the same type" (sendMediaGroup), so a photo cannot sit
+    beside a document in one album. Sending the whole album as documents keeps it one post, in order, with
+    every image untouched; splitting it would turn one prompt into two posts.
+    """
+    if len(pngs) == 1:
+        return [prepare_upload(pngs[0], prompt_id)]
+    uploads = [prepare_upload(png, f"{prompt_id}-{i}") for i, png in enumerate(pngs, 1)]
+    for i, upload in enumerate(uploads, 1):
+        if upload.method == "sendDocument":
+            why = upload.note.removeprefix("sent as a document: ")
+            return _album_as_documents(pngs, prompt_id, f"image {i}: {why}")
+    return uploads
+
+
+def _album_as_documents(pngs: Sequence[bytes], prompt_id: str, why: str) -> list[PreparedUpload]:
+    if len(pngs) == 1:
+        return [_as_document(pngs[0], prompt_id, why)]
+    docs = [_as_document(png, f"{prompt_id}-{i}", why) for i, png in enumerate(pngs, 1)]
+    # one note for the post, not one per image
+    return [docs[0], *(PreparedUpload(d.method, d.data, d.filename, d.content_type, "") for d in docs[1:])]
+
+
+def _album_note(uploads: Sequence[PreparedUpload]) -> str:
+    if len(uploads) == 1:
+        return uploads[0].note
+    return "; ".join(
+        u.note if u.method == "sendDocument" else f"image {i}: {u.note}"
+        for i, u in enumerate(uploads, 1)
+        if u.note
+    )
+
+
 class Publisher(dg.ConfigurableResource):
     """Publishes an image with a caption and sends operator notices. Subclasses pick the backend."""
 
     retry_attempts: int = Field(default=4, description="Tries per request, the first included.")
     retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
+    banned_words: str = Field(
+        default="",
+        description="Comma-separated words or phrases no posted prompt may contain (a pre-post check).",
+    )
+    banned_words_file: str = Field(
+        default="", description="A file of banned words or phrases, one per line ('#' starts a comment)."
+    )
+
+    _banned: Any = PrivateAttr(default=None)
+
+    def content_policy(self) -> BannedWords:
+        """The banned words, loaded once per resource instance (a missing file is an error at once)."""
+        from ..content_checks import BannedWords
+
+        if self._banned is None:
+            self._banned = BannedWords.load(self.banned_words_file or None, self.banned_words or None)
+        return self._banned
 
     def describe(self) -> str:
         raise NotImplementedError
 
     def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
+        raise NotImplementedError
+
+    def publish_album(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+        """One post of 1-10 images, the caption under the first; one image is exactly ``publish``.
+
+        Raises ValueError for 0 or more than 10 images, before anything is sent."""
+        raise NotImplementedError
+
+    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt | None:
+        """Show the image(s) to the operator only, never in the channel; None when there is nowhere to."""
         raise NotImplementedError
 
     def notify(self, text: str) -> bool:
@@ -159,17 +245,22 @@ class TelegramPublisher(Publisher):
         data: dict[str, Any],
         upload: PreparedUpload | None = None,
         *,
+        files: Mapping[str, PreparedUpload] | None = None,
         retry_read_timeout: bool = False,
         policy: RetryPolicy | None = None,
-    ) -> dict[str, Any]:
-        """One Bot API call with retries; raises typed errors whose text never contains the token."""
+    ) -> Any:
+        """One Bot API call with retries; raises typed errors whose text never contains the token.
 
-        def attempt() -> dict[str, Any]:
-            files = None
-            if upload is not None:
-                field = "photo" if upload.method == "sendPhoto" else "document"
-                # bytes, not a file object: every attempt uploads the whole image again
-                files = {field: (upload.filename, upload.data, upload.content_type)}
+        ``upload`` is the file of sendPhoto / sendDocument; ``files`` are named parts that the request
+        refers to with ``attach://<name>`` (sendMediaGroup). Returns the ``result`` of the answer: an
+        object, or for sendMediaGroup a list of messages."""
+        parts: dict[str, PreparedUpload] = dict(files or {})
+        if upload is not None:
+            parts["photo" if upload.method == "sendPhoto" else "document"] = upload
+
+        def attempt() -> Any:
+            # bytes, not file objects: every attempt uploads every image again in full
+            files = {name: (u.filename, u.data, u.content_type) for name, u in parts.items()} or None
             try:
                 response = self._http().post(
                     self._url(method),
@@ -280,7 +371,7 @@ class TelegramPublisher(Publisher):
             return [*checks, fail(TELEGRAM, post, f"{bot} may not send photos in {where}", fix)]
         return [*checks, ok(TELEGRAM, post, f"{bot} is a {status} of {where}")]
 
-    def _parse(self, method: str, response: requests.Response) -> dict[str, Any]:
+    def _parse(self, method: str, response: requests.Response) -> Any:
         try:
             body = response.json()
             if not isinstance(body, dict):
@@ -347,49 +438,109 @@ class TelegramPublisher(Publisher):
         return self._pacer
 
     def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
-        upload = prepare_upload(png, prompt_id)
-        data = {"chat_id": self.chat_id, "caption": caption}
-        # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot.
-        self.pacer().wait_turn(str(self.chat_id))
+        return self._post(str(self.chat_id), [png], prompt_id, caption)
+
+    def publish_album(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+        check_album(pngs)
+        return self._post(str(self.chat_id), list(pngs), prompt_id, caption)
+
+    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt | None:
+        """The image(s) into the alert chat only; None without TELEGRAM_ALERT_CHAT_ID.
+
+        A preview sent twice lands in the operators' chat, not the channel, so unlike a post a lost answer
+        is retried (as for notices)."""
+        check_album(pngs)
+        if not self.alert_chat_id:
+            return None
+        return self._post(
+            str(self.alert_chat_id), list(pngs), prompt_id, redact(caption), retry_read_timeout=True
+        )
+
+    def _post(
+        self,
+        chat_id: str,
+        pngs: list[bytes],
+        prompt_id: str,
+        caption: str,
+        *,
+        retry_read_timeout: bool = False,
+    ) -> PostReceipt:
+        uploads = prepare_album(pngs, prompt_id)
+        # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot. Telegram
+        # counts each image of an album as a message, so an album takes one turn per image.
+        for _ in uploads:
+            self.pacer().wait_turn(chat_id)
         try:
-            return self._send(upload, data, png, prompt_id, caption)
+            return self._send(chat_id, uploads, pngs, prompt_id, caption, retry_read_timeout)
         finally:
             # spacing counts from when Telegram took the post, which is what its own window counts
-            self.pacer().sent(str(self.chat_id))
+            self.pacer().sent(chat_id)
 
     def _send(
-        self, upload: PreparedUpload, data: dict[str, Any], png: bytes, prompt_id: str, caption: str
+        self,
+        chat_id: str,
+        uploads: list[PreparedUpload],
+        pngs: list[bytes],
+        prompt_id: str,
+        caption: str,
+        retry_read_timeout: bool,
     ) -> PostReceipt:
         try:
-            result = self.call(upload.method, data, upload)
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout)
         except TelegramBadRequest as exc:
+            # A 400 means nothing was posted (an album is refused whole), so one corrected try is safe.
             text = str(exc).upper()
-            if upload.method == "sendPhoto" and any(
-                code in text
-                for code in ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
-            ):
+            if uploads[0].method == "sendPhoto" and any(code in text for code in _PHOTO_REFUSALS):
                 # Telegram refused it as a photo; as a document it is delivered byte for byte.
-                upload = _as_document(png, prompt_id, f"Telegram refused the photo ({exc})")
-                result = self.call(upload.method, data, upload)
+                uploads = _album_as_documents(pngs, prompt_id, f"Telegram refused the photo ({exc})")
             elif "CAPTION IS TOO LONG" in text:
                 # Telegram counted more than we did (e.g. UTF-16 units): cut harder and try once more.
-                data["caption"] = _cut_utf16(caption, 1024)
-                result = self.call(upload.method, data, upload)
+                caption = _cut_utf16(caption, CAPTION_MAX_CHARS)
             else:
                 raise PromptRejected(str(exc), service="telegram", status=exc.status) from None
-        return self._receipt(result, upload)
+            try:
+                messages = self._request(chat_id, uploads, caption, retry_read_timeout)
+            except TelegramBadRequest as again:
+                raise PromptRejected(str(again), service="telegram", status=again.status) from None
+        return self._receipt(chat_id, messages, uploads)
 
-    def _receipt(self, result: dict[str, Any], upload: PreparedUpload) -> PostReceipt:
-        chat = result.get("chat") or {}
-        chat_id = str(chat.get("id", self.chat_id))
-        message_id = str(result.get("message_id", ""))
+    def _request(
+        self, chat_id: str, uploads: list[PreparedUpload], caption: str, retry_read_timeout: bool
+    ) -> list[dict[str, Any]]:
+        if len(uploads) == 1:
+            upload = uploads[0]
+            data = {"chat_id": chat_id, "caption": caption}
+            return [self.call(upload.method, data, upload, retry_read_timeout=retry_read_timeout)]
+        media, files = _media_group(uploads, caption)
+        result = self.call(
+            "sendMediaGroup",
+            {"chat_id": chat_id, "media": media},
+            files=files,
+            retry_read_timeout=retry_read_timeout,
+        )
+        messages = [m for m in result if isinstance(m, dict)] if isinstance(result, list) else []
+        if not messages:
+            # posted, most likely, but without the ids there is nothing to record: never repeat it blindly
+            raise DeliveryUncertain(
+                "Telegram sendMediaGroup: the answer lists no messages; the album may have gone through, so "
+                "it is not retried automatically. Check the channel before running again",
+                service="telegram",
+            )
+        return messages
+
+    def _receipt(
+        self, chat_id: str, messages: list[dict[str, Any]], uploads: list[PreparedUpload]
+    ) -> PostReceipt:
+        chat = messages[0].get("chat") or {}
+        ids = tuple(str(m.get("message_id", "")) for m in messages)
         return PostReceipt(
-            chat_id=chat_id,
-            message_id=message_id,
-            method=upload.method,
-            link=message_link(chat, message_id),
-            sent_bytes=len(upload.data),
-            note=upload.note,
+            chat_id=str(chat.get("id", chat_id)),
+            message_id=ids[0],
+            method=uploads[0].method if len(uploads) == 1 else "sendMediaGroup",
+            link=message_link(chat, ids[0]),
+            sent_bytes=sum(len(u.data) for u in uploads),
+            note=_album_note(uploads),
+            message_ids=ids,
         )
 
     def notify(self, text: str) -> bool:
@@ -410,6 +561,21 @@ class TelegramPublisher(Publisher):
 
 class TelegramBadRequest(PipelineError):
     """A 400 from Telegram that is about this post (decided by ``publish``)."""
+
+
+def _media_group(uploads: Sequence[PreparedUpload], caption: str) -> tuple[str, dict[str, PreparedUpload]]:
+    """sendMediaGroup's ``media`` JSON and the file parts it attaches; the caption goes on the first item,
+    which is where Telegram clients show an album's caption."""
+    media: list[dict[str, str]] = []
+    files: dict[str, PreparedUpload] = {}
+    for i, upload in enumerate(uploads, 1):
+        name = f"image{i}"
+        item = {"type": "photo" if upload.method == "sendPhoto" else "document", "media": f"attach://{name}"}
+        if i == 1 and caption:
+            item["caption"] = caption
+        media.append(item)
+        files[name] = upload
+    return json.dumps(media, ensure_ascii=False), files
 
 
 def _cut_utf16(text: str, limit: int) -> str:
@@ -479,40 +645,96 @@ class LocalOutbox(Publisher):
         return _read_jsonl(self.root / "notices.jsonl")
 
     def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
-        upload = prepare_upload(png, prompt_id)
+        return self._publish(prompt_id, [png], caption)
+
+    def publish_album(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+        check_album(pngs)
+        return self._publish(prompt_id, list(pngs), caption)
+
+    def _publish(self, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+        uploads = prepare_album(pngs, prompt_id)
         with self._locked():
             posts = self.posts()
-            message_id = str(max((int(p["message_id"]) for p in posts), default=0) + 1)
-            images = self.root / "images"
-            images.mkdir(exist_ok=True)
-            filename = f"{int(message_id):05d}-{upload.filename}"
-            atomic_write(images / filename, upload.data)
-            post = {
-                "message_id": message_id,
+            first = _last_message_id(posts) + 1
+            ids = [str(first + i) for i in range(len(uploads))]
+            files = [
+                self._store(f"{int(m):05d}-{u.filename}", u.data) for m, u in zip(ids, uploads, strict=True)
+            ]
+            post: dict[str, Any] = {
+                "message_id": ids[0],
                 "chat_id": "outbox",
                 "prompt_id": prompt_id,
                 "caption": caption,
-                "file": f"images/{filename}",
-                "method": upload.method,
-                "note": upload.note,
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "file": files[0],  # what readers of single-image records look at
+                "method": uploads[0].method,
+                "note": _album_note(uploads),
+                "date": _now(),
             }
+            if len(uploads) > 1:
+                post.update(method="sendMediaGroup", files=files, message_ids=ids)
             _append_jsonl(self.root / "posts.jsonl", post)
             posts.append(post)
             self._write_gallery(posts)
-        receipt = PostReceipt(
+        return PostReceipt(
             "outbox",
-            message_id,
-            upload.method,
+            ids[0],
+            str(post["method"]),
             (self.root / "index.html").as_uri(),
-            len(upload.data),
-            upload.note,
+            sum(len(u.data) for u in uploads),
+            str(post["note"]),
+            tuple(ids),
         )
-        return receipt
+
+    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+        """A notice carrying the image(s): the gallery shows it as a PREVIEW card, never as a post."""
+        check_album(pngs)
+        uploads = prepare_album(pngs, prompt_id)
+        with self._locked():
+            number = len(self.notices()) + 1
+            files = [self._store(f"preview-{number:05d}-{u.filename}", u.data, fresh=True) for u in uploads]
+            method, note = (
+                (uploads[0].method if len(uploads) == 1 else "sendMediaGroup"),
+                _album_note(uploads),
+            )
+            notice = {
+                "date": _now(),
+                "kind": "preview",
+                "prompt_id": prompt_id,
+                "text": redact(caption),
+                "files": files,
+                "method": method,
+                "note": note,
+            }
+            _append_jsonl(self.root / "notices.jsonl", notice)
+            self._write_gallery(self.posts())
+        # previews are notices, outside the channel's numbering
+        ids = tuple(f"preview-{number}-{i}" for i in range(1, len(uploads) + 1))
+        return PostReceipt(
+            "notices",
+            ids[0],
+            method,
+            (self.root / "index.html").as_uri(),
+            sum(len(u.data) for u in uploads),
+            note,
+            ids,
+        )
+
+    def _store(self, name: str, data: bytes, *, fresh: bool = False) -> str:
+        """Write an image under images/; ``fresh`` never overwrites an existing file. Returns its path
+        relative to the outbox folder, as records and the gallery use it."""
+        images = self.root / "images"
+        images.mkdir(exist_ok=True)
+        path = images / name
+        bump = 1
+        while fresh and path.exists():
+            bump += 1
+            path = images / f"{Path(name).stem}-{bump}{Path(name).suffix}"
+        atomic_write(path, data)
+        return f"images/{path.name}"
 
     def notify(self, text: str) -> bool:
         with self._locked():
-            notice = {"date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "text": redact(text)}
+            notice = {"date": _now(), "text": redact(text)}
             _append_jsonl(self.root / "notices.jsonl", notice)
             self._write_gallery(self.posts())
         return True
@@ -520,6 +742,18 @@ class LocalOutbox(Publisher):
     def _write_gallery(self, posts: list[dict[str, Any]]) -> None:
         # the whole page again on every post and notice: about 10 ms at 1000 entries (gallery.py)
         gallery.write(self.root, posts, self.notices())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _last_message_id(posts: list[dict[str, Any]]) -> int:
+    # an album record holds several ids; its message_id is only the first
+    return max(
+        (int(m) for p in posts for m in [p["message_id"], *p.get("message_ids", ())]),
+        default=0,
+    )
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -541,4 +775,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def receipt_dict(receipt: PostReceipt) -> dict[str, Any]:
-    return asdict(receipt)
+    out = asdict(receipt)
+    out["message_ids"] = list(receipt.message_ids)  # plain JSON data, like the rest of the dict
+    return out

@@ -38,6 +38,7 @@ from ..models import (
     DONE_COLUMNS,
     ID_COLUMN,
     OPTIONAL_COLUMNS,
+    STATUS_COLUMN,
     DoneEntry,
     PromptRow,
     is_valid_id,
@@ -78,6 +79,7 @@ class QueueSnapshot:
     rows: list[PromptRow]
     id_column: int | None  # 0-based column index of "id", None when the header has no such column
     token: str = ""  # change token taken right after the read
+    status_column: int | None = None  # 0-based index of the optional "status" column
 
     def by_id(self) -> dict[str, PromptRow]:
         out: dict[str, PromptRow] = {}
@@ -913,6 +915,7 @@ class PromptSheet(dg.ConfigurableResource):
         names = [normalize_header(h) for h in header]
         id_col = names.index(ID_COLUMN) if ID_COLUMN in names else None
         optional = {name: names.index(name) for name in OPTIONAL_COLUMNS if name in names}
+        status_col = names.index(STATUS_COLUMN) if STATUS_COLUMN in names else None
         rows: list[PromptRow] = []
         for number, cells in enumerate(table[1:], start=2):
             if not any(str(c) != "" for c in cells):
@@ -924,9 +927,16 @@ class PromptSheet(dg.ConfigurableResource):
             params = {name: cell(i) for name, i in optional.items() if cell(i).strip() != ""}
             # Column A is the prompt whatever its header says, as the ancestor had it.
             rows.append(
-                PromptRow(number, cell(0), cell(id_col).strip(), params, tuple(str(c) for c in cells))
+                PromptRow(
+                    number,
+                    cell(0),
+                    cell(id_col).strip(),
+                    params,
+                    tuple(str(c) for c in cells),
+                    status=cell(status_col),
+                )
             )
-        return QueueSnapshot(header, rows, id_col)
+        return QueueSnapshot(header, rows, id_col, status_column=status_col)
 
     def read_queue(self) -> QueueSnapshot:
         snapshot = self._parse(self.backend.read(self.process_worksheet))
@@ -1028,6 +1038,74 @@ class PromptSheet(dg.ConfigurableResource):
             except WriteOutcomeUnknown:
                 continue  # read again
         return self.read_queue()
+
+    def write_statuses(self, states: dict[str, str], snapshot: QueueSnapshot | None = None) -> dict[str, str]:
+        """Show each row's state in its "status" cell (only where the sheet has that column).
+
+        Returns what was written (id -> word). A cell is addressed by position, so where people edit at
+        the same time (Google) a re-read checks that each word sits on the row it was meant for; a word
+        that landed on another row is taken back (that row gets its own cell again) and written again
+        where its row is now. Never raises for a failed write: the status is a courtesy to the reader,
+        the ledger and the Done log are the record."""
+        if not states:
+            return {}
+        try:
+            with self.backend.transaction():
+                before = snapshot if snapshot is not None and not self.backend.atomic else self.read_queue()
+                if before.status_column is None:
+                    return {}
+                cells, written = self._status_cells(before, states)
+                if not cells:
+                    return {}
+                with contextlib.suppress(WriteOutcomeUnknown):
+                    self.backend.write_cells(self.process_worksheet, cells)
+                if not self.backend.atomic:
+                    self._verify_statuses(before, written)
+                return written
+        except PipelineError as exc:
+            log.warning("could not write the status column (%s); the run goes on", exc)
+            return {}
+
+    @staticmethod
+    def _status_cells(
+        snapshot: QueueSnapshot, states: dict[str, str]
+    ) -> tuple[list[CellWrite], dict[str, str]]:
+        col = snapshot.status_column
+        assert col is not None
+        cells: list[CellWrite] = []
+        written: dict[str, str] = {}
+        for row in snapshot.rows:
+            word = states.get(row.prompt_id)
+            if word is None or row.prompt_id in written or row.status == word:
+                continue
+            cells.append(CellWrite(row.row_number, col + 1, word))
+            written[row.prompt_id] = word
+        return cells, written
+
+    def _verify_statuses(self, before: QueueSnapshot, written: dict[str, str]) -> None:
+        after = self.read_queue()
+        col = after.status_column
+        if col is None:
+            return
+        old_status = {r.prompt_id: r.status for r in before.rows}
+        where = {r.row_number: r for r in before.rows if r.prompt_id in written}
+        fixes: list[CellWrite] = []
+        for row in after.rows:
+            meant = where.get(row.row_number)
+            if meant is None or meant.prompt_id == row.prompt_id:
+                continue
+            if row.status == written[meant.prompt_id] and row.prompt_id not in written:
+                # our word sits on a row that moved into the position: give that row its own cell back
+                fixes.append(CellWrite(row.row_number, col + 1, old_status.get(row.prompt_id, "")))
+        placed = {r.prompt_id: r for r in after.rows}
+        for pid, word in written.items():
+            row = placed.get(pid)
+            if row is not None and row.status != word:
+                fixes.append(CellWrite(row.row_number, col + 1, word))
+        if fixes:
+            log.warning("status words landed on rows that moved meanwhile; putting them right")
+            with contextlib.suppress(WriteOutcomeUnknown):
+                self.backend.write_cells(self.process_worksheet, fixes)
 
     def find_rows(self, ids: Sequence[str]) -> dict[str, PromptRow]:
         """Re-read the queue; the rows that currently carry these ids."""

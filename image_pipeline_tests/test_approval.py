@@ -1,0 +1,232 @@
+"""Approval and variations from the sheet: HOLD, PREVIEW then APPROVE in the "status" column, "count"
+variations posted as one album, and the state written back to the status cell.
+
+Against the emulated Google Sheet (gspread), the Hugging Face emulator (InferenceClient) and the Telegram
+emulator (requests, sendPhoto and sendMediaGroup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from image_pipeline.definitions import build_definitions
+from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+
+from .conftest import QUIET
+
+HEADER = ["prompt", "status", "count", "seed"]
+
+
+@pytest.fixture
+def env(google_emulator, hf_emulator, telegram_emulator, tmp_path: Path, monkeypatch) -> dict[str, str]:
+    key_file = google_emulator.write_service_account_file(tmp_path / "chatbot_key.json")
+    sid = google_emulator.create_spreadsheet("Image Prompt", {"Process": [HEADER]})
+    values = {
+        "GOOGLE_SERVICE_ACCOUNT_FILE": str(key_file),
+        "GOOGLE_SHEETS_API_BASE_URL": google_emulator.base_url,
+        "GOOGLE_DRIVE_API_BASE_URL": google_emulator.base_url,
+        "GOOGLE_SHEET_KEY": sid,
+        "HF_TOKEN": HF_TOKEN,
+        "HF_INFERENCE_BASE_URL": f"{hf_emulator.base_url}/models/stabilityai/stable-diffusion-xl-base-1.0",
+        "TELEGRAM_TOKEN": TG_TOKEN,
+        "TELEGRAM_CHAT_ID": str(DEFAULT_CHANNEL_ID),
+        "TELEGRAM_ALERT_CHAT_ID": str(ALERTS_CHANNEL_ID),
+        "TELEGRAM_API_BASE_URL": telegram_emulator.base_url,
+        "IMAGE_PIPELINE_DATA": str(tmp_path / "data"),
+        "IMAGE_PIPELINE_INSTANT": "1",
+        "IMAGE_PIPELINE_RETRY_BASE_DELAY_S": "0.01",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+class Sheet:
+    def __init__(self, google_emulator, sid: str) -> None:
+        self.google, self.sid = google_emulator, sid
+
+    def rows(self, title: str = "Process") -> list[dict[str, str]]:
+        try:
+            table = self.google.values(self.sid, title)
+        except Exception:  # "Done" appears with the first log
+            return []
+        if not table:
+            return []
+        return [dict(zip(table[0], r + [""] * (len(table[0]) - len(r)), strict=False)) for r in table[1:]]
+
+    def status_of(self, prompt: str) -> str:
+        return next(r["status"] for r in self.rows() if r["prompt"] == prompt)
+
+    def type_status(self, prompt: str, word: str) -> None:
+        number = 2 + [r["prompt"] for r in self.rows()].index(prompt)
+        self.google.update_cell(self.sid, "Process", number, HEADER.index("status") + 1, word)
+
+
+def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
+    sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
+    resources = {k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def launch(defs: dg.Definitions, instance: dg.DagsterInstance, requests) -> None:
+    job = defs.resolve_job_def("process_prompts_job")
+    for request in requests:
+        kwargs = {"partition_key": request.partition_key} if request.partition_key else {}
+        result = job.execute_in_process(
+            instance=instance, run_config=QUIET, tags=dict(request.tags), **kwargs
+        )
+        assert result.success
+
+
+def sha(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def test_preview_then_approve_posts_exactly_the_previewed_image(
+    env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["a paper boat on a puddle", "PREVIEW", "", ""]])
+    defs = build_definitions(env)
+
+    first = tick(defs, instance, None)
+    launch(defs, instance, first.run_requests)
+    [preview] = telegram_emulator.messages_for(ALERTS_CHANNEL_ID)
+    assert "PREVIEW" in preview["caption"] and "APPROVE" in preview["caption"]
+    assert telegram_emulator.messages_for(DEFAULT_CHANNEL_ID) == []
+    assert sheet.status_of("a paper boat on a puddle") == "AWAITING APPROVAL"
+    assert sheet.rows("Done") == []
+    generated = sum(1 for c in hf_emulator.calls if c["method"] == "POST")
+    assert generated == 1
+
+    # nothing happens while it waits, even when a run covers it
+    waiting = tick(defs, instance, first.cursor)
+    assert not getattr(waiting, "run_requests", None)
+
+    # the person approves: the sensor releases the row, the run posts the previewed bytes, generates nothing
+    sheet.type_status("a paper boat on a puddle", "approve")
+    released = tick(defs, instance, waiting.cursor)
+    assert len(released.run_requests) == 1
+    launch(defs, instance, released.run_requests)
+    [post] = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert sha(post["image"]) == sha(preview["image"])
+    assert sum(1 for c in hf_emulator.calls if c["method"] == "POST") == generated
+    assert post["caption"] == "a paper boat on a puddle"
+    [done] = sheet.rows("Done")
+    assert done["status"] == "SUCCESS" and done["prompt"] == "a paper boat on a puddle"
+    assert sheet.rows() == []
+
+
+def test_a_prompt_edited_after_its_preview_is_previewed_again(
+    env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["a kettle", "PREVIEW", "", "5"]])
+    defs = build_definitions(env)
+    first = tick(defs, instance, None)
+    launch(defs, instance, first.run_requests)
+    pid = instance.get_dynamic_partitions("prompts")[0]
+    google_emulator.update_cell(sheet.sid, "Process", 2, 1, "a copper kettle")
+    sheet.type_status("a copper kettle", "APPROVE")
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=pid, instance=instance, run_config=QUIET
+    )
+    assert result.success
+    # APPROVE never publishes a text nobody saw: a new preview, and the row waits again
+    assert telegram_emulator.messages_for(DEFAULT_CHANNEL_ID) == []
+    previews = telegram_emulator.messages_for(ALERTS_CHANNEL_ID)
+    assert [p["caption"].split("\n")[0] for p in previews] == ["a kettle", "a copper kettle"]
+    assert sheet.status_of("a copper kettle") == "AWAITING APPROVAL"
+
+
+def test_hold_keeps_the_row_queued_and_skipped(env, google_emulator, telegram_emulator, instance) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(
+        sheet.sid, "Process", [["a held heron", "HOLD", "", ""], ["a free fox", "", "", ""]]
+    )
+    defs = build_definitions(env)
+    first = tick(defs, instance, None)
+    launch(defs, instance, first.run_requests)
+    assert [m["caption"] for m in telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)] == ["a free fox"]
+    assert [(r["prompt"], r["status"]) for r in sheet.rows()] == [("a held heron", "HOLD")]
+    # a run that covers it by hand (the UI) leaves it too
+    pid = instance.get_dynamic_partitions("prompts")[0]
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=pid, instance=instance, run_config=QUIET
+    )
+    assert result.success and result.output_for_node("done_entry")[pid]["status"] == "HELD"
+    # the person clears HOLD: the sensor runs it
+    sheet.type_status("a held heron", "")
+    released = tick(defs, instance, first.cursor)
+    launch(defs, instance, released.run_requests)
+    assert [m["caption"] for m in telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)] == [
+        "a free fox",
+        "a held heron",
+    ]
+
+
+def test_count_posts_variations_with_different_seeds_as_one_album(
+    env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["three koi in a pond", "", "3", "40"]])
+    defs = build_definitions(env)
+    first = tick(defs, instance, None)
+    launch(defs, instance, first.run_requests)
+    posts = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert len(posts) == 3
+    assert len({p["media_group_id"] for p in posts}) == 1 and posts[0]["media_group_id"]
+    assert posts[0]["caption"] == "three koi in a pond" and not posts[1]["caption"]
+    assert len({sha(p["image"]) for p in posts}) == 3  # three different images
+    seeds = [c["body"]["parameters"]["seed"] for c in hf_emulator.calls if c["method"] == "POST"]
+    assert seeds == [40, 41, 42]
+    [done] = sheet.rows("Done")
+    assert done["status"] == "SUCCESS" and done["seed"] == "40;41;42"
+    assert len(done["image_sha256"].split(";")) == 3
+    assert done["message_id"] == str(posts[0]["message_id"])
+
+
+def test_a_bad_count_is_invalid(env, google_emulator, telegram_emulator, instance) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["eleven cats", "", "11", ""]])
+    defs = build_definitions(env)
+    first = tick(defs, instance, None)
+    launch(defs, instance, first.run_requests)
+    [done] = sheet.rows("Done")
+    assert done["status"] == "INVALID" and "count must be between 1 and 10" in done["information"]
+    assert telegram_emulator.messages_for(DEFAULT_CHANNEL_ID) == []
+
+
+def test_the_status_column_shows_progress(env, google_emulator, hf_emulator, instance) -> None:
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["a slow sunrise", "", "", ""]])
+    defs = build_definitions({**env, "IMAGE_PIPELINE_INSTANT": ""})
+    tick(defs, instance, None)
+    assert sheet.status_of("a slow sunrise") == "QUEUED"  # registered by the sensor
+    seen: list[str] = []
+
+    def on_request(request, endpoint) -> None:
+        if endpoint == "text_to_image":
+            seen.append(sheet.status_of("a slow sunrise"))
+
+    hf_emulator.on_request = on_request
+    hf_emulator.loading_estimated_time = 0.05
+    hf_emulator.fail_next(503, 503, 503, 503)  # outlasts the run's retries: the prompt stays queued
+    pid = instance.get_dynamic_partitions("prompts")[0]
+    result = defs.resolve_job_def("process_prompts_job").execute_in_process(
+        partition_key=pid, instance=instance, run_config=QUIET
+    )
+    assert result.success
+    assert seen and set(seen) == {"GENERATING"}
+    assert sheet.status_of("a slow sunrise") == "QUEUED"
