@@ -33,7 +33,7 @@ from .approval import (
     plan_for,
     variation_seeds,
 )
-from .content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
+from .content_checks import CHECK_NAMES, CheckOutcome, check_caption, check_image, first_failure
 from .errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
@@ -432,6 +432,8 @@ def _generate_one(
         "bytes": len(image.png),
     }
     path = store.write_png(GENERATED_IMAGE, file_key, image.png)
+    # the image half of the pre-post checks, here in the generation thread while others are in flight
+    meta["checks"] = [_check_dict(c) for c in check_image(image.png, key)]
     thumbnail = _thumbnail_markdown(image.png, key)
     note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
     return ImageOutcome("OK", meta, path=str(path), thumbnail=thumbnail), note
@@ -659,9 +661,11 @@ def _post_one(
         suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
     caption = caption_for(_row_from_record(record), suffix=suffix)
     pngs = outcome_pngs(image)
-    checks = run_all(pngs[0], caption, record["prompt"], key, publisher.content_policy())
-    for extra in pngs[1:]:
-        checks += [c for c in check_image(extra, key) if not c.passed]
+    checks = [
+        *_image_checks(image, pngs, key),
+        check_caption(caption),
+        publisher.content_policy().check_prompt(record["prompt"]),
+    ]
     checked = [_check_dict(c) for c in checks]
     blocked = first_failure(checks)
     if blocked is not None:
@@ -760,6 +764,19 @@ def _send_preview(
         "checks": checked,
         "image_meta": image.meta,
     }
+
+
+def _image_checks(image: ImageOutcome, pngs: list[bytes], key: str) -> list[CheckOutcome]:
+    """The image checks of every image of the post, worst first per check. They ran in the generation
+    thread as each image was written (off the posting thread); an outcome from elsewhere is checked now."""
+    per_image = [m.get("checks") for m in (image.meta.get("variations") or [image.meta])]
+    if not all(per_image):
+        per_image = [[_check_dict(c) for c in check_image(png, key)] for png in pngs]
+    merged: list[CheckOutcome] = []
+    for name in CHECK_NAMES[:3]:
+        results = [CheckOutcome(**c) for checks in per_image for c in checks if c["name"] == name]
+        merged.append(next((c for c in results if not c.passed), results[0]))
+    return merged
 
 
 def _check_dict(outcome: CheckOutcome) -> dict[str, Any]:

@@ -230,3 +230,33 @@ def test_the_status_column_shows_progress(env, google_emulator, hf_emulator, ins
     assert result.success
     assert seen and set(seen) == {"GENERATING"}
     assert sheet.status_of("a slow sunrise") == "QUEUED"
+
+
+def test_preview_and_approve_on_the_embedded_default(local_resources, instance, workbook_dir) -> None:
+    """The local workbook's status column, the offline generator and the outbox: the preview is a notice
+    with the image (a preview card in the gallery), and APPROVE posts the same bytes."""
+    from .conftest import read_csv, run_partitions, write_csv
+
+    write_csv(workbook_dir / "process.csv", [["prompt", "status", "count"], ["two lanterns", "preview", "2"]])
+    sheet = local_resources["prompt_sheet"]
+    [pid] = [r.prompt_id for r in sheet.ensure_ids().rows]
+    outbox = local_resources["publisher"]
+    assert run_partitions(local_resources, instance, [pid]).success
+    [notice] = outbox.notices()
+    assert notice["kind"] == "preview" and len(notice["files"]) == 2
+    assert outbox.posts() == []
+    table = read_csv(workbook_dir / "process.csv")
+    status = table[0].index("status")
+    assert table[1][status] == "AWAITING APPROVAL"
+
+    table[1][status] = "APPROVE"
+    write_csv(workbook_dir / "process.csv", table)
+    assert run_partitions(local_resources, instance, [pid]).success
+    [post] = outbox.posts()
+    assert post["method"] == "sendMediaGroup" and len(post["files"]) == 2
+    root = Path(outbox.folder)
+    previewed = [sha((root / f).read_bytes()) for f in notice["files"]]
+    posted = [sha((root / f).read_bytes()) for f in post["files"]]
+    assert posted == previewed
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "status", "count", "id"]]
+    assert (root / "index.html").read_text().count("PREVIEW") >= 1
