@@ -544,6 +544,7 @@ def generate_and_post(
 
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
         futures = {}
+        counts = {key: n for key, _fp, _req, n in todo}
         for key, fp, req, n in todo:
             over = capped(key, n)
             if over is not None:
@@ -579,6 +580,9 @@ def generate_and_post(
                     )
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
+            for key, future in futures.items():
+                if future.cancelled():  # never started: its reserved share of the image cap goes back
+                    give_back(counts[key])
             raise _stop(context, publisher, exc, book) from None
     yield dg.Output(
         outcomes,
@@ -679,7 +683,7 @@ def _post_one(
     if not book.reserve("posts", ledger.daily_post_cap):
         reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
         context.log.warning(f"{key}: {reason}")
-        return {"status": CAPPED, "reason": reason}
+        return {"status": CAPPED, "reason": reason, "checks": checked}
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
     book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
     try:
@@ -935,6 +939,17 @@ def _entry_for(
     return entry
 
 
+def _stays_as(record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]) -> str:
+    """Why a prompt without a Done row is still queued (or not ours)."""
+    if record["status"] in (GONE, BUSY, HELD_STATUS):
+        return record["status"]
+    if post.get("status") == AWAITING_APPROVAL:
+        return AWAITING_APPROVAL
+    if CAPPED in (image.status, post.get("status")):
+        return CAPPED
+    return RETRY
+
+
 def _orphan_posts(
     book: Ledger, key: str, current: str | None, done: dict[tuple[str, str], str]
 ) -> list[tuple[Entry, DoneEntry]]:
@@ -1002,16 +1017,8 @@ def done_entry(
                 or generated_image[key].meta.get("reason")
                 or telegram_post[key].get("reason", "")
             )
-            capped = CAPPED in (generated_image[key].status, telegram_post[key].get("status"))
-            waiting = telegram_post[key].get("status") == AWAITING_APPROVAL
             results[key] = {
-                "status": record["status"]
-                if record["status"] in (GONE, BUSY, HELD_STATUS)
-                else AWAITING_APPROVAL
-                if waiting
-                else CAPPED
-                if capped
-                else RETRY,
+                "status": _stays_as(record, generated_image[key], telegram_post[key]),
                 "reason": reason,
             }
         else:
