@@ -358,3 +358,101 @@ def test_without_copy_paste_support_plain_deletes_are_checked(
     outcome = sheet.remove_rows({cat.prompt_id: cat.fingerprint()})
     assert outcome == {cat.prompt_id: REMOVED}
     assert [r[0] for r in google_emulator.values(spreadsheet, "Process")[1:]] == ["a fox", "a owl"]
+
+
+def test_status_words_that_land_on_a_moved_row_are_put_right(google_emulator, tmp_path: Path) -> None:
+    google_emulator.service_account_info()
+    sid = google_emulator.create_spreadsheet(
+        "Image Prompt",
+        {"Process": [["prompt", "status"], ["a fox", ""], ["a cat", "HOLD"], ["a owl", ""]]},
+    )
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=sid)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    snapshot = sheet.read_queue()
+
+    def person_inserts_a_row_above(request, endpoint) -> bool:
+        if endpoint != "values.batchUpdate":
+            return False
+        # between the pipeline's read and its position-based write: every row moves down by one
+        google_emulator.insert_row(sid, "Process", 2, ["typed by a person", "HOLD"])
+        return True
+
+    google_emulator.on_request, fired = _once(person_inserts_a_row_above)
+    written = sheet.write_statuses(
+        {rows["a fox"].prompt_id: "GENERATING", rows["a owl"].prompt_id: "AWAITING APPROVAL"}, snapshot
+    )
+    google_emulator.on_request = None
+    assert fired and set(written) == {rows["a fox"].prompt_id, rows["a owl"].prompt_id}
+    status = {r[0]: (r[1] if len(r) > 1 else "") for r in google_emulator.values(sid, "Process")[1:]}
+    # each word ends on its own row; a row typed in that instant, whose word we never saw, is held
+    assert status == {
+        "typed by a person": "HOLD",
+        "a fox": "GENERATING",
+        "a cat": "HOLD",
+        "a owl": "AWAITING APPROVAL",
+    }
+
+
+def test_a_sheet_without_a_status_column_costs_no_status_request(
+    google_emulator, spreadsheet: str, tmp_path: Path
+) -> None:
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=spreadsheet)
+    snapshot = sheet.ensure_ids()
+    before = (google_emulator.read_requests, google_emulator.write_requests)
+    assert sheet.write_statuses({snapshot.rows[0].prompt_id: "GENERATING"}, snapshot) == {}
+    assert (google_emulator.read_requests, google_emulator.write_requests) == before
+
+
+def test_status_words_after_a_row_above_was_deleted_leave_no_ghost_row(
+    google_emulator, tmp_path: Path
+) -> None:
+    google_emulator.service_account_info()
+    sid = google_emulator.create_spreadsheet(
+        "Image Prompt",
+        {"Process": [["prompt", "status"], ["a fox", ""], ["a cat", "HOLD"], ["a owl", ""]]},
+    )
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=sid)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    snapshot = sheet.read_queue()
+
+    def person_deletes_the_fox(request, endpoint) -> bool:
+        if endpoint != "values.batchUpdate":
+            return False
+        google_emulator.delete_row(sid, "Process", 2)  # every row below moves up by one
+        return True
+
+    google_emulator.on_request, fired = _once(person_deletes_the_fox)
+    sheet.write_statuses(
+        {rows["a fox"].prompt_id: "GENERATING", rows["a owl"].prompt_id: "AWAITING APPROVAL"}, snapshot
+    )
+    google_emulator.on_request = None
+    assert fired
+    table = google_emulator.values(sid, "Process")
+    status = {r[0]: (r[1] if len(r) > 1 else "") for r in table[1:] if any(c.strip() for c in r)}
+    # the cat gets its own HOLD back, the owl its word; the cell below the last row is cleared again
+    assert status == {"a cat": "HOLD", "a owl": "AWAITING APPROVAL"}
+    assert [r.prompt for r in sheet.read_queue().rows] == ["a cat", "a owl"]
+
+
+def test_a_row_typed_in_that_instant_is_held_rather_than_released(google_emulator, tmp_path: Path) -> None:
+    google_emulator.service_account_info()
+    sid = google_emulator.create_spreadsheet(
+        "Image Prompt", {"Process": [["prompt", "status"], ["a fox", ""], ["a owl", ""]]}
+    )
+    sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=sid)
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    snapshot = sheet.read_queue()
+
+    def person_inserts(request, endpoint) -> bool:
+        if endpoint != "values.batchUpdate":
+            return False
+        google_emulator.insert_row(sid, "Process", 2, ["a new kite", ""])
+        return True
+
+    google_emulator.on_request, fired = _once(person_inserts)
+    sheet.write_statuses({rows["a fox"].prompt_id: "GENERATING"}, snapshot)
+    google_emulator.on_request = None
+    assert fired
+    status = {r[0]: (r[1] if len(r) > 1 else "") for r in google_emulator.values(sid, "Process")[1:]}
+    # whatever word the new row had was overwritten before we could see it: it is held, never released
+    assert status == {"a new kite": "HOLD", "a fox": "GENERATING", "a owl": ""}

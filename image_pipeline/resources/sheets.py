@@ -36,6 +36,7 @@ from ..files import atomic_write
 from ..models import (
     DONE_ALIASES,
     DONE_COLUMNS,
+    HOLD,
     ID_COLUMN,
     OPTIONAL_COLUMNS,
     STATUS_COLUMN,
@@ -1095,8 +1096,17 @@ class PromptSheet(dg.ConfigurableResource):
             if meant is None or meant.prompt_id == row.prompt_id:
                 continue
             if row.status == written[meant.prompt_id] and row.prompt_id not in written:
-                # our word sits on a row that moved into the position: give that row its own cell back
-                fixes.append(CellWrite(row.row_number, col + 1, old_status.get(row.prompt_id, "")))
+                # Our word sits on a row that moved into the position: give that row its own word back.
+                # A row typed in that very instant had a word we never saw: it gets HOLD, so a row a
+                # person held is never released by our mistake (clearing HOLD runs it).
+                if (
+                    not row.prompt_id
+                    and not row.prompt.strip()
+                    and not any(c.strip() for i, c in enumerate(row.cells) if i != col)
+                ):
+                    fixes.append(CellWrite(row.row_number, col + 1, ""))  # a row only our word made
+                else:
+                    fixes.append(CellWrite(row.row_number, col + 1, old_status.get(row.prompt_id, HOLD)))
         placed = {r.prompt_id: r for r in after.rows}
         for pid, word in written.items():
             row = placed.get(pid)
