@@ -172,3 +172,56 @@ def materializations(result, asset: str) -> list:
         for e in result.get_asset_materialization_events()
         if e.asset_key == dg.AssetKey(asset)
     ]
+
+
+def emulated_env(
+    google_emulator,
+    hf_emulator,
+    telegram_emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    process_rows: list[list[str]],
+    **extra: str,
+) -> dict[str, str]:
+    """A spreadsheet "Image Prompt" with these "Process" rows and the environment of the real backends
+    pointed at the three emulators (set in the process too: secrets are read through EnvVar)."""
+    from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+    from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+    from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+
+    key_file = google_emulator.write_service_account_file(tmp_path / "chatbot_key.json")
+    sid = google_emulator.create_spreadsheet("Image Prompt", {"Process": process_rows})
+    values = {
+        "GOOGLE_SERVICE_ACCOUNT_FILE": str(key_file),
+        "GOOGLE_SHEETS_API_BASE_URL": google_emulator.base_url,
+        "GOOGLE_DRIVE_API_BASE_URL": google_emulator.base_url,
+        "GOOGLE_SHEET_KEY": sid,
+        "HF_TOKEN": HF_TOKEN,
+        "HF_INFERENCE_BASE_URL": f"{hf_emulator.base_url}/models/stabilityai/stable-diffusion-xl-base-1.0",
+        "TELEGRAM_TOKEN": TG_TOKEN,
+        "TELEGRAM_CHAT_ID": str(DEFAULT_CHANNEL_ID),
+        "TELEGRAM_ALERT_CHAT_ID": str(ALERTS_CHANNEL_ID),
+        "TELEGRAM_API_BASE_URL": telegram_emulator.base_url,
+        "IMAGE_PIPELINE_DATA": str(tmp_path / "data"),
+        "IMAGE_PIPELINE_RETRY_BASE_DELAY_S": "0.01",
+        **extra,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def sensor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None):
+    """One tick of the sheet sensor, then what the daemon does with its partition requests."""
+    sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
+    resources = {k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(request.partitions_def_name, key)
+    return result

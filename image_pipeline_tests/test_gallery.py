@@ -12,16 +12,9 @@ from image_pipeline import gallery
 from image_pipeline.resources.images import encode_png, render_preview
 from image_pipeline.resources.publisher import LocalOutbox
 
+from .ui_browser_support import chromium
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE = 'a fox <script>alert("x")</script> & <img src=x onerror=alert(1)> "quoted"'
 
 
@@ -221,7 +214,6 @@ def test_empty_gallery_and_a_gallery_of_1000_entries(tmp_path: Path) -> None:
 
 
 def test_gallery_opens_from_disk_in_chromium(tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
 
     outbox = LocalOutbox(folder=str(tmp_path / "outbox"))
     prompts = [
@@ -241,33 +233,29 @@ def test_gallery_opens_from_disk_in_chromium(tmp_path: Path) -> None:
     index = tmp_path / "outbox" / "index.html"
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(index.as_uri())
-            # polled from here: wait_for_function re-checks with eval() in the page, which the page's own
-            # CSP refuses whenever the images are not complete at the first check
-            deadline = time.monotonic() + 15
-            while not page.evaluate("Array.from(document.images).every(i => i.complete)"):
-                assert time.monotonic() < deadline, "images did not load"
-                time.sleep(0.05)
-            widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
-            assert len(widths) == 10 and all(w == 320 for w in widths), widths
-            assert page.locator("article.post.album img").count() == 3
-            assert page.locator("article.preview img").count() == 2
-            assert page.evaluate("document.scripts.length") == 0 and dialogs == []
-            assert page.locator("article .status").first.inner_text() == "FAILED"
-            page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(index.as_uri())
+        # polled from here: wait_for_function re-checks with eval() in the page, which the page's own
+        # CSP refuses whenever the images are not complete at the first check
+        deadline = time.monotonic() + 15
+        while not page.evaluate("Array.from(document.images).every(i => i.complete)"):
+            assert time.monotonic() < deadline, "images did not load"
+            time.sleep(0.05)
+        widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+        assert len(widths) == 10 and all(w == 320 for w in widths), widths
+        assert page.locator("article.post.album img").count() == 3
+        assert page.locator("article.preview img").count() == 2
+        assert page.evaluate("document.scripts.length") == 0 and dialogs == []
+        assert page.locator("article .status").first.inner_text() == "FAILED"
+        page.screenshot(path=str(artifacts / "gallery.png"), full_page=True)
 
-            # the page's own policy forbids scripts even if escaping ever failed
-            probe = tmp_path / "outbox" / "probe.html"
-            probe.write_text(
-                index.read_text().replace("<main>", "<main><script>document.title='ran'</script>", 1)
-            )
-            page.goto(probe.as_uri())
-            assert page.title() == "image-pipeline outbox"
-        finally:
-            browser.close()
+        # the page's own policy forbids scripts even if escaping ever failed
+        probe = tmp_path / "outbox" / "probe.html"
+        probe.write_text(
+            index.read_text().replace("<main>", "<main><script>document.title='ran'</script>", 1)
+        )
+        page.goto(probe.as_uri())
+        assert page.title() == "image-pipeline outbox"

@@ -16,53 +16,31 @@ import pytest
 
 from image_pipeline.assets import generate_and_post, prompt_record
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
-from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
 
-from .conftest import QUIET
+from .conftest import QUIET, emulated_env, sensor_tick
 
 PROMPTS = ["a red kite over hills", "a tram in fog", "a moth on a lamp"]
 
 
 @pytest.fixture
 def env(google_emulator, hf_emulator, telegram_emulator, tmp_path: Path, monkeypatch) -> dict[str, str]:
-    key_file = google_emulator.write_service_account_file(tmp_path / "chatbot_key.json")
-    sid = google_emulator.create_spreadsheet(
-        "Image Prompt", {"Process": [["prompt"], *[[p] for p in PROMPTS]]}
+    # register-only sensor: a person or the schedule starts the runs
+    rows = [["prompt"], *[[p] for p in PROMPTS]]
+    return emulated_env(
+        google_emulator,
+        hf_emulator,
+        telegram_emulator,
+        tmp_path,
+        monkeypatch,
+        rows,
+        IMAGE_PIPELINE_INSTANT="",
     )
-    values = {
-        "GOOGLE_SERVICE_ACCOUNT_FILE": str(key_file),
-        "GOOGLE_SHEETS_API_BASE_URL": google_emulator.base_url,
-        "GOOGLE_DRIVE_API_BASE_URL": google_emulator.base_url,
-        "GOOGLE_SHEET_KEY": sid,
-        "HF_TOKEN": HF_TOKEN,
-        "HF_INFERENCE_BASE_URL": f"{hf_emulator.base_url}/models/stabilityai/stable-diffusion-xl-base-1.0",
-        "TELEGRAM_TOKEN": TG_TOKEN,
-        "TELEGRAM_CHAT_ID": str(DEFAULT_CHANNEL_ID),
-        "TELEGRAM_ALERT_CHAT_ID": str(ALERTS_CHANNEL_ID),
-        "TELEGRAM_API_BASE_URL": telegram_emulator.base_url,
-        "IMAGE_PIPELINE_DATA": str(tmp_path / "data"),
-        "IMAGE_PIPELINE_INSTANT": "",  # register-only: a person or the schedule starts the runs
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
 
 
 def tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    sensor = defs.resolve_sensor_def("prompt_sheet_sensor")
-    resources = {k: defs.resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")}
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-        result = sensor(context)
+    result = sensor_tick(defs, instance, cursor)
     assert isinstance(result, dg.SensorResult), result
-    # what the daemon does with the tick's partition requests
-    for request in result.dynamic_partitions_requests or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
     return result
 
 
