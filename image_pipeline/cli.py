@@ -206,10 +206,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .preflight import FAIL, WARN, render_table, run_preflight
 
     defs = build_definitions()
-    names = ("prompt_sheet", "image_generator", "publisher")
+    names = ("prompt_sheet", "image_generator", "publisher", "ledger")
     with dg.build_resources({k: defs.resources[k] for k in names}) as built:
         resources = [getattr(built, k) for k in names]
-        for label, resource in zip(("queue", "generator", "publisher"), resources, strict=True):
+        for label, resource in zip(("queue", "generator", "publisher"), resources[:3], strict=True):
             try:
                 text = resource.describe()
             except Exception as exc:  # a broken key shows in the table below; describing needs it too

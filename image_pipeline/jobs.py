@@ -29,8 +29,9 @@ def preflight(
     prompt_sheet: PromptSheet,
     image_generator: ImageGenerator,
     publisher: Publisher,
+    ledger: PostLedger,
 ) -> dg.Output[None]:
-    checks = run_preflight([prompt_sheet, image_generator, publisher])
+    checks = run_preflight([prompt_sheet, image_generator, publisher, ledger])
     context.log.info("preflight:\n" + render_table(checks))
     failed = [c for c in checks if c.status == FAIL]
     metadata = {

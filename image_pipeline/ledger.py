@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dagster as dg
 from pydantic import Field
+
+from .preflight import Check, fail, ok, warn
 
 POSTING = "POSTING"
 POSTED = "POSTED"
@@ -442,6 +444,34 @@ class PostLedger(dg.ConfigurableResource):
 
     def open(self) -> Ledger:
         return Ledger(self.path)
+
+    preflight_service: ClassVar[str] = "Budget"  # the service name when the check itself breaks
+
+    def preflight(self) -> list[Check]:
+        """The budget guard's state, for doctor and the preflight job: paused fails, a cap reached warns."""
+        book = self.open()
+        pause = book.pause_state()
+        if pause is not None:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.since))
+            return [
+                fail(
+                    "Budget",
+                    "spending",
+                    f"paused since {when}: {pause.reason}",
+                    "add credits, then `image-pipeline resume` (or launch resume_spending_job)",
+                )
+            ]
+        checks = [ok("Budget", "spending", "not paused")]
+        for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
+            if cap > 0:
+                used = book.used_today(kind)
+                detail = f"{used} of {cap} {kind} today ({utc_day()} UTC)"
+                checks.append(
+                    warn("Budget", f"daily {kind} cap", detail, "the rest waits for the next UTC day")
+                    if used >= cap
+                    else ok("Budget", f"daily {kind} cap", detail)
+                )
+        return checks
 
     def why_not_spend(self) -> str | None:
         """Why the schedule and sensor must not start work now (a pause, a daily cap), or None."""

@@ -197,3 +197,29 @@ def test_daily_post_cap_stops_generating_once_reached(
     assert resources["ledger"].open().used_today("posts") == 1
     tick = sensor_tick(resources)
     assert isinstance(tick, dg.SkipReason) and "daily cap of 1 posts is reached" in tick.skip_message
+
+
+def test_doctor_shows_the_pause_and_the_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IMAGE_PIPELINE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGE_PIPELINE_DAILY_IMAGE_CAP", "2")
+    book = PostLedger(path=str(tmp_path / "data" / "ledger.sqlite")).open()
+    assert cli_main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "Budget        spending" in out and "0 of 2 images today" in out
+
+    book.pause("images", "Hugging Face credits are depleted (HTTP 402)")
+    assert cli_main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    budget = next(line for line in out.splitlines() if line.startswith("Budget") and "spending" in line)
+    assert "FAIL" in budget and "credits are depleted" in budget and "image-pipeline resume" in budget
+
+    assert cli_main(["resume"]) == 0
+    book.reserve("images", 2)
+    book.reserve("images", 2)
+    capsys.readouterr()
+    assert cli_main(["doctor"]) == 0  # a cap reached is a warning: work resumes tomorrow by itself
+    out = capsys.readouterr().out
+    cap = next(line for line in out.splitlines() if "daily images cap" in line)
+    assert "warn" in cap and "2 of 2 images today" in cap

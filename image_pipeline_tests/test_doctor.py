@@ -80,6 +80,7 @@ def test_all_services_ready(doctor) -> None:
         ("Telegram", "chat reachable"),
         ("Telegram", "bot can post"),
         ("Telegram", "alert chat"),
+        ("Budget", "spending"),
     ]:
         assert "  ok  " in line(out, service, check), line(out, service, check)
     assert "all services ready" in out
@@ -267,7 +268,7 @@ def test_preflight_job_in_the_ui_fails_with_the_fix(
     sandbox: Sandbox, sandbox_resources: dict[str, object]
 ) -> None:
     resources = sandbox_resources
-    needed = {k: resources[k] for k in ("prompt_sheet", "image_generator", "publisher")}
+    needed = {k: resources[k] for k in ("prompt_sheet", "image_generator", "publisher", "ledger")}
     result = preflight_job.execute_in_process(resources=needed, raise_on_error=False)
     assert result.success
     sandbox.google.share(sandbox.spreadsheet_id, EMAIL, role="reader")
