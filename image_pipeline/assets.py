@@ -33,7 +33,7 @@ from .approval import (
     plan_for,
     variation_seeds,
 )
-from .content_checks import CHECK_NAMES, CheckOutcome, check_caption, check_image, first_failure
+from .content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
 from .errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
@@ -665,11 +665,7 @@ def _post_one(
         suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
     caption = caption_for(_row_from_record(record), suffix=suffix)
     pngs = outcome_pngs(image)
-    checks = [
-        *_image_checks(image, pngs, key),
-        check_caption(caption),
-        publisher.content_policy().check_prompt(record["prompt"]),
-    ]
+    checks = run_all(_image_checks(image, pngs, key), caption, record["prompt"], publisher.content_policy())
     checked = [_check_dict(c) for c in checks]
     blocked = first_failure(checks)
     if blocked is not None:

@@ -303,9 +303,12 @@ def _pattern(term: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # All together
 # ---------------------------------------------------------------------------------------------------
-def run_all(png: bytes, caption: str, prompt: str, prompt_id: str, banned: BannedWords) -> list[CheckOutcome]:
-    """Every check, in CHECK_NAMES order."""
-    return [*check_image(png, prompt_id), check_caption(caption), banned.check_prompt(prompt)]
+def run_all(
+    image_outcomes: Sequence[CheckOutcome], caption: str, prompt: str, banned: BannedWords
+) -> list[CheckOutcome]:
+    """Every check, in CHECK_NAMES order: the image's (from ``check_image``, which the pipeline runs in
+    the generation thread as each image is written), then the caption's and the prompt's."""
+    return [*image_outcomes, check_caption(caption), banned.check_prompt(prompt)]
 
 
 def first_failure(outcomes: Sequence[CheckOutcome]) -> CheckOutcome | None:

@@ -225,3 +225,9 @@ def sensor_tick(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str 
                 for key in request.partition_keys:
                     instance.delete_dynamic_partition(request.partitions_def_name, key)
     return result
+
+
+def queue_prompts(workbook_dir: Path, prompts: list[str]) -> list[str]:
+    """A local "Process" queue of these prompts (a fresh header), and the ids the pipeline gives them."""
+    write_csv(workbook_dir / "process.csv", [["prompt"], *[[p] for p in prompts]])
+    return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]

@@ -21,16 +21,11 @@ from image_pipeline.jobs import resume_spending_job
 from image_pipeline.ledger import PostLedger, utc_day
 from image_pipeline.models import GenerationRequest
 from image_pipeline.resources.images import HuggingFaceGenerator
-from image_pipeline.resources.sheets import LocalWorkbook
 from image_pipeline.schedules import build_daily_schedule
 from image_pipeline.sensors import build_prompt_sheet_sensor
 
-from .conftest import read_csv, run_partitions, write_csv
-
-
-def queue(workbook_dir: Path, prompts: list[str]) -> list[str]:
-    write_csv(workbook_dir / "process.csv", [["prompt"], *[[p] for p in prompts]])
-    return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]
+from .conftest import queue_prompts as queue
+from .conftest import read_csv, run_partitions
 
 
 def with_hf(resources: dict[str, object], hf_emulator, **ledger: int) -> dict[str, object]:

@@ -323,11 +323,11 @@ def test_empty_list_passes_everything() -> None:
 # ---------------------------------------------------------------------------------------------------
 def test_run_all_reports_every_check_in_order_and_first_failure_picks_the_earliest() -> None:
     banned = BannedWords.load(inline="gore")
-    good = run_all(encode(busy_image(3)), "a caption", "a quiet lake", "p1", banned)
+    good = run_all(check_image(encode(busy_image(3)), "p1"), "a caption", "a quiet lake", banned)
     assert [o.name for o in good] == list(CHECK_NAMES)
     assert all(o.passed for o in good) and first_failure(good) is None
 
-    bad = run_all(encode(Image.new("RGB", (64, 64))), "x" * 2000, "gore", "p1", banned)
+    bad = run_all(check_image(encode(Image.new("RGB", (64, 64))), "p1"), "x" * 2000, "gore", banned)
     assert [o.passed for o in bad] == [True, False, True, False, False]
     assert first_failure(bad) == bad[1]
 
@@ -337,7 +337,7 @@ def test_timing_of_50_images_of_1024() -> None:
     banned = BannedWords.load(inline="gore, blood bath, zombie")
     start = time.perf_counter()
     for i in range(50):
-        outcomes = run_all(pngs[i % 5], "caption " * 20, "a prompt " * 30, f"p{i}", banned)
+        outcomes = run_all(check_image(pngs[i % 5], f"p{i}"), "caption " * 20, "a prompt " * 30, banned)
         assert first_failure(outcomes) is None
     elapsed = time.perf_counter() - start
     size = sum(map(len, pngs)) // len(pngs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import dagster as dg
 
@@ -17,11 +16,7 @@ from image_pipeline.resources.images import HuggingFaceGenerator
 from image_pipeline.resources.sheets import LocalWorkbook
 
 from .conftest import QUIET, read_csv, run_partitions, write_csv
-
-
-def queue(workbook_dir: Path, prompts: list[str]) -> list[str]:
-    write_csv(workbook_dir / "process.csv", [["prompt"], *[[p] for p in prompts]])
-    return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]
+from .conftest import queue_prompts as queue
 
 
 def ledger_of(resources) -> Ledger:

@@ -11,14 +11,9 @@ from image_pipeline.content_checks import CHECK_NAMES
 from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.resources.images import HuggingFaceGenerator
 from image_pipeline.resources.publisher import LocalOutbox
-from image_pipeline.resources.sheets import LocalWorkbook
 
-from .conftest import read_csv, run_partitions, write_csv
-
-
-def queue(workbook_dir: Path, prompts: list[str]) -> list[str]:
-    write_csv(workbook_dir / "process.csv", [["prompt"], *[[p] for p in prompts]])
-    return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]
+from .conftest import queue_prompts as queue
+from .conftest import read_csv, run_partitions
 
 
 def done_rows(workbook_dir: Path) -> list[dict[str, str]]:
