@@ -34,7 +34,14 @@ from .approval import (
     variation_seeds,
 )
 from .content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
-from .errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
+from .errors import (
+    CreditsDepleted,
+    PipelineError,
+    PromptRejected,
+    ServiceBlocked,
+    ServiceWait,
+    TransientError,
+)
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
     LOGGED,
@@ -99,6 +106,15 @@ def _stop(
     the schedule and sensor skip their ticks meanwhile, and only the run that paused it sends a notice."""
     message = redact(str(exc))
     context.log.error(message)
+    if isinstance(exc, ServiceWait) and book is not None:
+        # no attempt is counted: the prompts are fine, the service asked for time
+        if book.pause(exc.service, message, until=exc.until):
+            pause = book.pause_state()
+            _notify(publisher, f"image-pipeline is waiting: {pause.message() if pause else message}")
+        return dg.Failure(
+            description=message,
+            metadata={"service": exc.service, "status": str(exc.status or ""), "resume_at": exc.until},
+        )
     if isinstance(exc, CreditsDepleted) and book is not None:
         if book.pause(exc.service, message):
             _notify(
@@ -203,7 +219,7 @@ def prompt_record(
         # Reconcile with the sheets on every start: a prompt already in Done is only removed.
         done = _done_index(prompt_sheet, done_rows)
     except ServiceBlocked as exc:
-        raise _stop(context, publisher, exc) from None
+        raise _stop(context, publisher, exc, book) from None
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
     records = ByPartition()
@@ -1049,7 +1065,7 @@ def done_entry(
             prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None) if to_remove else {}
         )
     except ServiceBlocked as exc:
-        raise _stop(context, publisher, exc) from None
+        raise _stop(context, publisher, exc, book) from None
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
     with book.batch():

@@ -7,12 +7,19 @@ Assets decide what to do from the type alone, never from message text:
   refuses the photo). The prompt gets a FAILED Done row and leaves the queue.
 - ``ServiceBlocked``: the service refuses *us* (bad token, no permission, credits depleted, missing
   sheet). Nothing about the prompt is wrong, so the run stops and the queue stays as it is.
+- ``ServiceWait``: the service imposes a long wait (a flood wait, a quota window). The run stops, the
+  resume time is recorded, and the schedule and sensor skip until then.
+- ``WriteOutcomeUnknown``: a write that must not be repeated blind lost its answer; read back first.
+
+Which answer of which service becomes which of these is decided in ``image_pipeline.refusals``.
 
 Every message is built by our code from status codes and sanitized service text, never from a raw
 exception that could carry a URL with a token in it.
 """
 
 from __future__ import annotations
+
+import time
 
 
 class PipelineError(Exception):
@@ -59,6 +66,19 @@ class ServiceBlocked(PipelineError):
 
 class CreditsDepleted(ServiceBlocked):
     pass
+
+
+class ServiceWait(ServiceBlocked):
+    """The service told us to come back later than a run may wait (flood wait, quota window).
+
+    Not the prompt's fault and not worth an attempt: the run stops and nothing starts before ``until``."""
+
+    def __init__(
+        self, message: str, *, service: str | None = None, status: int | None = None, wait_s: float
+    ) -> None:
+        super().__init__(message, service=service, status=status)
+        self.wait_s = max(0.0, float(wait_s))
+        self.until = time.time() + self.wait_s
 
 
 class QueueFormatError(ServiceBlocked):

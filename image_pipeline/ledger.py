@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 CREATE TABLE IF NOT EXISTS pauses (
     service       TEXT PRIMARY KEY,
     reason        TEXT NOT NULL,
-    since         REAL NOT NULL
+    since         REAL NOT NULL,
+    until         REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS daily_counts (
     day           TEXT NOT NULL,
@@ -129,14 +130,26 @@ class Entry:
 
 @dataclass(frozen=True)
 class Pause:
-    """Spending stopped by a service's answer (credits depleted, quota used up) until an operator resumes."""
+    """Work stopped by a service's answer: until an operator resumes (credits depleted, quota used up),
+    or, when ``until`` is set, until the time the service told us to come back (a long flood wait)."""
 
     service: str
     reason: str
     since: float
+    until: float = 0.0
+
+    @property
+    def timed(self) -> bool:
+        return self.until > 0
 
     def message(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.since))
+        if self.timed:
+            back = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.until))
+            return (
+                f"waiting until {back} as {self.service} asked: {self.reason} Runs start again by "
+                "themselves then; every prompt stays queued"
+            )
         return (
             f"spending is paused since {when}: {self.reason} Resume once it is fixed: "
             "`image-pipeline resume`, or launch resume_spending_job in the Dagster UI"
@@ -179,6 +192,8 @@ class Ledger:
             ):
                 if column not in have:
                     db.execute(f"ALTER TABLE prompts ADD COLUMN {column} {ddl}")
+            if "until" not in {row[1] for row in db.execute("PRAGMA table_info(pauses)")}:
+                db.execute("ALTER TABLE pauses ADD COLUMN until REAL NOT NULL DEFAULT 0")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -338,24 +353,39 @@ class Ledger:
                 )
 
     # ------------------------------------------------------------------ the budget guard
-    def pause(self, service: str, reason: str) -> bool:
-        """Stop spending; True only for the call that paused it (so exactly one notice goes out)."""
+    def pause(self, service: str, reason: str, until: float = 0.0) -> bool:
+        """Stop spending (until ``until``, or until resumed when 0); True only for the call that paused
+        it, so exactly one notice goes out. A later, longer wait of the same service extends it."""
+        now = time.time()
         with self._tx() as db:
+            db.execute("DELETE FROM pauses WHERE until > 0 AND until <= ?", (now,))
             cur = db.execute(
-                "INSERT OR IGNORE INTO pauses (service, reason, since) VALUES (?, ?, ?)",
-                (service, reason[:500], time.time()),
+                "INSERT OR IGNORE INTO pauses (service, reason, since, until) VALUES (?, ?, ?, ?)",
+                (service, reason[:500], now, until),
             )
-            return cur.rowcount == 1
+            if cur.rowcount == 1:
+                return True
+            if until > 0:
+                db.execute(
+                    "UPDATE pauses SET until=?, reason=? WHERE service=? AND until > 0 AND until < ?",
+                    (until, reason[:500], service, until),
+                )
+            return False
 
     def pause_state(self) -> Pause | None:
+        """The pause in force: an untimed one first (it needs a person), else the wait that ends last."""
         with self._connect() as db:
-            row = db.execute("SELECT service, reason, since FROM pauses ORDER BY since LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT service, reason, since, until FROM pauses WHERE until = 0 OR until > ? "
+                "ORDER BY until = 0 DESC, until DESC LIMIT 1",
+                (time.time(),),
+            ).fetchone()
         return Pause(*row) if row else None
 
     def resume(self) -> list[Pause]:
         """Lift every pause; returns what was lifted."""
         with self._tx() as db:
-            rows = db.execute("SELECT service, reason, since FROM pauses ORDER BY since").fetchall()
+            rows = db.execute("SELECT service, reason, since, until FROM pauses ORDER BY since").fetchall()
             db.execute("DELETE FROM pauses")
         return [Pause(*r) for r in rows]
 
@@ -451,6 +481,8 @@ class PostLedger(dg.ConfigurableResource):
         """The budget guard's state, for doctor and the preflight job: paused fails, a cap reached warns."""
         book = self.open()
         pause = book.pause_state()
+        if pause is not None and pause.timed:
+            return [fail("Budget", "spending", pause.message(), "nothing to do: runs start again by themselves")]
         if pause is not None:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.since))
             return [

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import TransientError
+from .errors import ServiceWait, TransientError
+from .refusals import LONG_WAIT_S
 
 T = TypeVar("T")
 log = logging.getLogger("image_pipeline.retry")
@@ -23,8 +24,9 @@ class RetryPolicy:
     attempts: int = 4  # the first try plus three retries, as the ancestor did
     base_delay_s: float = 2.0
     max_delay_s: float = 60.0
-    # A wait hint longer than this is not waited out inside a step: the error is raised instead.
-    max_hint_s: float = 300.0
+    # A wait hint longer than this is not waited out inside a step: the run stops and records when to
+    # come back (a ServiceWait), without counting it against the prompt.
+    max_hint_s: float = LONG_WAIT_S
 
     def delay_for(self, attempt: int, hint: float | None, rng: random.Random) -> float:
         """Delay before retry number ``attempt`` (1-based)."""
@@ -54,9 +56,14 @@ def call_with_retry(
         try:
             return fn()
         except TransientError as exc:
-            if attempt >= policy.attempts:
-                raise
             if exc.retry_after is not None and exc.retry_after > policy.max_hint_s:
+                raise ServiceWait(
+                    f"{exc} (the service asks us to wait {exc.retry_after:.0f}s)",
+                    service=exc.service,
+                    status=exc.status,
+                    wait_s=exc.retry_after,
+                ) from None
+            if attempt >= policy.attempts:
                 raise
             delay = policy.delay_for(attempt, exc.retry_after, rng)
             log.warning("%s: %s; retry %d/%d in %.1fs", what, exc, attempt, policy.attempts - 1, delay)

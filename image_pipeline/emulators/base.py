@@ -34,6 +34,9 @@ TIMEOUT = "timeout"  # hold the request longer than any sane client timeout, the
 RESET = "reset"  # close the TCP connection with RST before answering
 TRUNCATE = "truncate"  # announce a Content-Length, send half the body, close
 GARBAGE = "garbage"  # the emulator answers 200 with bytes that are not what the client expects
+# The request takes effect, then the answer is a 503 (a gateway or backend failing after the commit:
+# moneyman#484 saw appended rows duplicated by a retry after such an answer).
+COMMITTED_503 = "committed_503"
 
 Fault = int | str
 
@@ -206,6 +209,11 @@ class EmulatorServer:
     def garbage_response(self, request: Request) -> Response:
         return Response(200, b"<html>not what you asked for</html>", {"Content-Type": "text/html"})
 
+    def named_fault(self, fault: str, request: Request) -> Response | None:
+        """A service-specific fault (a rights error, a long flood wait, a provider refusal...): the
+        answer, or None when this emulator does not know the name (the request is then answered)."""
+        return None
+
     # ----------------------------------------------------------------- dispatch
     @staticmethod
     def _run_hook(hook: Callable[..., None] | None, *args: Any) -> None:
@@ -234,6 +242,14 @@ class EmulatorServer:
         if fault in (TIMEOUT, RESET, TRUNCATE):
             return None, fault, endpoint
         try:
+            if fault == COMMITTED_503:
+                applied = self.route(request)
+                self._run_hook(self.after_route, request, endpoint, applied)
+                return self.error_response(503, request), fault, endpoint
+            if isinstance(fault, str):
+                named = self.named_fault(fault, request)
+                if named is not None:
+                    return named, fault, endpoint
             return self.route(request), None, endpoint
         except Exception as exc:  # an emulator bug must look like a 500, not kill the server thread
             return (
