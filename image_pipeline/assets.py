@@ -41,6 +41,7 @@ from .errors import (
     ServiceBlocked,
     ServiceWait,
     TransientError,
+    WriteOutcomeUnknown,
 )
 from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
 from .ledger import (
@@ -74,6 +75,7 @@ from .models import (
     variations_of,
 )
 from .partitions import prompt_partitions
+from .preflight import gate
 from .progress import RunProgress, batch_logged
 from .redact import redact
 from .resources.images import PREVIEW_LABEL, ImageGenerator
@@ -212,7 +214,15 @@ def prompt_record(
     if pause is not None:
         # nothing is claimed or spent: the queue stays as it is until an operator resumes
         raise dg.Failure(description=pause.message())
+    # Every run passes the schedule's and sensor's preflight, launched from the UI or `make run` too, so a
+    # misconfiguration stops before the first queue write or paid request (a recent pass is trusted).
+    refused = gate([prompt_sheet, image_generator, publisher], store=book)
+    if refused:
+        context.log.error(refused)
+        raise dg.Failure(description=refused)
     try:
+        # rows an interrupted run deleted by mistake are back before this run reads the queue
+        prompt_sheet.recover_removals(book)
         snapshot, done_rows = prompt_sheet.read_queue_and_done()
         current = snapshot.by_id()
         rows = {key: current[key] for key in keys if key in current}
@@ -1062,12 +1072,19 @@ def done_entry(
                 for key, fingerprint, row in rows:
                     book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
         removal = (
-            prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None) if to_remove else {}
+            prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None, journal=book)
+            if to_remove
+            else {}
         )
     except ServiceBlocked as exc:
         raise _stop(context, publisher, exc, book) from None
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
+    except WriteOutcomeUnknown as exc:
+        # the ledger says LOGGING / the removal intent is recorded: the next run reads back, never repeats
+        raise dg.Failure(
+            description=f"a sheet write's outcome is unknown; the next run reads it back: {exc}"
+        ) from None
     with book.batch():
         for key, fingerprint in to_remove.items():
             if removal.get(key) == "removed":

@@ -32,6 +32,9 @@ Scenarios (the JSON holds one object per name):
   "Process", and ``row_to_post_s`` runs until the Telegram emulator accepts its photo. ``wall_s`` is
   that delay, the bound is null, the Sheets requests per prompt are those of the whole trip (ticks
   included), the peak RSS is the daemon's tree (daemon, code server, run workers).
+  (c) the same trip with Drive's change token lagging ``DRIVE_LAG_S`` (180 s: the emulator's
+  ``drive_lag_s``, as the real Drive trails Sheets edits) and ``IMAGE_PIPELINE_SHEET_CHECK_S=2``, so the
+  sensor's own Sheets read finds the row: ``drive_lag_row_to_post_s`` and ``drive_lag_sheets_requests``.
 - ``baseline-B100-gen``: the ancestor's algorithm on the B100-gen profile: one fresh Python process per
   prompt (``python -m image_pipeline.bench --baseline-one``) that opens the sheet by title through
   gspread, reads column A, reads row 2, generates with ``InferenceClient.text_to_image`` (no size: the
@@ -110,6 +113,7 @@ MARKER_RE = re.compile(r"#B\d{5}\b")
 ANCESTOR_DONE_HEADER = ["Prompt", "Status", "Info", "Timestamp"]
 SPREADSHEET_TITLE = "Image Prompt"  # the sandbox's, and the ancestor's default title
 POLL_S = 0.2
+DRIVE_LAG_S = 180.0  # how far Drive's modifiedTime trails Sheets edits (google-api-go-client#906)
 
 # Pipeline variables of the calling shell that would point a worker elsewhere or change what is measured.
 _INHERITED_PIPELINE_VARS = (
@@ -126,6 +130,7 @@ _INHERITED_PIPELINE_VARS = (
     "IMAGE_PIPELINE_INSTANT",
     "IMAGE_PIPELINE_PROMPTS_PER_TICK",
     "IMAGE_PIPELINE_SENSOR_INTERVAL_S",
+    "IMAGE_PIPELINE_SHEET_CHECK_S",
     "IMAGE_PIPELINE_HTTP_TIMEOUT_S",
     "IMAGE_PIPELINE_RETRY_ATTEMPTS",
     "IMAGE_PIPELINE_RETRY_BASE_DELAY_S",
@@ -721,6 +726,23 @@ def run_sensor(profile: Profile, ctx: Context) -> dict[str, Any]:
     finally:
         memory.stop()
         sandbox.stop()
+    # (c) the same trip while Drive's token lags minutes behind the sheet
+    sandbox = Sandbox(root / "lag-sandbox", seed_rows=queue_rows(replace(profile, prompts=0)))
+    accepted = configure(sandbox, profile)
+    sandbox.start()
+    sandbox.google.drive_lag_s = DRIVE_LAG_S
+    try:
+        lag_root = root / "lag"
+        prepare_root(lag_root)
+        lagged = instant_trip(
+            sandbox, accepted, lag_root, profile, ctx, TreeMemory(), {"IMAGE_PIPELINE_SHEET_CHECK_S": "2"}
+        )
+        problems.extend(f"drive lag: {p}" for p in lagged.pop("problems"))
+        out["drive_lag_s"] = DRIVE_LAG_S
+        out["drive_lag_row_to_post_s"] = lagged.get("row_to_post_s")
+        out["drive_lag_sheets_requests"] = lagged.get("sheets_requests_per_prompt")
+    finally:
+        sandbox.stop()
     out["peak_rss_mb"] = memory.peak_mb
     out["peak_rss_by_process"] = memory.top()
     out["bench_process_peak_rss_mb"] = _own_peak_mb()
@@ -815,12 +837,18 @@ def _idle_tick_seen(google: Any, since: int) -> bool:
 
 
 def instant_trip(
-    sandbox: Sandbox, accepted: list[float], root: Path, profile: Profile, ctx: Context, memory: TreeMemory
+    sandbox: Sandbox,
+    accepted: list[float],
+    root: Path,
+    profile: Profile,
+    ctx: Context,
+    memory: TreeMemory,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from image_pipeline.sandbox import PROCESS_WORKSHEET
 
     env = worker_env(sandbox, root, profile)
-    env.update(IMAGE_PIPELINE_INSTANT="1", IMAGE_PIPELINE_SENSOR_INTERVAL_S="1")
+    env.update(IMAGE_PIPELINE_INSTANT="1", IMAGE_PIPELINE_SENSOR_INTERVAL_S="1", **(extra_env or {}))
     bin_dir = Path(sys.executable).parent
     dagster_cli = str(bin_dir / "dagster") if (bin_dir / "dagster").is_file() else "dagster"
     daemon_cli = (
@@ -1064,6 +1092,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         targets = ", ".join(f"{label} {'-' if ok is None else 'ok' if ok else 'MISS'}" for label, ok in marks)
         if name == "sensor":
             extra = f"tick {_num(r.get('tick_requests'))} req/{_num(r.get('tick_ms'), 0)} ms"
+            if r.get("drive_lag_row_to_post_s") is not None:
+                extra += f"; Drive lag {_num(r.get('drive_lag_s'), 0)} s: {_num(r['drive_lag_row_to_post_s'], 1)} s"
             targets = f"{targets}; {extra}" if targets else extra
         lines.append(
             [

@@ -18,10 +18,21 @@ records:
   text: that is ``reposted_after_edit``, not a double post);
 - ``lost``: not withdrawn, not posted, no FAILED/INVALID Done row, no longer queued;
 - ``wrongly_deleted``: not withdrawn, no longer queued, neither a Done row nor a post (a subset of lost);
+- ``wrongly_failed``: a FAILED or INVALID Done row for a prompt whose only faults were the services' (every
+  injected fault but the provider's refusal of that very prompt; the prompts made to be refused, with
+  ``forbiddenfruit``, are the prompt's own fault too). Broken down by the Done row's reason;
 - ``token_hits``: the bot token's secret, the HF token or a line of the service-account key in a worker log,
   the Done sheet, the data folder (ledger, asset files), the Dagster home's databases or a Telegram message.
 
-Exit code 0 when posted_twice, lost, wrongly_deleted and token_hits are all 0. With ``--workdir`` the run's
+Besides the transport faults (5xx, 429, timeouts, resets, truncated answers), the emulators answer with the
+service-level faults of issue 12: a Sheets write applied and then answered 503 (``committed_503``), a
+Telegram send refused for missing rights in the channel (``rights``, stops the run), an hour-long flood wait
+(``flood:3600``), and the provider refusing a prompt (``provider_refusal``). A flood wait pauses the pipeline
+(ledger) until the time Telegram named; the harness plays that hour passing: once a worker exited with the
+pause recorded, it lifts the emulator's wait and the ledger's pause (``Ledger.resume``, what
+``image-pipeline resume`` does) and counts it in ``waits_lifted``.
+
+Exit code 0 when posted_twice, lost, wrongly_deleted, wrongly_failed and token_hits are all 0. With ``--workdir`` the run's
 files stay, with ``verdict.json``: the story of every prompt behind a non-zero figure, the kills, and every
 row deletion of the pipeline (which rows it hit, and whether the answer reached the worker).
 """
@@ -50,6 +61,7 @@ from typing import Any, TextIO
 from urllib.parse import unquote
 
 from image_pipeline.emulators.base import (
+    COMMITTED_503,
     GARBAGE,
     RESET,
     TIMEOUT,
@@ -59,6 +71,7 @@ from image_pipeline.emulators.base import (
     Request,
     Response,
 )
+from image_pipeline.emulators.google import WRITE_ENDPOINTS
 from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
 from image_pipeline.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 
@@ -69,6 +82,7 @@ RESULT_KEYS = (
     "posted_twice",
     "lost",
     "wrongly_deleted",
+    "wrongly_failed",
     "quarantined",
     "faults",
     "kills",
@@ -114,25 +128,67 @@ WORKER_KNOBS = {
 }
 EMULATOR_TIMEOUT_HOLD_S = 2.0  # longer than the worker's 1 s timeout, short enough not to pile up threads
 STALL_S = 90.0  # a worker that makes no request at all for this long is hung, not slow
+# Workers in a row that may exit with "no run started" (code 2: a preflight check or the first queue read
+# met an injected fault) before the harness gives up; each costs a process start of a few seconds.
+NOT_STARTED_PATIENCE = 40
 
 
 # ------------------------------------------------------------------------------------------------ faults
 
 
+# Service-level faults (issue 12): where each may strike, and how often at most in one run
+ROWS_WRITES = frozenset(WRITE_ENDPOINTS)
+SENDS = frozenset({"sendphoto", "senddocument", "sendmediagroup"})
+GENERATIONS_NOT = frozenset({"download", "hub_api", "probe"})
+RIGHTS, LONG_FLOOD, PROVIDER_REFUSAL = "rights", "flood:3600", "provider_refusal"
+
+
 @dataclass
 class CountingFaultPlan(FaultPlan):
-    """A FaultPlan that remembers what it injected: the emulators' own logs miss faults on hung requests."""
+    """A FaultPlan that remembers what it injected: the emulators' own logs miss faults on hung requests.
+    ``only`` keeps a fault to the endpoints where it means something (a committed write on a write, a
+    rights error on a send), ``limits`` caps how many times a fault is injected in the run."""
 
     injected: Counter[str] = field(default_factory=Counter)
     # the fault drawn for the request the calling server thread is handling (one request per thread)
     last: dict[int, Fault | None] = field(default_factory=dict)
+    only: dict[Fault, Any] = field(default_factory=dict)  # fault -> predicate on the endpoint name
+    limits: dict[Fault, int] = field(default_factory=dict)
+    # the request each server thread is handling (noted by an on_request hook) and the named faults
+    # injected with the request's body: which prompt the provider refused
+    current: dict[int, Request] = field(default_factory=dict)
+    named_hits: list[tuple[str, bytes]] = field(default_factory=list)
+    # (fault, n): inject the fault on the n-th request it fits, so every run meets it at least once
+    planned: list[tuple[Fault, int]] = field(default_factory=list)
+    _fitting: Counter[str] = field(default_factory=Counter)
+
+    def note(self, request: Request, endpoint: str) -> None:
+        self.current[threading.get_ident()] = request
+
+    def _fits(self, fault: Fault, endpoint: str) -> bool:
+        allowed = self.only.get(fault)
+        if allowed is not None and not allowed(endpoint):
+            return False
+        return fault not in self.limits or self.injected[str(fault)] < self.limits[fault]
 
     def draw(self, endpoint: str) -> Fault | None:
         fault = super().draw(endpoint)
         with self._lock:
+            for wanted, n in self.planned:
+                allowed = self.only.get(wanted)
+                if allowed is None or allowed(endpoint):
+                    self._fitting[str(wanted)] += 1
+                    if self._fitting[str(wanted)] == n:
+                        fault = wanted
+            if fault is not None and not self._fits(fault, endpoint):
+                fits = [c for c in self.choices if self._fits(c, endpoint)]
+                fault = self._rng.choice(fits) if fits else None
             self.last[threading.get_ident()] = fault
             if fault is not None:
                 self.injected[str(fault)] += 1
+            if isinstance(fault, str) and fault in self.only:
+                request = self.current.get(threading.get_ident())
+                self.named_hits.append((fault, request.body if request is not None else b""))
         return fault
 
 
@@ -545,8 +601,30 @@ def _data_rows(rows: list[list[str]]) -> list[list[str]]:
     return [row for row in rows[1:] if any(cell != "" for cell in row)]
 
 
-def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, Any]]:
-    """The figures, and for every prompt behind a non-zero failure figure what the emulators hold of it."""
+def _why_wrongly_failed(
+    markers: set[str], reasons: dict[str, list[str]], posts: Counter[str]
+) -> dict[str, int]:
+    """The wrongly failed prompts by the Done row's reason: quarantined after transient failures, a post
+    whose delivery was uncertain (split by whether it did reach the channel), anything else."""
+    out = Counter[str]()
+    for m in markers:
+        text = " ".join(reasons.get(m, [])).lower()
+        if "quarantined" in text:
+            out["quarantined"] += 1
+        elif "delivery uncertain" in text:
+            out["uncertain_posted" if posts[m] else "uncertain_not_posted"] += 1
+        else:
+            out["other"] += 1
+    kinds = ("quarantined", "uncertain_posted", "uncertain_not_posted", "other")
+    return {f"wrongly_failed_{k}": out[k] for k in kinds}
+
+
+def verdict(
+    sandbox: Sandbox, truth: Truth, refused: set[str] | None = None
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """The figures, and for every prompt behind a non-zero failure figure what the emulators hold of it.
+    ``refused``: the markers of the prompts the provider refused (their FAILED is their own)."""
+    refused = refused or set()
     google, sid = sandbox.google, sandbox.spreadsheet_id
     process = _data_rows(google.values(sid, PROCESS_WORKSHEET))
     in_process = {m for row in process if (m := marker_of(row[0] if row else ""))}
@@ -555,14 +633,22 @@ def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, A
     header = [h.strip().lower() for h in done[0]] if done else []
     prompt_col = header.index("prompt") if "prompt" in header else 1
     status_col = header.index("status") if "status" in header else 2
+    info_col = header.index("information") if "information" in header else 3
     done_statuses: dict[str, set[str]] = {}
     done_rows: dict[str, list[list[str]]] = {}
+    # marker -> why each FAILED/INVALID row that was not the prompt's own fault says it failed
+    not_their_fault: dict[str, list[str]] = {}
     for row in _data_rows(done):
-        marker = marker_of(row[prompt_col] if prompt_col < len(row) else "")
+        prompt = row[prompt_col] if prompt_col < len(row) else ""
+        marker = marker_of(prompt)
         if marker:
             status = row[status_col] if status_col < len(row) else ""
             done_statuses.setdefault(marker, set()).add(status.strip().upper())
             done_rows.setdefault(marker, []).append(row)
+            own_fault = REJECTED_WORD in prompt or marker in refused
+            if status.strip().upper() in ("FAILED", "INVALID") and not own_fault:
+                info = row[info_col] if info_col < len(row) else ""
+                not_their_fault.setdefault(marker, []).append(info)
 
     posts: Counter[str] = Counter()
     captions: dict[str, Counter[str]] = {}
@@ -589,6 +675,13 @@ def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, A
     # twice, or two texts of a prompt nobody edited, is a double post.
     twice = {m for m in queued if posts[m] >= 2 and (max(captions[m].values()) >= 2 or m not in edited)}
     reposted_after_edit = {m for m in queued if posts[m] >= 2 and m not in twice}
+    wrongly_failed = set(not_their_fault) & queued
+    # the same Done row (text and status) logged twice: an append repeated after it had landed
+    logged_twice = {
+        m
+        for m, rows in done_rows.items()
+        if len({(r[prompt_col], r[status_col]) for r in rows if len(r) > status_col}) < len(rows)
+    }
 
     def story(marker: str) -> dict[str, Any]:
         return {
@@ -608,6 +701,7 @@ def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, A
         "posted_twice": [story(m) for m in sorted(twice)],
         "lost": [story(m) for m in sorted(lost)],
         "wrongly_deleted": [story(m) for m in sorted(wrongly_deleted)],
+        "wrongly_failed": [story(m) for m in sorted(wrongly_failed)],
         "reposted_after_edit": [story(m) for m in sorted(reposted_after_edit)],
         "process_at_end": process,
     }
@@ -617,6 +711,9 @@ def verdict(sandbox: Sandbox, truth: Truth) -> tuple[dict[str, int], dict[str, A
         "posted_twice": len(twice),
         "lost": len(lost),
         "wrongly_deleted": len(wrongly_deleted),
+        "wrongly_failed": len(wrongly_failed),
+        **_why_wrongly_failed(wrongly_failed, not_their_fault, posts),
+        "logged_twice": len(logged_twice),
         "quarantined": len(failed & queued),
         "invalid": len(invalid & queued),
         "withdrawn": len(withdrawn),
@@ -654,7 +751,7 @@ def _worker_env(sandbox: Sandbox, root: Path) -> dict[str, str]:
     return env
 
 
-def _configure(sandbox: Sandbox, fault_rate: float, seed: int) -> list[CountingFaultPlan]:
+def _configure(sandbox: Sandbox, fault_rate: float, seed: int, prompts: int = 100) -> list[CountingFaultPlan]:
     google, hf, telegram = sandbox.google, sandbox.hf, sandbox.telegram
     # Quotas and flood control are their own tests; here they would only turn into long waits.
     google.read_quota_per_minute = google.write_quota_per_minute = None
@@ -664,14 +761,71 @@ def _configure(sandbox: Sandbox, fault_rate: float, seed: int) -> list[CountingF
     hf.loading_estimated_time = 0.5  # what an injected 503 asks the client to wait
     hf.rejected_prompts = {REJECTED_WORD}
     common: list[Fault] = [500, 503, 429, TIMEOUT, RESET, TRUNCATE]
+    own: list[list[Fault]] = [[COMMITTED_503], [GARBAGE, PROVIDER_REFUSAL], [RIGHTS, LONG_FLOOD]]
+    only: dict[Fault, Any] = {
+        COMMITTED_503: lambda endpoint: endpoint in ROWS_WRITES,
+        RIGHTS: lambda endpoint: endpoint in SENDS,
+        LONG_FLOOD: lambda endpoint: endpoint in SENDS,
+        PROVIDER_REFUSAL: lambda endpoint: endpoint not in GENERATIONS_NOT,
+    }
+    # each stop or hour-long wait costs a worker restart: a few per run show the behaviour
+    limits: dict[Fault, int] = {RIGHTS: 2, LONG_FLOOD: 1, PROVIDER_REFUSAL: max(1, prompts // 40)}
+    # and each at least once, early enough for a small run to meet it (the n-th request it fits)
+    planned: list[list[tuple[Fault, int]]] = [
+        [(COMMITTED_503, 7)],
+        [(PROVIDER_REFUSAL, 4)],
+        [(RIGHTS, 6), (LONG_FLOOD, 14)],
+    ]
     plans = []
     for n, emulator in enumerate((google, hf, telegram)):
-        choices = [*common, GARBAGE] if emulator is hf else list(common)
-        plan = CountingFaultPlan(probability=fault_rate, choices=choices, seed=seed * 31 + n)
+        plan = CountingFaultPlan(
+            probability=fault_rate,
+            choices=[*common, *own[n]],
+            seed=seed * 31 + n,
+            only=only,
+            limits=limits,
+            planned=planned[n] if fault_rate > 0 else [],
+        )
         emulator.set_faults(plan)
         emulator.timeout_hold_s = EMULATOR_TIMEOUT_HOLD_S
         plans.append(plan)
     return plans
+
+
+def lift_timed_pause(ledger_path: Path, sandbox: Sandbox) -> bool:
+    """Play the wait a service imposed passing: when the worker left the pipeline paused until a time
+    (a flood wait), lift Telegram's wait and the ledger's pause, as the clock would. A pause without a
+    time (credits) needs a person and stays. True when one was lifted."""
+    from image_pipeline.ledger import Ledger
+
+    if not ledger_path.exists():
+        return False
+    book = Ledger(ledger_path)
+    try:
+        pause = book.pause_state()
+        if pause is None or not pause.timed:
+            return False
+        sandbox.telegram.lift_flood_wait()
+        book.resume()
+        return True
+    finally:
+        book.close()
+
+
+def open_removals(ledger_path: Path) -> int:
+    """Deletes of queue rows whose copy no run has checked yet (a worker killed in between): the next
+    worker puts back what they removed by mistake, so the harness does not stop before it ran."""
+    import sqlite3
+
+    if not ledger_path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM removals").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # a ledger from before the table
+    finally:
+        db.close()
 
 
 def _queue_signature(sandbox: Sandbox) -> tuple[Any, ...]:
@@ -714,16 +868,20 @@ def run_chaos(
     truth = Truth()
     seed_rows = [PROCESS_HEADER] + [[truth.new_prompt(rng), IMAGE_SIDE, IMAGE_SIDE] for _ in range(prompts)]
     sandbox = Sandbox(root / "sandbox", seed_rows=seed_rows)
-    plans = _configure(sandbox, fault_rate, seed)  # the sandbox's setup uses no HTTP: faults cannot hit it
+    plans = _configure(
+        sandbox, fault_rate, seed, prompts
+    )  # the sandbox's setup uses no HTTP: faults cannot hit it
     sandbox.start()
     try:
         supervisor = Supervisor(root, _worker_env(sandbox, root), logs, WORKER_COMMAND)
         killer = Killer(plan_kills(kills, prompts), supervisor, random.Random(seed + 1), t0)
         witness = Witness(sandbox, truth, supervisor, plans[0], t0)
-        sandbox.hf.on_request = killer.hf_request
-        sandbox.google.on_request = _chain(witness.google_request, killer.google_request)
+        sandbox.hf.on_request = _chain(plans[1].note, killer.hf_request)
+        sandbox.google.on_request = _chain(plans[0].note, witness.google_request, killer.google_request)
         sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
-        sandbox.telegram.on_request = killer.any_request
+        sandbox.telegram.on_request = _chain(plans[2].note, killer.any_request)
+        ledger_path = root / "data" / "ledger.sqlite"
+        waits_lifted = 0
         accepted: dict[str, float] = {}  # message id -> when the emulated Telegram accepted the post
 
         def note_accepted(request: Any, endpoint: str, response: Any) -> None:
@@ -750,6 +908,7 @@ def run_chaos(
         timed_out = False
         stalls = 0
         unchanged_clean = unchanged_failed = 0
+        not_started = not_started_in_a_row = 0
         while True:
             before = _queue_signature(sandbox)
             supervisor.start()
@@ -776,25 +935,43 @@ def run_chaos(
             code = supervisor.reap()
             if timed_out:
                 break
+            if waits_lifted < 10 and lift_timed_pause(ledger_path, sandbox):
+                waits_lifted += 1  # the hour Telegram asked for has passed
+                continue
             if person is not None and person.is_alive() and _queue_left(sandbox) <= writer_floor:
                 stop_person()
-            if _queue_left(sandbox) == 0 and (person is None or not person.is_alive()):
+            if (
+                _queue_left(sandbox) == 0
+                and (person is None or not person.is_alive())
+                and not open_removals(ledger_path)
+            ):
                 break
             if _queue_signature(sandbox) == before:
                 # no row, Done entry or post changed during a whole worker's life
                 if code == 0:
                     unchanged_clean += 1
+                elif code == 2 and not_started_in_a_row < NOT_STARTED_PATIENCE:
+                    # no run started: the preflight gate met a fault, or the queue read failed; the next
+                    # sensor tick would try again, and so does the harness
+                    not_started += 1
+                    not_started_in_a_row += 1
                 else:
                     unchanged_failed += 1
                 if unchanged_clean >= 2 or unchanged_failed >= 5:
                     break
             else:
-                unchanged_clean = unchanged_failed = 0
+                unchanged_clean = unchanged_failed = not_started_in_a_row = 0
         stop_person()
         killer.stop()
 
         result: dict[str, int | float] = {}
-        figures, details = verdict(sandbox, truth)
+        refused = {
+            m
+            for plan in plans
+            for fault, body in plan.named_hits
+            if fault == PROVIDER_REFUSAL and (m := marker_of(body.decode("utf-8", "replace")))
+        }
+        figures, details = verdict(sandbox, truth, refused)
         details["kills"] = [vars(k) for k in killer.kills]
         details["pipeline_deletions"] = truth.deletions
         (root / "verdict.json").write_text(
@@ -845,6 +1022,9 @@ def run_chaos(
         result["workers"] = supervisor.generation
         result["workers_exit_0"] = supervisor.exit_codes[0]
         result["person_edits"] = sum(person.ops.values()) if person is not None else 0
+        result["waits_lifted"] = waits_lifted
+        result["workers_not_started"] = not_started
+        result["provider_refused"] = len(refused)
         result["wall_s"] = round(time.monotonic() - t0, 1)
         return result
     finally:
@@ -853,8 +1033,11 @@ def run_chaos(
             shutil.rmtree(root, ignore_errors=True)
 
 
+PASS_FIGURES = ("posted_twice", "lost", "wrongly_deleted", "wrongly_failed", "token_hits")
+
+
 def passed(result: dict[str, int | float]) -> bool:
-    return all(result[k] == 0 for k in ("posted_twice", "lost", "wrongly_deleted", "token_hits"))
+    return all(result[k] == 0 for k in PASS_FIGURES)
 
 
 def format_table(result: dict[str, int | float]) -> str:
@@ -898,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     ok = passed(result)
-    print("PASS" if ok else "FAIL: posted_twice, lost, wrongly_deleted and token_hits must all be 0")
+    print("PASS" if ok else f"FAIL: {', '.join(PASS_FIGURES)} must all be 0")
     return 0 if ok else 1
 
 

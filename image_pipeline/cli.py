@@ -59,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "prompt_sheet": built.prompt_sheet,
             "image_generator": built.image_generator,
             "publisher": built.publisher,
+            "ledger": built.ledger,
             "pipeline_io_manager": defs.resources["pipeline_io_manager"],
         }
         return _run(args, defs, resources)
@@ -70,6 +71,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     from .batching import RANGE_END, RANGE_START, batches
     from .errors import PipelineError
     from .partitions import prompt_partitions
+    from .preflight import gate
     from .progress import listening
     from .resources.sheets import LocalWorkbook
 
@@ -82,7 +84,17 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     print(f"queue:     {sheet.describe()}")
     print(f"generator: {resources['image_generator'].describe()}")
     print(f"publisher: {resources['publisher'].describe()}")
+    # the schedule's and sensor's gate, before the first queue write (ids) and the first paid request
+    book = resources["ledger"].open() if "ledger" in resources else None
+    pause = book.pause_state() if book is not None else None
+    trio = [sheet, resources["image_generator"], resources["publisher"]]
+    refused = pause.message() if pause is not None else gate(trio, store=book)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     try:
+        if book is not None:  # rows an interrupted run deleted by mistake, put back before anything else
+            sheet.recover_removals(book)
         snapshot = sheet.ensure_ids()
     except PipelineError as exc:
         print(f"error: cannot read the queue: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ class Settings:
     instant: bool
     sensor_interval_s: int
     batch_size: int
+    sheet_check_s: float = 60.0
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -57,6 +58,9 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         # prompts per run for `run`, the sensor and the schedule: a burst pays one run, one queue read,
         # one Done append and one removal per batch
         batch_size=max(1, int(_get(env, "IMAGE_PIPELINE_BATCH_SIZE", "200"))),
+        # Drive's change token trails Sheets edits by minutes: the sensor also reads the queue's
+        # prompt and status columns this often (one Sheets read); 0 leaves it to Drive's token
+        sheet_check_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SHEET_CHECK_S", "60"))),
     )
 
 

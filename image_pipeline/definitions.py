@@ -34,6 +34,7 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
                 instant=settings.instant,
                 interval_s=settings.sensor_interval_s,
                 batch_size=settings.batch_size,
+                sheet_check_s=settings.sheet_check_s,
             )
         ],
         resources=resources_from(env),

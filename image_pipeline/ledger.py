@@ -72,6 +72,16 @@ CREATE TABLE IF NOT EXISTS pauses (
     since         REAL NOT NULL,
     until         REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS preflight_passes (
+    config        TEXT PRIMARY KEY,
+    passed_at     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS removals (
+    nonce         TEXT PRIMARY KEY,
+    owner         TEXT NOT NULL,
+    created       REAL NOT NULL,
+    body          TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS daily_counts (
     day           TEXT NOT NULL,
     kind          TEXT NOT NULL,
@@ -389,6 +399,23 @@ class Ledger:
             db.execute("DELETE FROM pauses")
         return [Pause(*r) for r in rows]
 
+    # ------------------------------------------------------------------ the run gate's memory
+    def preflight_passed_at(self, key: str) -> float | None:
+        with self._connect() as db:
+            row = db.execute("SELECT passed_at FROM preflight_passes WHERE config=?", (key,)).fetchone()
+        return float(row[0]) if row else None
+
+    def record_preflight(self, key: str, passed: bool) -> None:
+        with self._tx() as db:
+            if passed:
+                db.execute(
+                    "INSERT INTO preflight_passes (config, passed_at) VALUES (?, ?) "
+                    "ON CONFLICT(config) DO UPDATE SET passed_at = excluded.passed_at",
+                    (key, time.time()),
+                )
+            else:
+                db.execute("DELETE FROM preflight_passes WHERE config=?", (key,))
+
     def reserve(self, kind: str, cap: int | None, day: str | None = None) -> bool:
         """Count one more ``kind`` (images, posts) for today unless that would pass ``cap``.
 
@@ -419,6 +446,36 @@ class Ledger:
                 "SELECT n FROM daily_counts WHERE day=? AND kind=?", (day or utc_day(), kind)
             ).fetchone()
         return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ deletes that copy what they remove
+    def begin_removal(self, nonce: str, owner: str, body: str) -> None:
+        """A delete of queue rows is about to be sent; its copy in the sheet is found by ``nonce``.
+        Durable before the request leaves, so a process killed before it read the copy back leaves
+        the next run what it needs to put back rows that were not ours."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO removals (nonce, owner, created, body) VALUES (?, ?, ?, ?)",
+                (nonce, owner, time.time(), body),
+            )
+
+    def open_removals(self) -> list[tuple[str, str, float, str]]:
+        """Deletes whose copy was never checked: (nonce, owner, created, body), oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT nonce, owner, created, body FROM removals ORDER BY created").fetchall()
+        return [(str(n), str(o), float(c), str(b)) for n, o, c, b in rows]
+
+    def take_removal(self, nonce: str, owner: str, is_stale: Callable[[str, float], bool]) -> bool:
+        """Hand an unfinished removal to ``owner`` when its owner is gone; True when taken (one taker)."""
+        with self._tx() as db:
+            row = db.execute("SELECT owner, created FROM removals WHERE nonce=?", (nonce,)).fetchone()
+            if row is None or (row[0] != owner and not is_stale(str(row[0]), float(row[1]))):
+                return False
+            db.execute("UPDATE removals SET owner=? WHERE nonce=?", (owner, nonce))
+            return True
+
+    def end_removal(self, nonce: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM removals WHERE nonce=?", (nonce,))
 
     def add_attempt(self, prompt_id: str, fingerprint: str, error: str) -> int:
         with self._tx() as db:

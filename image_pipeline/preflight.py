@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 
@@ -121,20 +121,33 @@ def _fingerprint(resources: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def gate(resources: Sequence[Any], *, ttl_s: float = OK_TTL_S) -> str | None:
+class PassStore(Protocol):
+    """Where passes are remembered across processes (the ledger): a run launched from the UI is a
+    process of its own, and should trust the pass the sensor or the previous run just recorded."""
+
+    def preflight_passed_at(self, key: str) -> float | None: ...
+
+    def record_preflight(self, key: str, passed: bool) -> None: ...
+
+
+def gate(resources: Sequence[Any], *, ttl_s: float = OK_TTL_S, store: PassStore | None = None) -> str | None:
     """None when the services passed their preflight (recently, or now); else the refusal message."""
     key = _fingerprint(resources)
-    now = time.monotonic()
+    now = time.time()
     with _lock:
         when = _passed.get(key)
-        if when is not None and now - when < ttl_s:
-            return None
+    if when is None and store is not None:
+        when = store.preflight_passed_at(key)
+    if when is not None and now - when < ttl_s:
+        return None
     message = refusal(run_preflight(resources))
     with _lock:
         if message is None:
-            _passed[key] = time.monotonic()
+            _passed[key] = time.time()
         else:
             _passed.pop(key, None)
+    if store is not None:
+        store.record_preflight(key, message is None)
     return message
 
 

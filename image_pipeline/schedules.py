@@ -32,6 +32,13 @@ def build_daily_schedule(
         image_generator: ImageGenerator,
         publisher: Publisher,
     ):
+        # before the first queue write (ids): a misconfigured service leaves the sheet untouched
+        refused = ledger.why_not_spend() or gate(
+            [prompt_sheet, image_generator, publisher], store=ledger.open()
+        )
+        if refused:
+            context.log.warning(refused)
+            return dg.SkipReason(refused)
         try:
             snapshot = prompt_sheet.ensure_ids()
         except PipelineError as exc:
@@ -44,10 +51,6 @@ def build_daily_schedule(
                 if not snapshot.rows
                 else "every queued row is on hold or awaiting approval"
             )
-        refused = ledger.why_not_spend() or gate([prompt_sheet, image_generator, publisher])
-        if refused:
-            context.log.warning(refused)
-            return dg.SkipReason(refused)
         # Oldest first, but a prompt that already failed in an earlier run goes behind the fresh ones, so
         # one bad prompt cannot hold the daily post back until it is quarantined.
         attempts = ledger.open().attempts([row.prompt_id for row in rows])

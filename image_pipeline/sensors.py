@@ -1,10 +1,15 @@
 """The sheet-change sensor: notices new rows, gives them ids, registers their partitions.
 
 A tick first asks for the queue's change token (a file stat locally, Drive ``modifiedTime`` for Google
-Sheets); when it equals the cursor's, that one cheap request is all the tick costs.
+Sheets); when it equals the cursor's, that one request is all most ticks cost. Drive's token trails
+Sheets edits by about 3 minutes, sometimes ~10 (google-api-go-client#906, #444), so on Google Sheets a
+tick also reads the queue's prompt and status columns (one Sheets read) every ``sheet_check_s`` and
+compares their digest: a new row starts work within that cadence plus one tick, not when Drive notices.
 """
 
+import hashlib
 import json
+import time
 
 import dagster as dg
 
@@ -19,10 +24,21 @@ from .resources.images import ImageGenerator
 from .resources.publisher import Publisher
 from .resources.sheets import PromptSheet
 
+DEFAULT_SHEET_CHECK_S = 60.0
+
 
 def build_prompt_sheet_sensor(
-    *, instant: bool, interval_s: int = 60, batch_size: int = 200
+    *,
+    instant: bool,
+    interval_s: int = 60,
+    batch_size: int = 200,
+    sheet_check_s: float = DEFAULT_SHEET_CHECK_S,
 ) -> dg.SensorDefinition:
+    """``sheet_check_s``: seconds between the direct Sheets reads (0: Drive's token alone)."""
+    # Ticks come every interval_s or a little later: a check due within half a tick of now is made
+    # now, so a cadence equal to the interval reads at every tick instead of every other one.
+    check_after_s = sheet_check_s - interval_s / 2
+
     @dg.sensor(
         name="prompt_sheet_sensor",
         job=process_prompts_job,
@@ -41,10 +57,29 @@ def build_prompt_sheet_sensor(
         ledger: PostLedger,
     ):
         cursor = _load_cursor(context.cursor)
+        columns = _columns(cursor)
+        digest = cursor.get("digest")
+        checked = cursor.get("checked")
         try:
             token = prompt_sheet.change_token()
+            now = time.time()
+            last = float(checked) if isinstance(checked, int | float) else 0.0
+            due = sheet_check_s > 0 and not 0 <= now - last < check_after_s
             if token == cursor.get("token"):
-                return dg.SkipReason("the queue has not changed since the last tick")
+                if not due:
+                    return dg.SkipReason("the queue has not changed since the last tick")
+                seen = prompt_sheet.column_digest(columns)
+                if seen is None:  # the token is exact here (a file stat): nothing else to compare
+                    return dg.SkipReason("the queue has not changed since the last tick")
+                if seen == digest:
+                    return dg.SensorResult(
+                        skip_reason=dg.SkipReason("the queue has not changed since the last tick"),
+                        cursor=json.dumps({**cursor, "checked": now}),
+                    )
+                digest = seen
+            elif sheet_check_s > 0:
+                # the baseline the next checks compare with, taken before the read like the token
+                digest = prompt_sheet.column_digest(columns)
             # The token is taken before the read: an edit made after it shows up as a change next tick.
             snapshot = prompt_sheet.ensure_ids()
         except PipelineError as exc:
@@ -69,9 +104,14 @@ def build_prompt_sheet_sensor(
             ]
             # rows a person released since the last tick (HOLD cleared, APPROVE typed under a preview)
             held_before = set(cursor.get("held", []))
+            # Drive's token may not have moved since an earlier release of the same rows: the cursor
+            # this tick started from tells the two apart, and is the same if this tick is evaluated again
+            release_key = f"released-{token}"
+            if digest is not None:
+                release_key += "-" + hashlib.sha256((context.cursor or "").encode()).hexdigest()[:12]
             released = [pid for pid in ids if pid in held_before and pid in known and pid not in waiting]
             run_requests += [
-                run_request(batch, key_prefix=f"released-{token}", tags={"trigger": "sensor"})
+                run_request(batch, key_prefix=release_key, tags={"trigger": "sensor"})
                 for batch in batches(released, order, batch_size)
             ]
         if run_requests:
@@ -81,7 +121,15 @@ def build_prompt_sheet_sensor(
                 # the cursor stays, so the next tick sees the same new rows and checks again
                 context.log.warning(refused)
                 return dg.SkipReason(refused)
-        new_cursor = json.dumps({"token": token, "rows": len(ids), "held": waiting})
+        state: dict[str, object] = {"token": token, "rows": len(ids), "held": waiting}
+        if digest is not None:
+            status_column = snapshot.status_column
+            state.update(
+                digest=digest,
+                checked=now,
+                cols=[0] if status_column is None else [0, status_column],
+            )
+        new_cursor = json.dumps(state)
         fresh_rows = {
             row.prompt_id: QUEUED for row in snapshot.rows if row.prompt_id in new_ids and not row.status
         }
@@ -149,6 +197,15 @@ def _deleted_before_they_ran(
             context.log.info(f"cancelled queued run {run.run_id}: its prompt row was deleted")
     context.log.info(f"{len(dropped)} row(s) deleted before they ran: {', '.join(dropped[:20])}")
     return dropped
+
+
+def _columns(cursor: dict) -> list[int]:
+    """The columns the digest covers: the prompt (new, copied, deleted rows) and the status word
+    (releases); not the id column or any other we write, so our own writes mostly leave it alone."""
+    cols = cursor.get("cols")
+    if isinstance(cols, list) and cols and all(isinstance(c, int) and c >= 0 for c in cols):
+        return cols
+    return [0]
 
 
 def _load_cursor(raw: str | None) -> dict:

@@ -39,7 +39,7 @@ from image_pipeline.errors import PromptRejected, QueueFormatError
 from image_pipeline.models import DONE_COLUMNS, clean_text
 from image_pipeline.resources.publisher import TelegramPublisher
 
-from .conftest import PIPELINE_ENV, QUIET
+from .conftest import PIPELINE_ENV, QUIET, pass_gate
 
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 REJECTED_WORD = "forbidden-subject"
@@ -694,10 +694,12 @@ def scene(
             self.defs = build_definitions(self.env)
             return self.defs
 
-        def queue(self, prompts: list[str], **env: str) -> list[str]:
+        def queue(self, prompts: list[str], *, gate: bool = True, **env: str) -> list[str]:
             header = ["prompt", "width", "height"]
             self.setup({"Process": [header, *[[p, "64", "64"] for p in prompts]]}, **env)
             self.ids = [r.prompt_id for r in self.defs.resources["prompt_sheet"].ensure_ids().rows]
+            if gate:  # the sensor that queued them passed the gate; faults come after
+                pass_gate(self.defs)
             self.before = world.google.values(self.sid, "Process")
             self.posts_before = len(world.telegram.messages_for(self.env["TELEGRAM_CHAT_ID"]))
             self.notices_before = len(world.telegram.messages_for(ALERTS_CHANNEL_ID))
@@ -754,7 +756,8 @@ def test_missing_header_row_is_a_clear_queue_format_error(scene, process) -> Non
     sensor = tick_sensor(defs, scene.instance, None)
     assert isinstance(sensor, dg.SkipReason) and "no header row" in sensor.skip_message
     schedule = tick_schedule(defs, scene.schedule_instance)
-    assert isinstance(schedule, dg.SkipReason) and "no header row" in schedule.skip_message
+    # the schedule's gate runs before it touches the queue: the preflight names the same fix
+    assert isinstance(schedule, dg.SkipReason) and "put 'prompt' in A1" in schedule.skip_message
 
 
 def test_missing_process_worksheet_is_a_clear_error_and_stops_a_run(scene, world: World) -> None:
@@ -768,7 +771,8 @@ def test_missing_process_worksheet_is_a_clear_error_and_stops_a_run(scene, world
     result = run_range(defs, scene.instance, ["p0123456789"])
     assert not result.success
     [message] = failure_messages(result)
-    assert "no worksheet named 'Process'" in message
+    # stopped by the run's gate, which names the worksheet and what the sheet has instead
+    assert "no worksheet 'Process' (found: Queue, Done)" in message
     assert_clean(message)
     assert world.google.values(scene.sid, "Queue") == [["prompt"], ["a fox"]]
     assert table_dicts(world.google.values(scene.sid, "Done")) == []
@@ -898,12 +902,19 @@ def test_telegram_refusing_us_stops_the_run(scene, world: World, how: str, fragm
         env["TELEGRAM_CHAT_ID"] = "-1005550001"
     elif how == "no-chat":
         env["TELEGRAM_CHAT_ID"] = "-1005550404"
-    scene.queue(["a fox for a refusing channel", "a cat for a refusing channel"], **env)
+    # a chat that is wrong from the start is caught by the run's gate; a token revoked or a bot
+    # demoted after the gate passed is caught by the first send
+    at_the_gate = how in ("kicked", "no-chat")
+    scene.queue(["a fox for a refusing channel", "a cat for a refusing channel"], gate=not at_the_gate, **env)
     if how in ("401", "403"):
         world.telegram.fail_next(int(how), endpoints=["sendPhoto"])
     before = world.telegram.count("sendphoto")
     result = scene.run()
     scene.assert_stopped_untouched(result, fragment)
+    if at_the_gate:
+        assert world.telegram.count("sendphoto") == before  # nothing was generated or sent
+        assert scene.new_notices() == []  # the person who launched the run reads it there
+        return
     assert world.telegram.count("sendphoto") == before + 1  # not retried, the second prompt not tried
     [notice] = scene.new_notices()
     assert fragment in notice["text"]

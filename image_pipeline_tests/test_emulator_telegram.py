@@ -83,11 +83,10 @@ def test_get_me_and_routing_variants(tg: TelegramEmulator) -> None:
 
 def test_routing_errors(tg: TelegramEmulator) -> None:
     assert_error(requests.get(f"{tg.base_url}/getMe", timeout=5), 404, "Not Found")
-    assert_error(
-        requests.get(f"{tg.base_url}/botnocolon/getMe", timeout=5),
-        401,
-        "Unauthorized: invalid token specified",
-    )
+    # api.telegram.org: a token not shaped like "<id>:<secret>" never reaches a Bot API server
+    for malformed in ("nocolon", f"bot{tg.token}", "12345:a b"):
+        assert_error(requests.get(f"{tg.base_url}/bot{malformed}/getMe", timeout=5), 404, "Not Found")
+    # well-shaped, but refused by the Bot API server's own checks (ClientManager.cpp)
     assert_error(
         requests.get(f"{tg.base_url}/bot0123:abc/getMe", timeout=5),
         401,
@@ -98,6 +97,16 @@ def test_routing_errors(tg: TelegramEmulator) -> None:
     )
     assert_error(requests.get(api(tg, "sendSticker"), timeout=5), 404, "Not Found: method not found")
     assert tg.count("invalid") == 1
+
+
+def test_a_self_hosted_server_answers_a_malformed_token_with_401() -> None:
+    with TelegramEmulator(front="local") as local:
+        for malformed in ("nocolon", f"bot{local.token}"):
+            assert_error(
+                requests.get(f"{local.base_url}/bot{malformed}/getMe", timeout=5),
+                401,
+                "Unauthorized: invalid token specified",
+            )
 
 
 def test_token_never_appears_in_the_request_log(tg: TelegramEmulator) -> None:
@@ -186,7 +195,11 @@ def test_photo_dimension_size_and_decoding_limits(tg: TelegramEmulator) -> None:
     assert_error(send_photo(tg, b"this is not an image"), 400, "Bad Request: IMAGE_PROCESS_FAILED")
     assert_error(send_photo(tg, png(400, 400)[:200]), 400, "Bad Request: IMAGE_PROCESS_FAILED")  # truncated
     tg.max_photo_bytes = 1000  # the real 10 MB limit, scaled down so the test stays fast
-    assert_error(send_photo(tg, b"\0" * 1001), 400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+    assert_error(
+        send_photo(tg, b"\0" * 1001),
+        400,
+        "Bad Request: file of size 1001 bytes is too big for a photo; the maximum size is 1000 bytes",
+    )
     no_photo = requests.post(api(tg, "sendPhoto"), data={"chat_id": CHANNEL}, timeout=5)
     assert_error(no_photo, 400, "Bad Request: there is no photo in the request")
     assert tg.messages_for(CHANNEL) and all(m["width"] + m["height"] <= 10000 for m in tg.messages)
@@ -226,11 +239,16 @@ def test_get_chat_and_get_chat_member(tg: TelegramEmulator) -> None:
     ).json()["result"]
     assert member["status"] == "administrator" and member["can_post_messages"] is True
     assert member["user"]["id"] == 123456789
-    tg.add_chat(-100555, bot_status="left")
+    # a public channel the bot left can still be read; a private one cannot (Client.cpp check_chat_access)
+    tg.add_chat(-100555, username="public_left", bot_status="left")
     left = requests.get(
         api(tg, "getChatMember"), params={"chat_id": -100555, "user_id": tg.bot_id}, timeout=5
     )
-    assert left.json()["result"]["status"] == "left"
+    assert left.json()["result"] == {"user": tg._bot_user(), "status": "left"}
+    tg.add_chat(-100556, bot_status="left")
+    for method in ("getChat", "getChatMember"):
+        private = requests.get(api(tg, method), params={"chat_id": -100556, "user_id": tg.bot_id}, timeout=5)
+        assert_error(private, 403, "Forbidden: bot is not a member of the channel chat")
     missing = requests.post(api(tg, "getChat"), json={"chat_id": -1}, timeout=5)
     assert_error(missing, 400, "Bad Request: chat not found")
 
@@ -474,11 +492,12 @@ def test_send_media_group_caption_and_photo_limits(tg: TelegramEmulator) -> None
         'Bad Request: failed to send message #3 with the error message "IMAGE_PROCESS_FAILED"',
     )
     tg.max_photo_bytes = 1000  # stands in for 10 MB
-    files["img2"] = png(400, 400, (1, 2, 3)) + b"\0" * 1000
+    files["img2"] = big = png(400, 400, (1, 2, 3)) + b"\0" * 1000
     assert_error(
         send_album(tg, media, files),
         400,
-        'Bad Request: failed to send message #3 with the error message "PHOTO_SAVE_FILE_INVALID"',
+        f'Bad Request: failed to send message #3 with the error message "File of size {len(big)} bytes is '
+        'too big for a photo; the maximum size is 1000 bytes"',
     )
     assert len(tg.messages) == 2  # only the first album
 

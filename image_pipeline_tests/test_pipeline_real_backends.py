@@ -13,7 +13,7 @@ from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 
-from .conftest import QUIET, materializations
+from .conftest import QUIET, materializations, pass_gate
 
 PROMPTS = [
     ["prompt", "width", "height", "seed"],
@@ -105,9 +105,10 @@ def test_sensor_then_one_batched_run_on_the_real_backends(
 def test_credentials_failure_stops_the_run_and_leaves_the_queue(
     real_env, google_emulator, hf_emulator, telegram_emulator, instance
 ) -> None:
-    hf_emulator.credits_depleted = True
     defs = build_definitions(real_env)
     ids = [r.prompt_id for r in defs.resources["prompt_sheet"].ensure_ids().rows]
+    pass_gate(defs)  # the credits run out after the run's gate passed
+    hf_emulator.credits_depleted = True
     instance.add_dynamic_partitions("prompts", ids)
     result = defs.resolve_job_def("process_prompts_job").execute_in_process(
         partition_key=ids[0], instance=instance, run_config=QUIET, raise_on_error=False
@@ -236,7 +237,8 @@ def test_a_batch_posts_while_it_still_generates_and_keeps_images_on_disk(
     images = Path(real_env["IMAGE_PIPELINE_DATA"]) / "assets" / "generated_image"
 
     def hf_request(request, endpoint) -> None:
-        seen["generate"].append(time.monotonic())
+        if request.method == "POST":  # a generation; the run gate's endpoint check is a GET
+            seen["generate"].append(time.monotonic())
 
     def posted(request, endpoint, response) -> None:
         if endpoint == "sendphoto" and response.status == 200:

@@ -74,6 +74,8 @@ _JWT_TIME_MESSAGE = (
     "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
     "Check your iat and exp values in the JWT claim."
 )
+# google-auth surfaces it as "invalid_grant: Invalid grant: account not found" (a deleted service account)
+ACCOUNT_NOT_FOUND_MESSAGE = "Invalid grant: account not found"
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -116,6 +118,85 @@ _OAUTH_FAULTS = {
     500: ("internal_failure", "Internal error encountered."),
     503: ("temporarily_unavailable", "The service is currently unavailable."),
 }
+
+
+# A write touching a protected range or sheet (one the caller may not edit) is refused whole, with this
+# text (theoephraim/node-google-spreadsheet#20); batchUpdate prefixes it with "Invalid requests[i].<kind>: ".
+PROTECTED_MESSAGE = (
+    "You are trying to edit a protected cell or object. Please contact the spreadsheet owner to remove "
+    "protection if you need to edit."
+)
+# Google's per-spreadsheet cell limit (https://support.google.com/drive/answer/37603) and the 400 a write
+# growing past it gets (nithinmurali/pygsheets#589).
+CELL_LIMIT = 10_000_000
+_CELL_LIMIT_MESSAGE = (
+    "This action would increase the number of cells in the workbook above the limit of {limit} cells."
+)
+# How far the token endpoint lets a JWT's iat/exp stray from its own clock. Google does not document
+# it; 5 minutes is the allowance its client libraries' clock-skew errors are usually discussed with
+# (googleapis/oauth2client#193), so a machine clock off by more than that gets the invalid_grant below.
+JWT_CLOCK_TOLERANCE_S = 300.0
+_API_TITLES = {"sheets": "Google Sheets API", "drive": "Google Drive API"}
+
+# Service-specific faults a FaultPlan may name (base.EmulatorServer.named_fault); the chaos harness
+# draws from these.
+NAMED_FAULTS = (
+    "protected",  # a write refused by a protected range (400, whole request not applied)
+    "cell_limit",  # a write refused at the 10,000,000-cell limit (400)
+    "service_disabled",  # the Sheets or Drive API disabled in the key's project (403 SERVICE_DISABLED)
+    "drive_rate_limit",  # Drive's per-user rate limit (403 usageLimits userRateLimitExceeded)
+    "clock_skew",  # the token endpoint refusing a JWT outside its time window (invalid_grant)
+    "account_deleted",  # the token endpoint: the service account no longer exists (invalid_grant)
+    "key_revoked",  # the token endpoint: the key's signature no longer verifies (invalid_grant)
+)
+
+
+def service_disabled_error(api: str, project: str = "") -> Response:
+    """403 for an API switched off in the caller's project, in the shape of that API.
+
+    Sheets v4: the google.rpc envelope, with a Help link and an ErrorInfo whose reason is SERVICE_DISABLED
+    and whose metadata names consumer and service (https://cloud.google.com/apis/design/errors;
+    googleapis/googleapis google/api/error_reason.proto; message text: getodk/collect#334). Drive v3 adds
+    its older ``errors[]`` item, domain usageLimits and reason accessNotConfigured (transloadit/uppy#1300):
+    the same domain as its rate limit, which is why a client must read the reason, not the domain."""
+    project = project or PROJECT_NUMBER
+    host = f"{api}.googleapis.com"
+    url = f"https://console.developers.google.com/apis/api/{host}/overview?project={project}"
+    message = (
+        f"{_API_TITLES.get(api, api)} has not been used in project {project} before or it is disabled. "
+        f"Enable it by visiting {url} then retry. If you enabled this API recently, wait a few minutes "
+        "for the action to propagate to our systems and retry."
+    )
+    error: dict[str, Any] = {"code": 403, "message": message}
+    if api == "drive":
+        error["errors"] = [
+            {
+                "message": message,
+                "domain": "usageLimits",
+                "reason": "accessNotConfigured",
+                "extendedHelp": "https://console.developers.google.com",
+            }
+        ]
+    error["status"] = "PERMISSION_DENIED"
+    error["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.Help",
+            "links": [{"description": "Google developers console API activation", "url": url}],
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "SERVICE_DISABLED",
+            "domain": "googleapis.com",
+            "metadata": {"consumer": f"projects/{project}", "service": host},
+        },
+    ]
+    return Response.json({"error": error}, 403)
+
+
+def drive_rate_limit_error() -> Response:
+    """Drive's per-user rate limit: a 403 (not a 429) in the usageLimits domain, as documented in
+    https://developers.google.com/workspace/drive/api/guides/handle-errors (labbots/google-drive-upload#192)."""
+    return drive_error(403, "User Rate Limit Exceeded", "userRateLimitExceeded", "usageLimits")
 
 
 class _Reply(Exception):
@@ -278,6 +359,32 @@ def evaluate_formula(formula: str) -> CellValue:
     return result
 
 
+# A formula that is one cell of the same sheet (=A5, =$A$5): enough to show how copyPaste re-bases
+# relative references. Anything bigger stays "arithmetic on literals only" (module docstring).
+_REF_RE = re.compile(r"^=\s*(\$?)([A-Za-z]{1,3})(\$?)([1-9]\d*)\s*$")
+
+
+def single_ref(formula: str) -> tuple[int, int] | None:
+    """(row, col), 0-based, of a formula that is a single same-sheet cell reference."""
+    found = _REF_RE.match(formula)
+    return (int(found.group(4)) - 1, col_index(found.group(2).upper())) if found else None
+
+
+def rebase_formula(formula: str, d_row: int, d_col: int) -> str:
+    """A single-reference formula as PASTE_NORMAL pastes it ``d_row``/``d_col`` away: relative parts move
+    with it, ``$`` parts stay ("Copy and paste ... relative references change", Sheets Help: "Use cell
+    references in a formula", https://support.google.com/docs/answer/46977); off the grid it is #REF!."""
+    found = _REF_RE.match(formula)
+    if found is None:
+        return formula
+    col_abs, letters, row_abs, digits = found.groups()
+    col = col_index(letters.upper()) + (0 if col_abs else d_col)
+    row = int(digits) - 1 + (0 if row_abs else d_row)
+    if col < 0 or row < 0:
+        return "=#REF!"
+    return f"={col_abs}{col_letters(col)}{row_abs}{row + 1}"
+
+
 def format_number(x: float) -> str:
     if math.isfinite(x) and x.is_integer() and abs(x) < 1e15:
         return str(int(x))
@@ -412,10 +519,16 @@ class Sheet:
     frozen_cols: int = 0
     hidden: bool = False
 
-    def get(self, r: int, c: int) -> Cell | None:
-        if r < len(self.rows) and c < len(self.rows[r]):
-            return self.rows[r][c]
-        return None
+    def get(self, r: int, c: int, depth: int = 0) -> Cell | None:
+        cell = self.rows[r][c] if r < len(self.rows) and c < len(self.rows[r]) else None
+        ref = single_ref(cell.formula) if cell is not None and cell.formula else None
+        if cell is None or ref is None:
+            return cell
+        # A reference is live: it shows what the referenced cell holds now (a circular one is #REF!,
+        # as Sheets shows "Circular dependency detected"; an empty one shows as empty).
+        target = None if depth > 50 else self.get(ref[0], ref[1], depth + 1)
+        value = "#REF!" if depth > 50 else (target.value if target is not None else "")
+        return Cell(value, formula=cell.formula)
 
     def put(self, r: int, c: int, cell: Cell | None) -> None:
         if cell is None and self.get(r, c) is None:
@@ -482,6 +595,26 @@ class Sheet:
 
 
 @dataclass
+class Protection:
+    """A protected sheet (rows None) or band of rows [r0, r1) of one sheet; 0-based, half-open."""
+
+    protected_range_id: int
+    sheet_id: int
+    rows: tuple[int, int] | None
+    editors: frozenset[str] = frozenset()
+
+    def covers(self, sheet_id: int, r0: int | None, r1: int | None) -> bool:
+        """Does a change of rows [r0, r1) of the sheet touch it? ``r0 is None``: a change of the sheet's
+        structure (columns, grid size, the sheet itself), which touches any protection on it."""
+        if sheet_id != self.sheet_id:
+            return False
+        if self.rows is None or r0 is None:
+            return True
+        end = r1 if r1 is not None else r0 + 1
+        return r0 < self.rows[1] and self.rows[0] < end
+
+
+@dataclass
 class SpreadsheetFile:
     spreadsheet_id: str
     title: str
@@ -497,12 +630,16 @@ class SpreadsheetFile:
     readers: set[str] = field(default_factory=set)
     locale: str = "en_US"
     time_zone: str = "Etc/GMT"
+    # protected ranges (Data > Protect sheets and ranges): only the owner and their editors may change them
+    protections: list[Protection] = field(default_factory=list)
 
     def sheet_by_title(self, title: str) -> Sheet | None:
         for sheet in self.sheets:
             if sheet.title == title:
                 return sheet
-        # A1 references match sheet names case-insensitively
+        # A1 references match sheet names case-insensitively, and addSheet / a rename refuse a title that
+        # differs from an existing one only in case (`A sheet with the name "Done" already exists`), both
+        # through this lookup (../shared/real-services.md, Google section)
         lowered = title.lower()
         return next((s for s in self.sheets if s.title.lower() == lowered), None)
 
@@ -735,8 +872,14 @@ class GoogleEmulator(EmulatorServer):
         project_read_quota_per_minute: int | None = 300,
         project_write_quota_per_minute: int | None = 300,
         quota_window_s: float = 60.0,
+        drive_lag_s: float = 0.0,
     ) -> None:
         super().__init__()
+        # Drive's modifiedTime/version of a spreadsheet trail its Sheets edits by about 3 minutes,
+        # sometimes ~10 (googleapis/google-api-go-client#906, #444): with drive_lag_s > 0, Drive
+        # files.get/files.list show each file as it was drive_lag_s ago (settable at any time).
+        self.drive_lag_s = drive_lag_s
+        self._drive_history: dict[str, deque[tuple[float, int, int]]] = {}
         self.read_quota_per_minute = read_quota_per_minute
         self.write_quota_per_minute = write_quota_per_minute
         self.project_read_quota_per_minute = project_read_quota_per_minute
@@ -749,6 +892,13 @@ class GoogleEmulator(EmulatorServer):
         self._quota_log: dict[tuple[str, str], deque[float]] = {}
         self._last_ms = 0
         self._id_rng = secrets.SystemRandom()
+        # APIs switched off in the project ("sheets", "drive"): every call answers 403 SERVICE_DISABLED
+        self.disabled_apis: set[str] = set()
+        # the token endpoint's clock minus the machine's: +7200 plays a machine whose clock is 2 h slow
+        self.clock_offset_s = 0.0
+        self.jwt_clock_tolerance_s = JWT_CLOCK_TOLERANCE_S
+        self.cell_limit = CELL_LIMIT
+        self._caller = ""  # the account of the write being applied (protections exempt editors)
 
     # ============================================================ test-facing helpers: accounts
     def service_account_info(
@@ -792,6 +942,12 @@ class GoogleEmulator(EmulatorServer):
         target = Path(path)
         target.write_text(json.dumps(self.service_account_info(email), indent=2), encoding="utf-8")
         return target
+
+    def delete_account(self, email: str) -> None:
+        """The service account is deleted in the Cloud console: its key gets `account not found`."""
+        with self._state:
+            self._accounts.pop(email, None)
+            self._tokens = {k: t for k, t in self._tokens.items() if t.email != email}
 
     def invalidate_tokens(self) -> None:
         """Forget every issued access token, as if they expired: the next API call gets a 401."""
@@ -876,7 +1032,10 @@ class GoogleEmulator(EmulatorServer):
         """The grid as a person sees it: formatted strings, trailing empty cells and rows trimmed."""
         with self._state:
             sheet = self._sheet(spreadsheet_id, sheet_title)
-            out = [[formatted(c) for c in self._trim_row(row)] for row in sheet.rows]
+            out = [
+                [formatted(sheet.get(r, c)) for c in range(len(self._trim_row(row)))]
+                for r, row in enumerate(sheet.rows)
+            ]
             while out and not out[-1]:
                 out.pop()
             return out
@@ -957,6 +1116,32 @@ class GoogleEmulator(EmulatorServer):
             self._touch(file)
             return sheet.sheet_id
 
+    def protect(
+        self,
+        spreadsheet_id: str,
+        sheet_title: str,
+        rows: tuple[int, int] | None = None,
+        editors: Iterable[str] = (),
+    ) -> int:
+        """What the owner does with Data > Protect sheets and ranges: the whole sheet, or rows
+        ``(first, last)`` (1-based, inclusive). Only the owner and ``editors`` may then change them."""
+        with self._state:
+            file = self._file(spreadsheet_id)
+            sheet = self._sheet(spreadsheet_id, sheet_title)
+            band = (rows[0] - 1, rows[1]) if rows is not None else None
+            pid = self._id_rng.randrange(1, 2**31 - 1)
+            file.protections.append(Protection(pid, sheet.sheet_id, band, frozenset(editors)))
+            return pid
+
+    def unprotect(self, spreadsheet_id: str, protected_range_id: int | None = None) -> None:
+        with self._state:
+            file = self._file(spreadsheet_id)
+            file.protections = [
+                p
+                for p in file.protections
+                if protected_range_id is not None and p.protected_range_id != protected_range_id
+            ]
+
     def delete_worksheet(self, spreadsheet_id: str, title: str) -> None:
         with self._state:
             file = self._file(spreadsheet_id)
@@ -994,6 +1179,38 @@ class GoogleEmulator(EmulatorServer):
             limit = self.write_quota_per_minute if kind == "write" else self.read_quota_per_minute
             return Response.json(quota_error_body(kind, limit if limit is not None else 60), 429)
         return sheets_error(status)
+
+    def named_fault(self, fault: str, request: Request) -> Response | None:
+        """The answers of NAMED_FAULTS; None (answered normally) where the name does not apply to the
+        endpoint (a protected-range refusal of a read, a Drive rate limit on Sheets)."""
+        info = _classify(request.method, request.path)
+        endpoint = info.endpoint if info else "unknown"
+        token_faults = {
+            "clock_skew": _JWT_TIME_MESSAGE,
+            "account_deleted": ACCOUNT_NOT_FOUND_MESSAGE,
+            "key_revoked": "Invalid JWT Signature.",
+        }
+        if endpoint == "token":
+            return oauth_error(400, "invalid_grant", token_faults[fault]) if fault in token_faults else None
+        if fault == "service_disabled":
+            return service_disabled_error("drive" if endpoint.startswith("drive.") else "sheets")
+        if fault == "drive_rate_limit":
+            return drive_rate_limit_error() if endpoint.startswith("drive.") else None
+        if fault in ("protected", "cell_limit") and endpoint in WRITE_ENDPOINTS:
+            message = (
+                PROTECTED_MESSAGE
+                if fault == "protected"
+                else _CELL_LIMIT_MESSAGE.format(limit=self.cell_limit)
+            )
+            if endpoint == "sheets.batchUpdate":
+                try:
+                    first = (json.loads(request.body or b"{}").get("requests") or [{}])[0]
+                except (ValueError, AttributeError):
+                    first = {}
+                kind = next(iter(first), "") if isinstance(first, dict) else ""
+                message = f"Invalid requests[0].{kind}: {message}"
+            return sheets_error(400, message)
+        return None
 
     def garbage_response(self, request: Request) -> Response:
         # what a captive portal or a misrouted proxy hands back: a 200 that is not JSON
@@ -1051,7 +1268,7 @@ class GoogleEmulator(EmulatorServer):
         with self._state:
             account = self._accounts.get(str(claims.get("iss")))
         if account is None:
-            raise _Reply(oauth_error(400, "invalid_grant", "Invalid grant: account not found"))
+            raise _Reply(oauth_error(400, "invalid_grant", ACCOUNT_NOT_FOUND_MESSAGE))
         kid = header.get("kid")
         keys = [account.public_keys[kid]] if kid in account.public_keys else []
         if kid is None:
@@ -1066,14 +1283,17 @@ class GoogleEmulator(EmulatorServer):
         else:
             raise bad_signature
         iat, exp = claims.get("iat"), claims.get("exp")
-        now = time.time()
+        # checked against the token endpoint's own clock: a machine whose clock is off signs an
+        # assertion that is already expired or not yet valid (googleapis/oauth2client#193)
+        now = time.time() + self.clock_offset_s
+        slack = self.jwt_clock_tolerance_s
         if (
             not isinstance(iat, int | float)
             or not isinstance(exp, int | float)
             or exp - iat > 3600
             or exp <= iat
-            or iat > now + 300  # Google tolerates a little clock skew
-            or exp < now - 300
+            or iat > now + slack
+            or exp < now - slack
         ):
             raise _Reply(oauth_error(400, "invalid_grant", _JWT_TIME_MESSAGE))
         return claims
@@ -1146,6 +1366,8 @@ class GoogleEmulator(EmulatorServer):
         token = self._authenticate(
             request, _SHEETS_WRITE_SCOPES if writing else _SHEETS_READ_SCOPES, drive=False
         )
+        if "sheets" in self.disabled_apis:
+            raise _Reply(service_disabled_error("sheets"))
         self._charge_quota(token.email, "write" if writing else "read")
         file = self._files.get(info.spreadsheet_id)
         if file is None:
@@ -1157,8 +1379,12 @@ class GoogleEmulator(EmulatorServer):
         if not writing:
             return handler(request, file, info, body)
         snapshot = copy.deepcopy(file.sheets), file.title
+        self._caller = token.email
+        cells_before = self._cell_count(file)
         try:
             response = handler(request, file, info, body)
+            if info.endpoint != "sheets.batchUpdate":  # batchUpdate checks after each of its requests
+                self._check_cell_limit(file, cells_before, "")
         except Exception:
             # every write request is atomic: a failure part-way leaves the file as it was
             file.sheets, file.title = snapshot
@@ -1300,6 +1526,7 @@ class GoogleEmulator(EmulatorServer):
         if width and write_col + width > sheet.col_count:
             cell_ref = f"{sheet_ref(sheet.title)}!{col_letters(sheet.col_count)}{write_row + 1}"
             raise _Reply(sheets_error(400, self._grid_limit_message(cell_ref, sheet)))
+        self._check_protected(file, [(sheet.sheet_id, write_row, write_row + max(1, height))], "")
         if insert == "INSERT_ROWS":
             sheet.insert_rows(write_row, height)
         # appends grow the grid downwards instead of failing like update does
@@ -1393,10 +1620,72 @@ class GoogleEmulator(EmulatorServer):
                         "Cannot find field.",
                     )
                 )
-            replies.append(
-                handler(file, spec if isinstance(spec, dict) else {}, f"Invalid requests[{i}].{kind}")
-            )
+            spec = spec if isinstance(spec, dict) else {}
+            where = f"Invalid requests[{i}].{kind}"
+            self._check_protected(file, self._footprint(file, kind, spec), where)
+            cells_before = self._cell_count(file)
+            replies.append(handler(file, spec, where))
+            self._check_cell_limit(file, cells_before, where)
         return Response.json({"spreadsheetId": file.spreadsheet_id, "replies": replies})
+
+    # ---------------------------------------------------------------- protections and the cell limit
+    def _footprint(
+        self, file: SpreadsheetFile, kind: str, spec: dict[str, Any]
+    ) -> list[tuple[int, int | None, int | None]]:
+        """What one batchUpdate request changes: (sheetId, first row, end row), rows None for a change of
+        the sheet's structure. Best effort: a malformed request is refused by its handler anyway."""
+
+        def grid(rng: Any) -> tuple[int, int | None, int | None]:
+            rng = rng if isinstance(rng, dict) else {}
+            sheet = file.sheet_by_id(rng.get("sheetId", 0))
+            end = rng.get("endRowIndex", sheet.row_count if sheet else None)
+            return int(rng.get("sheetId", 0)), int(rng.get("startRowIndex", 0)), end
+
+        if kind in ("deleteDimension", "insertDimension"):
+            rng = spec.get("range") or {}
+            sid = int(rng.get("sheetId", 0))
+            if rng.get("dimension") != "ROWS":
+                return [(sid, None, None)]
+            start = int(rng.get("startIndex", 0))
+            if kind == "insertDimension":
+                # rows pushed into or out of a protected band change it; inserting below it does not
+                return [(sid, max(0, start - 1), start + 1)]
+            return [(sid, start, rng.get("endIndex"))]
+        if kind == "copyPaste":
+            return [grid(spec.get("destination"))]
+        if kind == "updateCells":
+            if "range" in spec:
+                return [grid(spec["range"])]
+            start = spec.get("start") or {}
+            height = max(1, len(spec.get("rows") or []))
+            row = int(start.get("rowIndex", 0))
+            return [(int(start.get("sheetId", 0)), row, row + height)]
+        if kind in ("appendDimension", "deleteSheet"):
+            return [(int(spec.get("sheetId", 0)), None, None)]
+        if kind == "updateSheetProperties":
+            return [(int((spec.get("properties") or {}).get("sheetId", 0)), None, None)]
+        return []
+
+    def _check_protected(
+        self, file: SpreadsheetFile, footprint: list[tuple[int, int | None, int | None]], where: str
+    ) -> None:
+        if self._caller == file.owner_email or not file.protections:
+            return
+        for sheet_id, r0, r1 in footprint:
+            for protection in file.protections:
+                if self._caller not in protection.editors and protection.covers(sheet_id, r0, r1):
+                    message = f"{where}: {PROTECTED_MESSAGE}" if where else PROTECTED_MESSAGE
+                    raise _Reply(sheets_error(400, message))
+
+    @staticmethod
+    def _cell_count(file: SpreadsheetFile) -> int:
+        return sum(sheet.row_count * sheet.col_count for sheet in file.sheets)
+
+    def _check_cell_limit(self, file: SpreadsheetFile, before: int, where: str) -> None:
+        after = self._cell_count(file)
+        if after > self.cell_limit and after > before:
+            message = _CELL_LIMIT_MESSAGE.format(limit=self.cell_limit)
+            raise _Reply(sheets_error(400, f"{where}: {message}" if where else message))
 
     # ---------------------------------------------------------------- spreadsheets.batchUpdate kinds
     def _dimension_target(
@@ -1641,6 +1930,12 @@ class GoogleEmulator(EmulatorServer):
                         cell = block[r][c]
                         if cell is not None and paste == "PASTE_VALUES":
                             cell = Cell(cell.value)
+                        elif cell is not None and cell.formula is not None:
+                            # PASTE_NORMAL pastes the formula, re-based on where it lands
+                            moved = rebase_formula(
+                                cell.formula, dr0 + i * height - sr0, dc0 + j * width - sc0
+                            )
+                            cell = Cell("#REF!" if moved == "=#REF!" else cell.value, moved)
                         elif cell is not None:
                             cell = copy.copy(cell)
                         dst.put(dr0 + i * height + r, dc0 + j * width + c, cell)
@@ -1894,6 +2189,9 @@ class GoogleEmulator(EmulatorServer):
         matrix = self._input_matrix(values, major, user_entered)
         sheet = box.sheet
         height = len(matrix)
+        file = self._file_of(sheet)
+        if file is not None and height:
+            self._check_protected(file, [(sheet.sheet_id, box.r0, box.r0 + height)], "")
         width = max((len(row) for row in matrix), default=0)
         if not height or not width:
             return {"updatedRange": a1(sheet.title, box.r0, box.c0, box.r0 + 1, box.c0 + 1)}
@@ -1932,6 +2230,9 @@ class GoogleEmulator(EmulatorServer):
 
     def _clear(self, box: GridBox) -> str:
         r0, c0, r1, c1 = box.bounded()
+        file = self._file_of(box.sheet)
+        if file is not None:
+            self._check_protected(file, [(box.sheet.sheet_id, r0, r1)], "")
         for r in range(r0, min(r1, len(box.sheet.rows))):
             row = box.sheet.rows[r]
             for c in range(c0, min(c1, len(row))):
@@ -1941,6 +2242,8 @@ class GoogleEmulator(EmulatorServer):
     # ============================================================ Drive v3
     def _drive(self, request: Request, info: _RouteInfo) -> Response:
         token = self._authenticate(request, _DRIVE_SCOPES, drive=True)
+        if "drive" in self.disabled_apis:
+            raise _Reply(service_disabled_error("drive"))
         fields = _param(request, "fields")
         if info.endpoint == "drive.files.get":
             file = self._files.get(info.spreadsheet_id)
@@ -2025,8 +2328,8 @@ class GoogleEmulator(EmulatorServer):
             "trashed": False,
             "webViewLink": f"https://docs.google.com/spreadsheets/d/{file.spreadsheet_id}/edit?usp=drivesdk",
             "createdTime": _rfc3339(file.created_ms),
-            "modifiedTime": _rfc3339(file.modified_ms),
-            "version": str(file.version),
+            "modifiedTime": _rfc3339(self._drive_seen(file)[1]),
+            "version": str(self._drive_seen(file)[0]),
             "shared": True,
             "ownedByMe": file.owner_email == caller,
             "capabilities": {
@@ -2063,6 +2366,9 @@ class GoogleEmulator(EmulatorServer):
     def _can_edit(self, file: SpreadsheetFile, email: str) -> bool:
         return self._can_access(file, email) and (email == file.owner_email or email not in file.readers)
 
+    def _file_of(self, sheet: Sheet) -> SpreadsheetFile | None:
+        return next((f for f in self._files.values() if any(s is sheet for s in f.sheets)), None)
+
     def _file(self, spreadsheet_id: str) -> SpreadsheetFile:
         try:
             return self._files[spreadsheet_id]
@@ -2088,8 +2394,31 @@ class GoogleEmulator(EmulatorServer):
         return self._last_ms
 
     def _touch(self, file: SpreadsheetFile) -> None:
+        history = self._drive_history.setdefault(file.spreadsheet_id, deque())
+        if self.drive_lag_s > 0 and not history:
+            # the state before the first recorded edit is as old as Drive's view can be
+            history.append((float("-inf"), file.version, file.modified_ms))
         file.version += 1
         file.modified_ms = self._next_ms()
+        if self.drive_lag_s > 0:
+            now = time.monotonic()
+            history.append((now, file.version, file.modified_ms))
+            # keep only the newest state Drive already shows and the ones it will show next
+            while len(history) > 1 and history[1][0] <= now - self.drive_lag_s:
+                history.popleft()
+
+    def _drive_seen(self, file: SpreadsheetFile) -> tuple[int, int]:
+        """(version, modified_ms) as Drive reports them: the file as it was drive_lag_s ago."""
+        history = self._drive_history.get(file.spreadsheet_id)
+        if self.drive_lag_s <= 0 or not history:
+            return file.version, file.modified_ms
+        cutoff = time.monotonic() - self.drive_lag_s
+        seen = history[0]
+        for entry in history:
+            if entry[0] > cutoff:
+                break
+            seen = entry
+        return seen[1], seen[2]
 
     def _new_spreadsheet_id(self) -> str:
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

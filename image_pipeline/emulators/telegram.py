@@ -4,6 +4,13 @@ It answers ``/bot<token>[/test]/<method>`` like ``api.telegram.org`` / ``tdlib/t
 the same routing errors, the ``{"ok":...}`` envelope with HTTP status == ``error_code``, the size,
 dimension, caption and text limits, real ``Message`` objects (an array of them, sharing a
 ``media_group_id``, for ``sendMediaGroup``), and per-chat / global flood control with ``Retry-After``. See ``/work/shared/api-contracts.md`` section 2 for the evidence behind each rule.
+
+Beyond the happy path it models what a real bot meets (sources at each rule): the bot's status and rights
+in each chat (``set_bot_rights``: a channel where it is not an administrator allowed to post, a group
+that restricts its photos, a chat it was removed from) with the real getChatMember object; a group that
+became a supergroup (``migrate_group``); ``api.telegram.org``'s 404 for a malformed token (``front``);
+long flood waits that hold every method of the bot (``flood_wait``); and a post that was made before its
+answer failed (the ``committed_502`` fault). ``NAMED_FAULTS`` lists the faults a FaultPlan can name.
 """
 
 from __future__ import annotations
@@ -60,7 +67,14 @@ _HTML_ENTITY = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6});
 
 _SEND_METHODS = {"sendphoto", "senddocument", "sendmessage", "sendmediagroup"}
 _KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS}
-_BOT_STATUSES = {"administrator", "member", "left", "kicked"}
+_BOT_STATUSES = {"creator", "administrator", "member", "restricted", "left", "kicked"}
+# Faults a FaultPlan may name (``named_fault``); "flood:<seconds>" takes any number of seconds.
+NAMED_FAULTS = ("rights", "photo_rights", "kicked", "flood:3600", "committed_502", "restart")
+# What api.telegram.org's front routes as a token: "<bot id>:<secret>". Anything else (a token pasted
+# with a "bot" prefix, a missing colon) never reaches a Bot API server and gets 404 "Not Found"
+# (pyTelegramBotAPI#817; python-telegram-bot request/_baserequest.py: "TG returns 404 Not found for
+# malformed tokens"). The front's exact pattern is not published; this is the shape BotFather issues.
+_CLOUD_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 
 
 class TelegramError(Exception):
@@ -80,6 +94,13 @@ class Chat:
     title: str
     username: str | None = None
     bot_status: str = "administrator"
+    # ChatAdministratorRights.can_post_messages: without it a channel refuses the bot's posts
+    can_post_messages: bool = True
+    # ChatPermissions of a restricted bot in a group or supergroup
+    can_send_messages: bool = True
+    can_send_photos: bool = True
+    can_send_documents: bool = True
+    migrated_to: int | None = None  # a basic group upgraded to this supergroup
 
     def short(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id}
@@ -290,8 +311,15 @@ class TelegramEmulator(EmulatorServer):
         token: str = DEFAULT_TOKEN,
         per_chat_per_minute: int | None = 20,
         global_per_second: int | None = 30,
+        front: str = "cloud",
     ) -> None:
         super().__init__()
+        if front not in ("cloud", "local"):
+            raise ValueError(
+                "front is 'cloud' (api.telegram.org) or 'local' (a self-hosted telegram-bot-api)"
+            )
+        self.front = front
+        self._flood_until = 0.0  # time.monotonic() until which every method answers 429
         self.token = token
         self.per_chat_per_minute = per_chat_per_minute
         self.global_per_second = global_per_second
@@ -324,6 +352,61 @@ class TelegramEmulator(EmulatorServer):
         with self._lock:
             self.chats[chat.id] = chat
         return chat
+
+    def set_bot_rights(
+        self,
+        chat_id: int | str,
+        status: str | None = None,
+        *,
+        can_post_messages: bool | None = None,
+        can_send_messages: bool | None = None,
+        can_send_photos: bool | None = None,
+        can_send_documents: bool | None = None,
+    ) -> Chat:
+        """Change the bot's membership or rights in a chat, as an owner would in the chat's settings."""
+        chat = self.find_chat(chat_id)
+        if chat is None:
+            raise KeyError(chat_id)
+        if status is not None and status not in _BOT_STATUSES:
+            raise ValueError(f"status must be one of {sorted(_BOT_STATUSES)}")
+        with self._lock:
+            if status is not None:
+                chat.bot_status = status
+            for name, value in (
+                ("can_post_messages", can_post_messages),
+                ("can_send_messages", can_send_messages),
+                ("can_send_photos", can_send_photos),
+                ("can_send_documents", can_send_documents),
+            ):
+                if value is not None:
+                    setattr(chat, name, value)
+        return chat
+
+    def migrate_group(self, chat_id: int | str, new_id: int | None = None) -> Chat:
+        """A basic group becomes a supergroup: the old id answers 400 with ``migrate_to_chat_id``."""
+        old = self.find_chat(chat_id)
+        if old is None or old.type != "group":
+            raise ValueError("only a basic group can be upgraded")
+        new = self.add_chat(new_id or int(f"-100{abs(old.id)}"), "supergroup", old.title, old.username)
+        with self._lock:
+            old.migrated_to, old.username = new.id, None
+        return new
+
+    def flood_wait(self, seconds: float) -> None:
+        """Telegram's flood control imposes a wait: until it passes every method of the bot answers
+        429 ``Too Many Requests: retry after N`` with the seconds left (Client.cpp get_closing_error keeps
+        answering with next_authorization_time_ - now + 1; Query.cpp set_retry_after_error writes it)."""
+        with self._lock:
+            self._flood_until = max(self._flood_until, time.monotonic() + seconds)
+
+    def lift_flood_wait(self) -> None:
+        with self._lock:
+            self._flood_until = 0.0
+
+    def flood_left(self) -> int:
+        """Seconds of the flood wait still to run, as the server reports them (0: none)."""
+        left = self._flood_until - time.monotonic()
+        return max(1, math.ceil(left)) if left > 0 else 0
 
     def find_chat(self, chat_id: int | str) -> Chat | None:
         if isinstance(chat_id, str):
@@ -375,6 +458,45 @@ class TelegramEmulator(EmulatorServer):
             phrase = "Error"
         return error_envelope(status, phrase)
 
+    def named_fault(self, fault: str, request: Request) -> Response | None:
+        """The Telegram faults a FaultPlan can name (``NAMED_FAULTS``)."""
+        chat = self._fault_chat(request)
+        if fault == "rights":
+            # a channel admin demoted, or its "Post messages" right taken away (DialogManager.cpp)
+            return error_envelope(400, "Bad Request: need administrator rights in the channel chat")
+        if fault == "photo_rights":
+            # a group that restricts its members' photos (MessageContent.cpp can_send_message_content)
+            return error_envelope(400, "Bad Request: not enough rights to send photos to the chat")
+        if fault == "kicked":
+            kind = chat.kind() if chat is not None else "channel chat"
+            return error_envelope(403, f"Forbidden: bot was kicked from the {kind}")
+        if fault.startswith("flood:"):
+            self.flood_wait(float(fault.split(":", 1)[1]))
+            return self._flood_answer()
+        if fault == "committed_502":
+            # the post is made, then the front answers 502 (no idempotency key: telegram-bot-api#482)
+            applied = self.route(request)
+            self._run_hook(self.after_route, request, self.endpoint_of(request), applied)
+            return error_envelope(502, "Bad Gateway")
+        if fault == "restart":
+            # the server's client for this bot is closing: the query never reached tdlib
+            # (Client.cpp get_closing_error)
+            return error_envelope(500, "Internal Server Error: restart")
+        return None
+
+    def _fault_chat(self, request: Request) -> Chat | None:
+        try:
+            params, _ = self._parse_params(request)
+        except TelegramError:
+            return None
+        return self.find_chat(params.get("chat_id", "").strip() or "0")
+
+    def _flood_answer(self) -> Response:
+        with self._lock:
+            self.count_429 += 1
+        left = self.flood_left() or 1
+        return error_envelope(429, f"Too Many Requests: retry after {left}", {"retry_after": left})
+
     def garbage_response(self, request: Request) -> Response:
         # what a misbehaving reverse proxy in front of the Bot API serves
         body = (
@@ -406,10 +528,15 @@ class TelegramEmulator(EmulatorServer):
         if parts is None:
             raise TelegramError(404, "Not Found")
         token, method = parts
+        if self.front == "cloud" and not _CLOUD_TOKEN.fullmatch(token):
+            raise TelegramError(404, "Not Found")
         if not token_is_well_formed(token):
             raise TelegramError(401, "Unauthorized: invalid token specified")
         if token != self.token:
             raise TelegramError(401, "Unauthorized")
+        left = self.flood_left()
+        if left:
+            raise TelegramError(429, f"Too Many Requests: retry after {left}", {"retry_after": left})
         method = method.lower()
         if method not in _KNOWN_METHODS:
             raise TelegramError(404, "Not Found: method not found")
@@ -469,10 +596,18 @@ class TelegramEmulator(EmulatorServer):
             raise TelegramError(400, "Bad Request: chat not found")
         return chat
 
+    def _check_can_read(self, chat: Chat) -> None:
+        """Client.cpp check_chat_access with Read rights (getChat, getChatMember of the bot itself): a
+        banned bot is refused everywhere; a non-member reads only a public channel or supergroup."""
+        if chat.type in ("channel", "supergroup"):
+            if chat.bot_status == "kicked":
+                raise TelegramError(403, f"Forbidden: bot was kicked from the {chat.kind()}")
+            if chat.bot_status == "left" and not chat.username:
+                raise TelegramError(403, f"Forbidden: bot is not a member of the {chat.kind()}")
+
     def _m_getchat(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
         chat = self._require_chat(params)
-        if chat.bot_status == "kicked":
-            raise TelegramError(403, f"Forbidden: bot was kicked from the {chat.kind()}")
+        self._check_can_read(chat)
         info = chat.short()
         info.update(
             {
@@ -499,40 +634,104 @@ class TelegramEmulator(EmulatorServer):
             raise TelegramError(400, "Bad Request: invalid user_id specified") from exc
         if user_id != self.bot_id:
             raise TelegramError(400, "Bad Request: user not found")
+        self._check_can_read(chat)
+        return self._member_object(chat)
+
+    def _member_object(self, chat: Chat) -> dict[str, Any]:
+        """The bot's ChatMember in the order and with the fields Client.cpp JsonChatMember writes."""
         member: dict[str, Any] = {"user": self._bot_user(), "status": chat.bot_status}
-        if chat.bot_status == "administrator":
+        if chat.bot_status == "creator":
+            member["is_anonymous"] = False
+        elif chat.bot_status == "administrator":
+            # json_store_administrator_rights: channel-only and group-only rights as the server picks them
+            member["can_be_edited"] = False
+            member.update({"can_manage_chat": True, "can_change_info": True})
+            if chat.type == "channel":
+                member.update({"can_post_messages": chat.can_post_messages, "can_edit_messages": True})
+            member.update(
+                {"can_delete_messages": True, "can_invite_users": True, "can_restrict_members": True}
+            )
+            if chat.type in ("group", "supergroup"):
+                member["can_pin_messages"] = True
+            if chat.type == "supergroup":
+                member["can_manage_topics"] = False
             member.update(
                 {
-                    "can_be_edited": False,
-                    "is_anonymous": False,
-                    "can_manage_chat": True,
-                    "can_delete_messages": True,
-                    "can_manage_video_chats": True,
-                    "can_restrict_members": True,
                     "can_promote_members": False,
-                    "can_change_info": True,
-                    "can_invite_users": True,
+                    "can_manage_video_chats": True,
                     "can_post_stories": True,
                     "can_edit_stories": True,
                     "can_delete_stories": True,
                 }
             )
             if chat.type == "channel":
-                member.update({"can_post_messages": True, "can_edit_messages": True})
+                member["can_manage_direct_messages"] = False
+            if chat.type in ("group", "supergroup"):
+                member["can_manage_tags"] = False
+            member.update({"is_anonymous": False, "can_manage_voice_chats": True})
+        elif chat.bot_status == "restricted" and chat.type == "supergroup":
+            media = chat.can_send_photos or chat.can_send_documents
+            member.update(
+                {
+                    "until_date": 0,
+                    "can_send_messages": chat.can_send_messages,
+                    "can_send_media_messages": media,
+                    "can_send_audios": False,
+                    "can_send_documents": chat.can_send_documents,
+                    "can_send_photos": chat.can_send_photos,
+                    "can_send_videos": False,
+                    "can_send_video_notes": False,
+                    "can_send_voice_notes": False,
+                    "can_send_polls": False,
+                    "can_send_other_messages": False,
+                    "can_add_web_page_previews": False,
+                    "can_react_to_messages": True,
+                    "can_edit_tag": False,
+                    "can_change_info": False,
+                    "can_invite_users": False,
+                    "can_pin_messages": False,
+                    "can_manage_topics": False,
+                    "is_member": True,
+                }
+            )
         elif chat.bot_status == "kicked":
             member["until_date"] = 0
         return member
 
-    def _check_can_post(self, chat: Chat) -> None:
+    def _check_can_post(self, chat: Chat, content: str = "text") -> None:
+        """Whether the bot may post ``content`` ("photo", "document" or "text") here, with the answer
+        the server gives when not, in the order it checks."""
+        if chat.migrated_to is not None:
+            # Client.cpp check_chat_access: a deactivated basic group that was upgraded
+            raise TelegramError(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": chat.migrated_to},
+            )
         if chat.bot_status == "kicked":
             if chat.type == "private":
                 raise TelegramError(403, "Forbidden: bot was blocked by the user")
             raise TelegramError(403, f"Forbidden: bot was kicked from the {chat.kind()}")
         if chat.bot_status == "left":
+            # sends need edit access, so even a public chat refuses a non-member (check_chat_access)
             raise TelegramError(403, f"Forbidden: bot is not a member of the {chat.kind()}")
-        if chat.type == "channel" and chat.bot_status != "administrator":
-            # only admins with can_post_messages may post in a channel
-            raise TelegramError(400, "Bad Request: need administrator rights in the channel chat")
+        if chat.type == "channel":
+            allowed = chat.bot_status == "creator" or (
+                chat.bot_status == "administrator" and chat.can_post_messages
+            )
+            if not allowed:
+                # td DialogManager.cpp can_send_message_to_dialog: a broadcast channel without
+                # can_post_messages (a subscriber, or an administrator whose right was taken away)
+                raise TelegramError(400, "Bad Request: need administrator rights in the channel chat")
+            return
+        if chat.bot_status == "restricted":
+            # td MessageContent.cpp can_send_message_content: the member's effective permissions
+            wanted = {"photo": chat.can_send_photos, "document": chat.can_send_documents}.get(
+                content, chat.can_send_messages
+            )
+            if not wanted:
+                what = {"photo": "photos", "document": "documents"}.get(content, "text messages")
+                raise TelegramError(400, f"Bad Request: not enough rights to send {what} to the chat")
 
     def _resolve_file(
         self, field: str, kind: str, params: dict[str, str], files: dict[str, UploadedFile]
@@ -564,13 +763,13 @@ class TelegramEmulator(EmulatorServer):
     def _m_sendphoto(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
         upload, stored = self._resolve_file("photo", "photo", params, files)
         chat = self._require_chat(params)
-        self._check_can_post(chat)
+        self._check_can_post(chat, "photo")
         caption = self._check_caption(params)
         if stored is not None:
             width, height = stored.width, stored.height
         else:
             if len(upload.data) > self.max_photo_bytes:
-                raise TelegramError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+                raise self._photo_too_big(len(upload.data))
             width, height = self._photo_dimensions(upload.data)
         assert width is not None and height is not None
         file_id, unique_id, stored = self._store("photo", upload, width, height, stored)
@@ -585,7 +784,7 @@ class TelegramEmulator(EmulatorServer):
     def _m_senddocument(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
         upload, stored = self._resolve_file("document", "document", params, files)
         chat = self._require_chat(params)
-        self._check_can_post(chat)
+        self._check_can_post(chat, "document")
         caption = self._check_caption(params)
         if len(upload.data) > self.max_document_bytes:
             raise TelegramError(413, "Request Entity Too Large")
@@ -624,7 +823,8 @@ class TelegramEmulator(EmulatorServer):
             raise TelegramError(400, "Bad Request: expected an Array of InputMedia")
         items = [self._album_item(entry, files) for entry in value]
         chat = self._require_chat(params)
-        self._check_can_post(chat)
+        for kind in sorted({i.kind for i in items}):
+            self._check_can_post(chat, kind)
         if len(items) > MAX_ALBUM_ITEMS:
             raise TelegramError(400, "Bad Request: too many messages to send as an album")
         if not items:
@@ -647,6 +847,9 @@ class TelegramEmulator(EmulatorServer):
                     raise
                 # the album is one upload: a photo the server refuses fails the whole request, named by position
                 inner = err.description.removeprefix("Bad Request: ")
+                # tdlib's own text goes in as tdlib wrote it, capitalised (Client.cpp
+                # on_message_send_failed); only the outer message gets the lower-case first letter
+                inner = inner[:1].upper() + inner[1:]
                 raise TelegramError(
                     400, f'Bad Request: failed to send message #{number} with the error message "{inner}"'
                 ) from err
@@ -731,7 +934,7 @@ class TelegramEmulator(EmulatorServer):
             if item.stored is not None:
                 return item.stored.width, item.stored.height
             if len(item.upload.data) > self.max_photo_bytes:
-                raise TelegramError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+                raise self._photo_too_big(len(item.upload.data))
             return self._photo_dimensions(item.upload.data)
         if len(item.upload.data) > self.max_document_bytes:
             raise TelegramError(413, "Request Entity Too Large")
@@ -740,6 +943,15 @@ class TelegramEmulator(EmulatorServer):
         return self._try_dimensions(item.upload.data)
 
     # ----------------------------------------------------------------- helpers
+    def _photo_too_big(self, size: int) -> TelegramError:
+        # td/telegram/files/FileLoaderUtils.cpp check_local_location ("File of size N bytes is too big
+        # for a photo; the maximum size is 10485760 bytes"), first letter lower-cased by the Bot API
+        return TelegramError(
+            400,
+            f"Bad Request: file of size {size} bytes is too big for a photo; the maximum size is "
+            f"{self.max_photo_bytes} bytes",
+        )
+
     @staticmethod
     def _document_object(upload: UploadedFile, file_id: str, unique_id: str) -> dict[str, Any]:
         mime = upload.content_type

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
+import json
 import logging
 import random
-import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, PrivateAttr
 
-from ..errors import CreditsDepleted, PipelineError, PromptRejected, ServiceBlocked, TransientError
+from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..models import GenerationRequest
 from ..preflight import Check, fail, ok, skipped, warn
-from ..redact import install_log_redaction, redact, register_secret
+from ..redact import install_log_redaction, register_secret
+from ..refusals import huggingface as hf_refusals
 from ..retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("image_pipeline.images")
@@ -49,6 +52,141 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 IMAGES = "Hugging Face"  # the service name in preflight tables
+PROVIDER_INFO = "image_pipeline.provider"  # the key of Image.info that carries the provider used
+
+
+# ----------------------------------------------------------------------------- the HTTP client
+# huggingface_hub 2.4.0 sends every request through one shared httpx2 client (utils/_http.py get_session),
+# and gives a timeout to only the first POST (_client.py _inner_post): the Hub mapping look-up passes
+# timeout=None, and the fal/replicate result downloads and wavespeed's polling use the client's default,
+# which is None. So the product installs its own client (set_client_factory, the library's documented
+# seam) whose transport puts a finite timeout on every request, and none past the current generation's
+# deadline.
+REQUEST_TIMEOUT_S = 60.0  # any request outside a generation (preflight, Hub look-ups)
+ANSWER_CAPTURE_BYTES = 65536  # a JSON answer kept for classification (a replicate prediction)
+
+
+@dataclass
+class _Attempt:
+    """One generation attempt, as the transport sees it from the thread that runs it."""
+
+    deadline: float
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    def last_answer(self) -> dict[str, Any] | None:
+        return self.answers[-1] if self.answers else None
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("hf_attempt", default=None)
+
+
+def bounded_transport(inner: Any | None = None) -> Any:
+    """A transport that gives every request finite timeouts (connect, read, write, pool), none longer
+    than what is left of the current generation, and keeps the JSON answers of a generation."""
+    import httpx2
+
+    class CapturedStream(httpx2.SyncByteStream):
+        """The body as the client reads it, with a copy of its start kept for classification."""
+
+        def __init__(self, stream: Any, on_done: Any) -> None:
+            self._stream = stream
+            self._on_done = on_done
+            self._kept = bytearray()
+
+        def __iter__(self) -> Iterator[bytes]:
+            for chunk in self._stream:
+                room = ANSWER_CAPTURE_BYTES - len(self._kept)
+                if room > 0:
+                    self._kept.extend(chunk[:room])
+                yield chunk
+            self._on_done(bytes(self._kept))
+
+        def close(self) -> None:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+
+    class BoundedTransport(httpx2.BaseTransport):
+        def __init__(self, wrapped: httpx2.BaseTransport) -> None:
+            self.wrapped = wrapped
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            attempt = _ATTEMPT.get()
+            limit = REQUEST_TIMEOUT_S
+            if attempt is not None:
+                left = attempt.deadline - time.monotonic()
+                if left <= 0:
+                    # a poll or download after the deadline: end the abandoned generation here
+                    raise httpx2.ReadTimeout("the generation's deadline has passed", request=request)
+                limit = min(limit, left)
+            asked = dict(request.extensions.get("timeout") or {})
+            timeout = {
+                key: min(float(asked[key]), limit) if asked.get(key) is not None else limit
+                for key in ("connect", "read", "write", "pool")
+            }
+            request.extensions = {**request.extensions, "timeout": timeout}
+            response = self.wrapped.handle_request(request)
+            content_type = response.headers.get("content-type", "")
+            if attempt is None or "json" not in content_type:
+                return response
+
+            def keep(body: bytes) -> None:
+                try:
+                    parsed: Any = json.loads(body.decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    parsed = None
+                attempt.answers.append(
+                    {
+                        "url": f"{request.url.host}{request.url.path}",
+                        "status": response.status_code,
+                        "request_id": response.headers.get("x-request-id", ""),
+                        "json": parsed,
+                    }
+                )
+
+            return httpx2.Response(
+                status_code=response.status_code,
+                headers=response.headers,
+                stream=CapturedStream(response.stream, keep),
+                extensions=response.extensions,
+            )
+
+        def close(self) -> None:
+            self.wrapped.close()
+
+    return BoundedTransport(inner if inner is not None else httpx2.HTTPTransport())
+
+
+_http_lock = threading.Lock()
+_http_installed = False
+
+
+def install_http_client(transport: Any | None = None) -> None:
+    """Make huggingface_hub use the product's client: ``transport`` is what sends the bytes (the network
+    by default; a test passes one that reaches a loopback emulator), always under the bounded transport."""
+    import httpx2
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    def factory() -> httpx2.Client:
+        return httpx2.Client(
+            # the library's own hook: request id header, offline mode, debug log
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=REQUEST_TIMEOUT_S,
+            transport=bounded_transport(transport),
+        )
+
+    global _http_installed
+    with _http_lock:
+        set_client_factory(factory)
+        _http_installed = True
+
+
+def ensure_http_client() -> None:
+    """Install the product's client once per process, unless one of ours is already there."""
+    if not _http_installed:
+        install_http_client()
 
 
 class ImageGenerator(dg.ConfigurableResource):
@@ -101,15 +239,25 @@ class ImageGenerator(dg.ConfigurableResource):
                 image = self._generate_once(request, seed)
                 return image, time.monotonic() - started
 
-        image, seconds = call_with_retry(attempt, policy, what=f"generate with {request.model}")
+        try:
+            image, seconds = call_with_retry(attempt, policy, what=f"generate with {request.model}")
+        except TransientError as exc:
+            # an answer that is a blip once but a misconfiguration when it never changes (an HTML page)
+            persistent = hf_refusals.persistent_service_message(exc)
+            if persistent:
+                raise ServiceBlocked(persistent, service=exc.service, status=exc.status) from None
+            raise
         if image.width < 1 or image.height < 1:
             raise PromptRejected("the generator returned an empty image", service="images")
         return GeneratedImage(
             png=encode_png(image),
+            # the size the image has, which a provider may have chosen (replicate's flux takes an
+            # aspect ratio, not width and height)
             width=image.width,
             height=image.height,
             model=self._served_model(request),
-            provider=self._provider(),
+            # the provider that made this image ("auto" resolved), set by the backend on the image
+            provider=str(image.info.get(PROVIDER_INFO) or self._provider()),
             seed=seed,
             seconds=round(seconds, 3),
             preview=self.is_preview,
@@ -135,6 +283,7 @@ class HuggingFaceGenerator(ImageGenerator):
 
         register_secret(self.token)
         install_log_redaction()
+        ensure_http_client()
         if self.base_url:
             return self._preflight_endpoint(get_session(), build_hf_headers(token=self.token or False))
         return self._preflight_hub()
@@ -164,9 +313,14 @@ class HuggingFaceGenerator(ImageGenerator):
         token_check = ok(IMAGES, names[0], "accepted by the endpoint" if self.token else "no token sent")
         if status == 402:
             fix = "add credits or a payment method; prompts stay queued meanwhile"
-            return [token_check, fail(IMAGES, names[1], "credits depleted (HTTP 402)", fix)]
+            return [token_check, fail(IMAGES, names[1], "credits are depleted (HTTP 402)", fix)]
         if status == 403:
             return [token_check, fail(IMAGES, names[1], "access refused (HTTP 403)", "give the token access")]
+        if status == 410:
+            # the retired serverless API answers 410 to every request, GET and POST alike
+            rule = hf_refusals.first_rule(hf_refusals.RULES, 410, "")
+            detail = f"{where} is retired (HTTP 410)"
+            return [token_check, fail(IMAGES, names[1], detail, rule.fix if rule else "")]
         if status == 404:
             fix = "check HF_INFERENCE_BASE_URL (the endpoint's URL, with the model path if it has one)"
             return [token_check, fail(IMAGES, names[1], f"{where}: not found (HTTP 404)", fix)]
@@ -249,20 +403,46 @@ class HuggingFaceGenerator(ImageGenerator):
         if info.pipeline_tag and info.pipeline_tag != "text-to-image":
             fix = "set HF_MODEL to a text-to-image model"
             return [*checks, fail(IMAGES, names[1], f"{self.model} is a {info.pipeline_tag} model", fix)]
-        mapping = {m.provider: m.status for m in (info.inference_provider_mapping or [])}
-        live = sorted(p for p, status in mapping.items() if status == "live")
+        entries = list(info.inference_provider_mapping or [])
+        mapping = {m.provider: m.status for m in entries}
+        # only the providers this client version can call for text-to-image are any use
+        usable = sorted(
+            m.provider
+            for m in entries
+            if m.status == "live" and m.task == "text-to-image" and _client_supports(m.provider)
+        )
+        pin = f"set HF_PROVIDER to one of: {', '.join(usable)}" if usable else "pick another model"
         provider = self.provider or "auto"
         if provider == "auto":
-            if not live:
+            if not entries:
                 fix = "pick a model whose page lists Inference Providers, or set HF_INFERENCE_BASE_URL"
                 return [*checks, fail(IMAGES, names[1], f"no provider serves {self.model}", fix)]
-            return [*checks, ok(IMAGES, names[1], f"{self.model} via {', '.join(live)} (auto)")]
+            # the client sends every image to the first entry, whatever its status (_providers/__init__.py)
+            first = entries[0]
+            order = "; or change the order at https://huggingface.co/settings/inference-providers"
+            if not _client_supports(first.provider):
+                import huggingface_hub
+
+                detail = (
+                    f"auto routes {self.model} to {first.provider}, which huggingface_hub "
+                    f"{huggingface_hub.__version__} cannot call for text-to-image"
+                )
+                return [*checks, fail(IMAGES, names[1], detail, f"{pin}{order}")]
+            if first.task != "text-to-image":
+                detail = f"auto routes {self.model} to {first.provider}, which serves it for {first.task}"
+                return [*checks, fail(IMAGES, names[1], detail, f"{pin}{order}")]
+            if first.status != "live":
+                detail = f"auto routes {self.model} to {first.provider}, whose status is {first.status}"
+                return [*checks, warn(IMAGES, names[1], detail, f"{pin}{order}")]
+            return [*checks, ok(IMAGES, names[1], f"{self.model} via {first.provider} (auto)")]
+        if not _client_supports(provider):
+            detail = f"HF_PROVIDER={provider} is not a text-to-image provider this client can call"
+            return [*checks, fail(IMAGES, names[1], detail, pin)]
         if mapping.get(provider) == "live":
             return [*checks, ok(IMAGES, names[1], f"{self.model} via {provider}")]
         state = mapping.get(provider)
         detail = f"{provider} does not serve {self.model}" + (f" ({state})" if state else "")
-        fix = f"set HF_PROVIDER to one of: {', '.join(live)}" if live else "pick another model"
-        return [*checks, fail(IMAGES, names[1], detail, fix)]
+        return [*checks, fail(IMAGES, names[1], detail, pin)]
 
     def describe(self) -> str:
         where = self.base_url or f"provider {self.provider}"
@@ -275,162 +455,87 @@ class HuggingFaceGenerator(ImageGenerator):
         # An endpoint URL serves one model whatever a row asks for: record what made the image.
         return self.model if self.base_url else request.model
 
-    def _client(self) -> Any:
+    def _client(self, provider: str | None) -> Any:
         from huggingface_hub import InferenceClient
 
         register_secret(self.token)
         install_log_redaction()
+        ensure_http_client()
         if self.base_url:
             # A URL as the model makes the client POST to exactly that URL, with no Hub look-ups.
             return InferenceClient(model=self.base_url, token=self.token or None, timeout=self.timeout_s)
-        return InferenceClient(
-            provider=self.provider or None, token=self.token or None, timeout=self.timeout_s
-        )
+        return InferenceClient(provider=provider, token=self.token or None, timeout=self.timeout_s)  # type: ignore[arg-type]
+
+    def _route(self, request: GenerationRequest) -> str:
+        """The provider that will make the image: "auto" resolved the way the client resolves it (the
+        first entry of the Hub's mapping, in the user's order), by the client's own function, so its
+        refusals (an unsupported provider, an empty mapping) are the client's too."""
+        from huggingface_hub.inference._providers import get_provider_helper
+
+        helper = get_provider_helper(self.provider or "auto", task="text-to-image", model=request.model)  # type: ignore[arg-type]
+        return str(helper.provider)
 
     def _generate_once(self, request: GenerationRequest, seed: int | None) -> Image.Image:
-        client = self._client()
-        try:
-            image = client.text_to_image(
-                request.prompt,
-                negative_prompt=request.negative_prompt,
-                width=request.width,
-                height=request.height,
-                seed=seed,
-                model=None if self.base_url else request.model,
-            )
-            image.load()  # decode now, so a truncated body fails here and not later
-            return image
-        except PipelineError:
-            raise
-        except Exception as exc:
-            raise self._classify(exc, request) from None
+        """One attempt, bounded by ``timeout_s`` from the first byte to the decoded image: it runs in a
+        thread of its own, every request of it is cut at the deadline, and the caller stops waiting then,
+        so the generation slot is freed even when a download or a provider's polling never ends."""
+        attempt = _Attempt(deadline=time.monotonic() + self.timeout_s)
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
 
-    def _classify(self, exc: BaseException, request: GenerationRequest) -> PipelineError:
-        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
-
-        if isinstance(exc, InferenceTimeoutError):
-            return TransientError(f"Hugging Face did not answer within {self.timeout_s:g}s", service="images")
-        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-            status = exc.response.status_code
-            server = redact(getattr(exc, "server_message", "") or "").strip()[:300]
-            if status == 503:
-                return TransientError(
-                    f"model {request.model} is loading (HTTP 503)",
-                    service="images",
-                    status=status,
-                    retry_after=_estimated_time(exc.response),
-                )
-            if status in (403, 429) and _is_billing_refusal(server):
-                # A provider's quota or balance used up comes as 429 or 403 rather than 402: waiting
-                # minutes does not fix it, so it is a refusal of our account, not a rate limit.
-                return CreditsDepleted(
-                    f"Hugging Face: the provider's quota or balance is used up (HTTP {status}): "
-                    f"{server[:200]} Add credits or raise the spending limit; the prompt stays queued",
-                    service="images",
-                    status=status,
-                )
-            if status == 429:
-                return TransientError(
-                    "Hugging Face rate limit (HTTP 429)",
-                    service="images",
-                    status=status,
-                    retry_after=_rate_limit_wait(exc.response),
-                )
-            if status >= 500 or status == 408:
-                return TransientError(
-                    f"Hugging Face server error (HTTP {status})", service="images", status=status
-                )
-            if status == 401:
-                return ServiceBlocked(
-                    "Hugging Face rejected the token (HTTP 401): check HF_TOKEN, it needs the "
-                    "'Make calls to Inference Providers' permission",
-                    service="images",
-                    status=status,
-                )
-            if status == 402:
-                return CreditsDepleted(
-                    "Hugging Face credits are depleted (HTTP 402): add credits or a payment method, "
-                    "then run again; the prompt stays queued",
-                    service="images",
-                    status=status,
-                )
-            if status == 403:
-                return ServiceBlocked(
-                    f"Hugging Face refused access (HTTP 403): {server or 'the token lacks permission'}",
-                    service="images",
-                    status=status,
-                )
-            if status == 404:
-                if request.model != self.model:
-                    return PromptRejected(
-                        f"model {request.model} not found (HTTP 404)", service="images", status=404
-                    )
-                return ServiceBlocked(
-                    f"model {request.model} not found (HTTP 404): check HF_MODEL and HF_PROVIDER",
-                    service="images",
-                    status=404,
-                )
-            return PromptRejected(
-                f"Hugging Face rejected the prompt (HTTP {status}){': ' + server if server else ''}",
-                service="images",
-                status=status,
-            )
-        if isinstance(exc, UnidentifiedImageError | OSError | SyntaxError) and not _is_transport_error(exc):
-            # A 200 whose body is not an image (or is truncated): may be a glitch, retried, then FAILED.
-            return TransientError("the generator answered with bytes that are not an image", service="images")
-        if _is_transport_error(exc):
-            return TransientError(f"Hugging Face unreachable ({type(exc).__name__})", service="images")
-        if isinstance(exc, ValueError):
-            # huggingface_hub raises ValueError for a model the provider does not serve for this task
-            return PromptRejected(f"cannot use model {request.model}: {redact(exc)[:200]}", service="images")
-        return TransientError(f"Hugging Face call failed ({type(exc).__name__})", service="images")
-
-
-# What providers say when an account's money or monthly quota is gone, as opposed to a per-minute rate
-# limit ("exceeded your monthly included credits", "Exhausted balance", "NOT_ENOUGH_BALANCE", "used all
-# available credits or reached its monthly spending limit", "insufficient quota").
-_BILLING_WORDS = re.compile(
-    r"credits?\b|balance|quota|spending limit|billing|payment|insufficient[_ ]funds", re.I
-)
-
-
-def _is_billing_refusal(server_message: str) -> bool:
-    return bool(server_message) and bool(_BILLING_WORDS.search(server_message))
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    try:
-        import httpx2 as httpx_mod  # what huggingface_hub 2.x uses
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        import httpx as httpx_mod  # type: ignore[no-redef]
-    return isinstance(exc, httpx_mod.TransportError)
-
-
-def _estimated_time(response: Any) -> float | None:
-    try:
-        value = response.json().get("estimated_time")
-        return float(value) if value is not None else None
-    except Exception:
-        return None
-
-
-def _rate_limit_wait(response: Any) -> float | None:
-    headers = response.headers
-    retry_after = headers.get("Retry-After")
-    if retry_after:
-        try:
-            return float(retry_after)
-        except ValueError:
-            pass
-    # IETF RateLimit header as Hugging Face sends it: "api";r=0;t=42
-    for part in (headers.get("RateLimit") or "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
+        def work() -> None:
+            _ATTEMPT.set(attempt)
             try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
+                outcome["image"] = self._call(request, seed, outcome)
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+            finally:
+                finished.set()
+
+        threading.Thread(target=work, name="hf-generation", daemon=True).start()
+        # a little past the deadline: the thread's own requests end at the deadline and report why
+        if not finished.wait(self.timeout_s + 0.5):
+            where = f" via {outcome['provider']}" if outcome.get("provider") else ""
+            raise TransientError(
+                f"Hugging Face{where} did not finish within {self.timeout_s:g}s", service="images"
+            )
+        error = outcome.get("error")
+        if error is None:
+            return outcome["image"]
+        if isinstance(error, PipelineError):
+            raise error
+        raise hf_refusals.classify(
+            error,
+            model=request.model,
+            own_model=request.model != self.model and not self.base_url,
+            provider=str(outcome.get("provider") or ""),
+            timeout_s=self.timeout_s,
+            answer=attempt.last_answer(),
+        ) from None
+
+    def _call(self, request: GenerationRequest, seed: int | None, outcome: dict[str, Any]) -> Image.Image:
+        ensure_http_client()
+        provider = "endpoint" if self.base_url else self._route(request)
+        outcome["provider"] = provider
+        client = self._client(None if self.base_url else provider)
+        image = client.text_to_image(
+            request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=request.width,
+            height=request.height,
+            seed=seed,
+            model=None if self.base_url else request.model,
+        )
+        image.load()  # decode now, so a truncated body fails here and not later
+        image.info[PROVIDER_INFO] = provider
+        return image
+
+
+def _client_supports(provider: str) -> bool:
+    """Whether this huggingface_hub knows how to call ``provider`` for text-to-image."""
+    from huggingface_hub.inference._providers import PROVIDERS
+
+    return "text-to-image" in PROVIDERS.get(provider, {})  # type: ignore[call-overload]
 
 
 class OfflinePreviewGenerator(ImageGenerator):

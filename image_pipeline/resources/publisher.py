@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,11 +22,13 @@ from PIL import Image
 from pydantic import Field, PrivateAttr
 
 from .. import gallery
-from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from ..errors import PipelineError, PromptRejected, ServiceWait
 from ..files import atomic_write
 from ..pacing import ChatPacer
 from ..preflight import Check, fail, ok, skipped
 from ..redact import install_log_redaction, redact, register_secret
+from ..refusals import telegram as telegram_refusals
+from ..refusals.telegram import DeliveryUncertain
 from ..retry import RetryPolicy, call_with_retry
 from ..transport import never_reached_server
 
@@ -41,8 +45,6 @@ DOCUMENT_MAX_BYTES = 50 * 1024 * 1024
 MESSAGE_MAX_CHARS = 4096
 ALBUM_MAX_IMAGES = 10  # sendMediaGroup: "must include 2-10 items"; one image goes through sendPhoto
 CAPTION_MAX_CHARS = 1024
-# What Telegram answers when it will not take an upload as a photo; as a document it goes through untouched.
-_PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "IMAGE_PROCESS_FAILED", "PHOTO_SAVE_FILE_INVALID")
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,6 @@ class Publisher(dg.ConfigurableResource):
 TELEGRAM = "Telegram"  # the service name in preflight tables
 
 
-class DeliveryUncertain(ServiceBlocked):
-    """Telegram may have accepted the post but we never saw the answer; retrying could post twice."""
-
-
 class TelegramPublisher(Publisher):
     """Telegram Bot API ``sendPhoto`` / ``sendDocument`` / ``sendMessage`` through requests."""
 
@@ -253,10 +251,22 @@ class TelegramPublisher(Publisher):
 
         ``upload`` is the file of sendPhoto / sendDocument; ``files`` are named parts that the request
         refers to with ``attach://<name>`` (sendMediaGroup). Returns the ``result`` of the answer: an
-        object, or for sendMediaGroup a list of messages."""
+        object, or for sendMediaGroup a list of messages.
+
+        ``retry_read_timeout`` says the request may be sent again without risk of a second post (reads,
+        notices, previews): a lost answer or a 5xx is then retried. Without it (a post into the channel)
+        they are ``DeliveryUncertain`` and never repeated (``refusals.telegram``)."""
         parts: dict[str, PreparedUpload] = dict(files or {})
         if upload is not None:
             parts["photo" if upload.method == "sendPhoto" else "document"] = upload
+
+        repeatable = retry_read_timeout
+        chat = str(data.get("chat_id", ""))
+        setting = (
+            "TELEGRAM_ALERT_CHAT_ID"
+            if self.alert_chat_id and chat == str(self.alert_chat_id) and chat != str(self.chat_id)
+            else "TELEGRAM_CHAT_ID"
+        )
 
         def attempt() -> Any:
             # bytes, not file objects: every attempt uploads every image again in full
@@ -268,32 +278,17 @@ class TelegramPublisher(Publisher):
                     files=files,
                     timeout=(self.connect_timeout_s, self.read_timeout_s),
                 )
-            except requests.ConnectTimeout:
-                raise TransientError(f"Telegram {method}: connect timed out", service="telegram") from None
-            except requests.ReadTimeout:
-                if retry_read_timeout:
-                    raise TransientError(
-                        f"Telegram {method}: no answer in time", service="telegram"
-                    ) from None
-                raise DeliveryUncertain(
-                    f"Telegram {method}: no answer within {self.read_timeout_s:g}s; the post may have gone "
-                    "through, so it is not retried automatically. Check the channel before running again",
-                    service="telegram",
-                ) from None
             except requests.RequestException as exc:
-                if retry_read_timeout or never_reached_server(exc):
-                    raise TransientError(
-                        f"Telegram {method}: connection failed ({type(exc).__name__})", service="telegram"
-                    ) from None
-                # The request went out and the connection broke before a full answer came back: Telegram
-                # may have posted it, so a blind retry could post it twice.
-                raise DeliveryUncertain(
-                    f"Telegram {method}: the connection broke before Telegram answered "
-                    f"({type(exc).__name__}); the post may have gone through, so it is not retried "
-                    "automatically. Check the channel before running again",
-                    service="telegram",
+                # whether the request left decides whether a send may be repeated (refusals.telegram)
+                raise telegram_refusals.classify_transport(
+                    method,
+                    reached_server=not never_reached_server(exc),
+                    timed_out=isinstance(exc, requests.Timeout),
+                    repeatable=repeatable,
+                    detail=type(exc).__name__,
+                    read_timeout_s=self.read_timeout_s,
                 ) from None
-            return self._parse(method, response)
+            return self._parse(method, response, repeatable=repeatable, chat_setting=setting)
 
         return call_with_retry(attempt, policy or self.retry_policy(), what=f"telegram {method}")
 
@@ -303,11 +298,7 @@ class TelegramPublisher(Publisher):
         try:
             me = self.call("getMe", {}, retry_read_timeout=True, policy=once)
         except PipelineError as exc:
-            fix = (
-                "copy the token again from @BotFather (/mybots > API Token) into TELEGRAM_TOKEN"
-                if exc.status == 401
-                else "check TELEGRAM_API_BASE_URL and the network"
-            )
+            fix = self._fix_for(exc, "check TELEGRAM_API_BASE_URL and the network")
             names = ["bot can post", *(["alert chat"] if self.alert_chat_id else [])]
             return [
                 fail(TELEGRAM, "token valid", str(exc), fix),
@@ -322,6 +313,24 @@ class TelegramPublisher(Publisher):
             checks.extend(self._chat_checks(self.alert_chat_id, me, bot, once, names=(None, "alert chat")))
         return checks
 
+    def _fix_for(self, exc: PipelineError, default: str) -> str:
+        """The preflight's fix column for a refusal of getMe / getChat."""
+        if isinstance(exc, ServiceWait):
+            back = time.strftime("%H:%M:%S UTC", time.gmtime(exc.until))
+            return f"nothing to fix: Telegram's flood wait holds every request of the bot until {back}"
+        if exc.status in (404, 421) or (exc.status == 401 and "malformed" in str(exc)):
+            token = self.token.strip()
+            if token.lower().startswith("bot"):
+                return "TELEGRAM_TOKEN starts with 'bot': remove that prefix (the URL adds it)"
+            if not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token):
+                return "TELEGRAM_TOKEN is not shaped like '<bot id>:<secret>': copy it again from @BotFather"
+            return (
+                "check TELEGRAM_TOKEN (malformed) and that TELEGRAM_API_BASE_URL points at a Bot API server"
+            )
+        if exc.status == 401:
+            return "copy the token again from @BotFather (/mybots > API Token) into TELEGRAM_TOKEN"
+        return default
+
     def _chat_checks(
         self, chat_id: str, me: dict[str, Any], bot: str, once: RetryPolicy, names: tuple[str | None, str]
     ) -> list[Check]:
@@ -335,7 +344,7 @@ class TelegramPublisher(Publisher):
             elif exc.status == 400:
                 fix = f"check {variable} (-100... for a channel or group, or @channelusername) and add {bot} to it"
             else:
-                fix = "check the network and try again"
+                fix = self._fix_for(exc, "check the network and try again")
             return [
                 fail(TELEGRAM, reach or post, str(exc), fix),
                 *([skipped(TELEGRAM, [post], "needs the chat")[0]] if reach else []),
@@ -371,66 +380,33 @@ class TelegramPublisher(Publisher):
             return [*checks, fail(TELEGRAM, post, f"{bot} may not send photos in {where}", fix)]
         return [*checks, ok(TELEGRAM, post, f"{bot} is a {status} of {where}")]
 
-    def _parse(self, method: str, response: requests.Response) -> Any:
+    def _parse(self, method: str, response: requests.Response, *, repeatable: bool, chat_setting: str) -> Any:
+        """The ``result`` of a Bot API answer, or the typed error ``refusals.telegram`` makes of it."""
         try:
             body = response.json()
             if not isinstance(body, dict):
                 raise ValueError("not an object")
         except ValueError:
-            if response.status_code >= 500 or response.status_code in (200, 429):
-                raise TransientError(
-                    f"Telegram {method}: unreadable answer (HTTP {response.status_code})",
-                    service="telegram",
-                    status=response.status_code,
-                ) from None
-            raise PromptRejected(
-                f"Telegram {method}: HTTP {response.status_code} without a Bot API answer",
-                service="telegram",
-                status=response.status_code,
+            answer = telegram_refusals.Answer(
+                method,
+                response.status_code,
+                retry_after_header=response.headers.get("Retry-After"),
+                is_bot_api=False,
+            )
+            raise telegram_refusals.classify(
+                answer, repeatable=repeatable, chat_setting=chat_setting
             ) from None
         if body.get("ok") is True:
             return body.get("result") or {}
-        code = int(body.get("error_code") or response.status_code)
-        description = redact(str(body.get("description", "")))[:300]
-        params = body.get("parameters") or {}
-        if code == 429:
-            wait = params.get("retry_after") or response.headers.get("Retry-After")
-            raise TransientError(
-                f"Telegram {method}: rate limited (429), retry after {wait}s",
-                service="telegram",
-                status=429,
-                retry_after=float(wait) if wait is not None else None,
-            )
-        if code >= 500:
-            raise TransientError(f"Telegram {method}: {code} {description}", service="telegram", status=code)
-        if code == 401:
-            raise ServiceBlocked(
-                "Telegram rejected the bot token (401 Unauthorized): check TELEGRAM_TOKEN (from @BotFather)",
-                service="telegram",
-                status=code,
-            )
-        if code == 403:
-            raise ServiceBlocked(
-                f"Telegram {method}: {description}. Add the bot to the channel as an administrator "
-                "allowed to post messages",
-                service="telegram",
-                status=code,
-            )
-        if "migrate_to_chat_id" in params:
-            raise ServiceBlocked(
-                f"Telegram {method}: the group became a supergroup; set TELEGRAM_CHAT_ID to "
-                f"{params['migrate_to_chat_id']}",
-                service="telegram",
-                status=code,
-            )
-        if "chat not found" in description.lower():
-            raise ServiceBlocked(
-                f"Telegram {method}: chat not found. Check TELEGRAM_CHAT_ID (a channel id looks like "
-                "-100…, or use @channelusername) and that the bot was added to it",
-                service="telegram",
-                status=code,
-            )
-        raise TelegramBadRequest(f"Telegram {method}: {description}", service="telegram", status=code)
+        params = body.get("parameters")
+        answer = telegram_refusals.Answer(
+            method,
+            int(body.get("error_code") or response.status_code),
+            str(body.get("description", "")),
+            params if isinstance(params, dict) else None,
+            response.headers.get("Retry-After"),
+        )
+        raise telegram_refusals.classify(answer, repeatable=repeatable, chat_setting=chat_setting)
 
     def pacer(self) -> ChatPacer:
         if self._pacer is None:
@@ -487,21 +463,17 @@ class TelegramPublisher(Publisher):
     ) -> PostReceipt:
         try:
             messages = self._request(chat_id, uploads, caption, retry_read_timeout)
-        except TelegramBadRequest as exc:
+        except (telegram_refusals.PhotoRefused, telegram_refusals.CaptionRefused) as exc:
             # A 400 means nothing was posted (an album is refused whole), so one corrected try is safe.
-            text = str(exc).upper()
-            if uploads[0].method == "sendPhoto" and any(code in text for code in _PHOTO_REFUSALS):
+            if isinstance(exc, telegram_refusals.PhotoRefused):
+                if uploads[0].method != "sendPhoto":
+                    raise
                 # Telegram refused it as a photo; as a document it is delivered byte for byte.
                 uploads = _album_as_documents(pngs, prompt_id, f"Telegram refused the photo ({exc})")
-            elif "CAPTION IS TOO LONG" in text:
+            else:
                 # Telegram counted more than we did (e.g. UTF-16 units): cut harder and try once more.
                 caption = _cut_utf16(caption, CAPTION_MAX_CHARS)
-            else:
-                raise PromptRejected(str(exc), service="telegram", status=exc.status) from None
-            try:
-                messages = self._request(chat_id, uploads, caption, retry_read_timeout)
-            except TelegramBadRequest as again:
-                raise PromptRejected(str(again), service="telegram", status=again.status) from None
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout)
         return self._receipt(chat_id, messages, uploads)
 
     def _request(
@@ -557,10 +529,6 @@ class TelegramPublisher(Publisher):
             log.warning("could not send the failure notice: %s", exc)
             return False
         return True
-
-
-class TelegramBadRequest(PipelineError):
-    """A 400 from Telegram that is about this post (decided by ``publish``)."""
 
 
 def _media_group(uploads: Sequence[PreparedUpload], caption: str) -> tuple[str, dict[str, PreparedUpload]]:

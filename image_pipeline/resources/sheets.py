@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +34,8 @@ from pydantic import Field, PrivateAttr
 
 from ..errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError, WriteOutcomeUnknown
 from ..files import atomic_write
+from ..ledger import REMOVED as LEDGER_REMOVED
+from ..ledger import Ledger, process_alive
 from ..models import (
     DONE_ALIASES,
     DONE_COLUMNS,
@@ -48,6 +51,7 @@ from ..models import (
 )
 from ..preflight import Check, fail, ok, skipped, warn
 from ..redact import install_log_redaction, redact, register_secret
+from ..refusals.google import GoogleAnswer, classify_api, classify_token, is_rows_moved
 from ..retry import RetryPolicy, call_with_retry
 from ..transport import never_reached_server
 
@@ -69,7 +73,25 @@ class RowsShifted(Exception):
 
 
 class CaptureLost(Exception):
-    """The copy of the deleted rows cannot be read back (the write may not have happened)."""
+    """The copy of the deleted rows is not there (the delete has not taken effect, or not yet)."""
+
+
+# Each capturing delete puts its copy in a block of its own on top of the hidden worksheet; this many rows
+# of older blocks are kept below it (a copy is read back within seconds, or by the next run after a crash).
+CAPTURE_KEEP_ROWS = 1000
+CAPTURE_MIN_COLUMNS = 26
+# An unfinished removal whose owner may still be alive elsewhere is taken over after this long.
+REMOVAL_LEASE_S = 600.0
+
+
+@dataclass(frozen=True)
+class CaptureArea:
+    """Where one capturing delete copies the rows it removes: a block of the hidden worksheet whose first
+    cell is ``nonce``, followed by ``rows`` rows of ``width`` columns (twice: as they were, and as shown)."""
+
+    nonce: str
+    rows: int
+    width: int
 
 
 @dataclass
@@ -136,11 +158,16 @@ class TableBackend:
         raise NotImplementedError
 
     def delete_rows_capturing(
-        self, worksheet: str, row_numbers: Sequence[int], width: int
+        self, worksheet: str, row_numbers: Sequence[int], width: int, area: CaptureArea | None = None
     ) -> list[list[str]] | None:
-        """Delete rows by position; return what they held when deleted (ascending row order), or None
-        when the backend cannot tell (the rows were deleted all the same)."""
+        """Delete rows by position; return the values they showed when deleted (ascending row order), or
+        None when the backend cannot tell (the rows were deleted all the same). ``area``: where the copy
+        goes, chosen (and recorded) by the caller before the request leaves."""
         self.delete_rows(worksheet, row_numbers)
+        return None
+
+    def read_capture(self, area: CaptureArea) -> list[list[str]] | None:
+        """The copy an earlier capturing delete made, or None when there is none (it never took effect)."""
         return None
 
     def restore_captured(self, worksheet: str, placements: Sequence[tuple[int, int]]) -> None:
@@ -184,6 +211,45 @@ def _with_usable_ids(snapshot: QueueSnapshot) -> QueueSnapshot:
 
 def _same_row(a: PromptRow, b: PromptRow) -> bool:
     return a.prompt_id == b.prompt_id and a.fingerprint() == b.fingerprint()
+
+
+# Owners of the removals running in this process: an unfinished one whose owner is not among them was
+# interrupted (an exception, or a process killed before it read its copy back).
+_LIVE_REMOVALS: set[str] = set()
+
+
+def _removal_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _removal_is_stale(owner: str, created: float) -> bool:
+    """Whether an unfinished removal was abandoned: its process is gone (same host), its call in this
+    process has returned, or it is older than any removal takes (another host)."""
+    try:
+        host, pid_text, _ = owner.split(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if time.time() - created > REMOVAL_LEASE_S:
+        return True
+    if host != socket.gethostname():
+        return False
+    if pid == os.getpid():
+        return owner not in _LIVE_REMOVALS
+    return not process_alive(pid)
+
+
+def _removal_intent(snapshot: QueueSnapshot, targets: list[PromptRow], area: CaptureArea) -> str:
+    """What the next run needs to check a delete it did not see finish: which rows were meant."""
+    return json.dumps(
+        {
+            "header": snapshot.header,
+            "width": area.width,
+            "targets": [
+                {"id": t.prompt_id, "fingerprint": t.fingerprint(), "row": t.row_number} for t in targets
+            ],
+        }
+    )
 
 
 def _col_letter(col: int) -> str:
@@ -316,44 +382,29 @@ def _http_client_class(sheets_base: str | None, drive_base: str | None) -> type:
     return RoutedHTTPClient
 
 
-def _google_error(exc: BaseException, what: str) -> PipelineError:
-    """Map gspread / google-auth / requests failures to our typed errors, with clean messages."""
+def _google_error(
+    exc: BaseException, what: str, *, repeatable: bool = True, account: str = ""
+) -> PipelineError:
+    """Map gspread / google-auth / requests failures to our typed errors, with clean messages. Google's
+    answers are classified by ``image_pipeline.refusals.google``; ``repeatable=False`` for a write that
+    must not be sent twice (a 5xx may follow a commit)."""
     import google.auth.exceptions
     import gspread
     import requests
 
     if isinstance(exc, gspread.exceptions.APIError):
         code = exc.code if isinstance(exc.code, int) and exc.code > 0 else exc.response.status_code
-        status = ""
-        message = ""
-        if isinstance(exc.error, dict):
-            status = str(exc.error.get("status", ""))
-            message = str(exc.error.get("message", ""))
-        message = redact(message)[:300]
-        retry_after = _retry_after_header(exc.response)
-        if code == 429 or code >= 500 or code == 408:
-            return TransientError(
-                f"Google Sheets {what}: HTTP {code} {status} {message}".strip(),
-                service="sheets",
-                status=code,
-                retry_after=retry_after,
-            )
-        if code in (401, 403):
-            return ServiceBlocked(
-                f"Google Sheets {what}: HTTP {code} {status}: {message}. Share the spreadsheet with the "
-                "service account's e-mail as Editor and check that the Sheets and Drive APIs are enabled",
-                service="sheets",
-                status=code,
-            )
-        if code == 404:
-            return ServiceBlocked(
-                f"Google Sheets {what}: spreadsheet not found (HTTP 404). Check GOOGLE_SHEET_KEY / "
-                "GOOGLE_SHEET_TITLE and that the sheet is shared with the service account",
-                service="sheets",
-                status=code,
-            )
-        return ServiceBlocked(
-            f"Google Sheets {what}: HTTP {code} {status}: {message}", service="sheets", status=code
+        drive = "/drive/" in str(getattr(exc.response, "url", "") or "")
+        answer = GoogleAnswer.from_error(
+            code, exc.error if isinstance(exc.error, dict) else None, _retry_after_header(exc.response)
+        )
+        return classify_api(
+            answer,
+            what,
+            repeatable=repeatable,
+            account=account,
+            api="Google Drive" if drive else "Google Sheets",
+            clean=redact,
         )
     if isinstance(exc, gspread.exceptions.SpreadsheetNotFound):
         return ServiceBlocked(
@@ -370,15 +421,8 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
     if isinstance(exc, google.auth.exceptions.TransportError):
         return TransientError(f"Google auth {what}: token endpoint unreachable", service="sheets")
     if isinstance(exc, google.auth.exceptions.RefreshError):
-        retryable = bool(getattr(exc, "retryable", False))
-        text = redact(exc.args[0] if exc.args else "")[:200]
-        if retryable:
-            return TransientError(f"Google auth {what}: {text}", service="sheets")
-        return ServiceBlocked(
-            f"Google auth {what}: the service-account key was rejected ({text}). Create a new key "
-            "for the service account and point GOOGLE_SERVICE_ACCOUNT_FILE at it",
-            service="sheets",
-        )
+        text = redact(str(exc.args[0]) if exc.args else "")[:300]
+        return classify_token(text, what, retryable=bool(getattr(exc, "retryable", False)))
     if isinstance(exc, requests.exceptions.JSONDecodeError | ValueError | KeyError):
         return TransientError(
             f"Google Sheets {what}: malformed response ({type(exc).__name__})",
@@ -403,11 +447,36 @@ def _google_error(exc: BaseException, what: str) -> PipelineError:
 
 
 def _retry_after_header(response: Any) -> float | None:
+    """Retry-After in seconds (Sheets quotas send none; a proxy in front of Google may)."""
     try:
         value = response.headers.get("Retry-After")
         return float(value) if value else None
     except (AttributeError, ValueError):
         return None
+
+
+class SheetTitles(dict[str, int]):
+    """Worksheet title -> sheetId, looked up the way Sheets matches titles: case-insensitively (an A1
+    range 'done'!A1 reads "Done", and a second sheet whose title differs only in case is refused with
+    `A sheet with the name "Done" already exists`), so a queue named "PROCESS" or a log named "done" is
+    found and never added twice (../shared/real-services.md, Google section)."""
+
+    def actual(self, title: str) -> str | None:
+        """The title as the spreadsheet spells it, or None when no worksheet has it."""
+        if dict.__contains__(self, title):
+            return title
+        folded = title.casefold()
+        return next((t for t in self if t.casefold() == folded), None)
+
+    def __contains__(self, title: object) -> bool:
+        return isinstance(title, str) and self.actual(title) is not None
+
+    def __getitem__(self, title: str) -> int:
+        return dict.__getitem__(self, self.actual(title) or title)
+
+    def get(self, title: str, default: Any = None) -> Any:  # type: ignore[override]
+        actual = self.actual(title)
+        return default if actual is None else dict.__getitem__(self, actual)
 
 
 # (key hash, endpoints, timeout) -> gspread client
@@ -463,14 +532,16 @@ class GoogleSheetsBackend(TableBackend):
             client.set_timeout(timeout_s)
             _CLIENTS[cache_key] = client
         self._gc = client
-        self._sheet_ids: dict[str, int] | None = None
+        self._sheet_ids: SheetTitles | None = None
         self._capture = True
         self._capture_width = 1
+        self._capture_row0 = 0  # the block of the copy the last read found (its nonce row, 0-based)
 
     # every API call goes through here: typed errors, retries with the service's hint
     def _call(self, what: str, fn: Any, *, repeatable: bool = True) -> Any:
         """One API call with retries. ``repeatable=False`` for writes addressed by position or that add
-        rows: when their answer is lost they are not repeated (WriteOutcomeUnknown), the caller re-reads."""
+        rows: when their answer is lost, or is a 5xx (Google may send one after committing the write,
+        moneyman#484), they are not repeated (WriteOutcomeUnknown): the caller reads back first."""
 
         def attempt() -> Any:
             try:
@@ -478,7 +549,7 @@ class GoogleSheetsBackend(TableBackend):
             except PipelineError:
                 raise
             except Exception as exc:
-                error = _google_error(exc, what)
+                error = _google_error(exc, what, repeatable=repeatable, account=self.service_account_email)
                 if isinstance(error, TransientError) and error.ambiguous and not repeatable:
                     raise WriteOutcomeUnknown(
                         f"{error}; the write may have been applied", service="sheets"
@@ -514,19 +585,19 @@ class GoogleSheetsBackend(TableBackend):
         self._key = self._call("find spreadsheet", find)
         return self._key
 
-    def sheet_ids(self) -> dict[str, int]:
+    def sheet_ids(self) -> SheetTitles:
         if self._sheet_ids is None:
             # Worksheet ids rarely change: the process shares them between resource instances (the
             # `run` command and its runs, sensor ticks) for a while instead of paying a read each time.
             # A worksheet removed meanwhile shows as a refused request, which forgets them.
             cached = _SHEET_IDS.get(self.key())
             if cached is not None and time.monotonic() - cached[0] < SHEET_IDS_TTL_S:
-                self._sheet_ids = dict(cached[1])
+                self._sheet_ids = SheetTitles(cached[1])
             else:
                 meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
-                self._sheet_ids = {
-                    s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]
-                }
+                self._sheet_ids = SheetTitles(
+                    {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+                )
                 _SHEET_IDS[self.key()] = (time.monotonic(), dict(self._sheet_ids))
         return self._sheet_ids
 
@@ -539,7 +610,9 @@ class GoogleSheetsBackend(TableBackend):
 
     def metadata(self) -> dict[str, Any]:
         meta = self._call("read metadata", lambda: self.http.fetch_sheet_metadata(self.key()))
-        self._sheet_ids = {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+        self._sheet_ids = SheetTitles(
+            {s["properties"]["title"]: int(s["properties"]["sheetId"]) for s in meta["sheets"]}
+        )
         _SHEET_IDS[self.key()] = (time.monotonic(), dict(self._sheet_ids))
         return dict(meta)
 
@@ -558,10 +631,11 @@ class GoogleSheetsBackend(TableBackend):
         _SHEET_IDS.pop(self._key or "", None)
 
     def _require(self, worksheet: str) -> None:
+        """The worksheet exists (titles match case-insensitively, as in Sheets); a missing Done is added."""
         if worksheet not in self.sheet_ids() and _SHEET_IDS.get(self._key or ""):
             self.forget_sheet_ids()  # maybe added since we looked
         if worksheet not in self.sheet_ids():
-            if worksheet == self.done:
+            if worksheet.casefold() == self.done.casefold():
                 self._add_worksheet(worksheet)
                 return
             raise QueueFormatError(
@@ -571,15 +645,38 @@ class GoogleSheetsBackend(TableBackend):
             )
 
     def _add_worksheet(self, title: str) -> None:
+        """Add a worksheet. Not repeated blind: an addSheet whose answer was lost or was a 5xx may have
+        been applied, and repeating it is refused (`A sheet with the name ... already exists`); so is one
+        racing another run. Either way the list of worksheets is read again and decides."""
         body = {"requests": [{"addSheet": {"properties": {"title": title}}}]}
-        reply = self._call("add worksheet", lambda: self.http.batch_update(self.key(), body))
+        try:
+            reply = self._call(
+                "add worksheet", lambda: self.http.batch_update(self.key(), body), repeatable=False
+            )
+        except WriteOutcomeUnknown:
+            reply = None
+        except ServiceBlocked as exc:
+            if exc.status != 400 or not is_rows_moved(400, str(exc)):
+                raise
+            reply = None
+        if reply is None:
+            self.forget_sheet_ids()
+            if title not in self.sheet_ids():
+                raise TransientError(
+                    f"Google Sheets add worksheet: {title!r} is not there after an unanswered request",
+                    service="sheets",
+                )
+            return
         props = reply["replies"][0]["addSheet"]["properties"]
         assert self._sheet_ids is not None
         self._sheet_ids[title] = int(props["sheetId"])
+        _SHEET_IDS.pop(self._key or "", None)
 
-    @staticmethod
-    def _a1(worksheet: str, cells: str = "") -> str:
-        quoted = "'" + worksheet.replace("'", "''") + "'"
+    def _a1(self, worksheet: str, cells: str = "") -> str:
+        """An A1 range on the worksheet, spelled as the spreadsheet spells its title (Sheets itself
+        matches case-insensitively; an implementation that does not still finds it)."""
+        actual = self._sheet_ids.actual(worksheet) if self._sheet_ids is not None else None
+        quoted = "'" + (actual or worksheet).replace("'", "''") + "'"
         return f"{quoted}!{cells}" if cells else quoted
 
     def read(self, worksheet: str) -> list[list[str]]:
@@ -663,7 +760,10 @@ class GoogleSheetsBackend(TableBackend):
     def _positional_batch(self, what: str, requests_: list[dict[str, Any]], sheet_id: int) -> Any:
         """A batchUpdate addressed by row position. Google applies it all or nothing, so a 400 means
         nothing happened: either the rows moved (RowsShifted, the caller re-reads) or the grid has no
-        spare row left below the data, which one appended row fixes."""
+        spare row left below the data, which one appended row fixes. Only the answers that
+        ``refusals.google.ROWS_MOVED_RULES`` lists mean moved rows; any other 400 (a protected range, the
+        workbook's cell limit, a request this endpoint does not know) is a ServiceBlocked with Google's
+        text: re-reading would meet it again, and the rows were not removed."""
         body = {"requests": requests_}
         try:
             return self._call(what, lambda: self.http.batch_update(self.key(), body), repeatable=False)
@@ -675,7 +775,7 @@ class GoogleSheetsBackend(TableBackend):
                 grow = {"appendDimension": {"sheetId": sheet_id, "dimension": "ROWS", "length": 1}}
                 body = {"requests": [grow, *requests_]}
                 return self._call(what, lambda: self.http.batch_update(self.key(), body), repeatable=False)
-            if "Unknown name" in text or "Cannot find field" in text:
+            if not is_rows_moved(400, text):
                 raise
             if "No grid with id" in text or "already exists" in text:
                 self.forget_sheet_ids()  # a worksheet was removed or added since we listed them
@@ -689,7 +789,7 @@ class GoogleSheetsBackend(TableBackend):
         self._positional_batch("delete rows", self._delete_requests(sheet_id, row_numbers), sheet_id)
 
     def delete_rows_capturing(
-        self, worksheet: str, row_numbers: Sequence[int], width: int
+        self, worksheet: str, row_numbers: Sequence[int], width: int, area: CaptureArea | None = None
     ) -> list[list[str]] | None:
         if not row_numbers:
             return []
@@ -699,8 +799,9 @@ class GoogleSheetsBackend(TableBackend):
         self._require(worksheet)
         sheet_id = self.sheet_ids()[worksheet]
         rows = sorted(set(row_numbers))
-        width = max(1, width)
-        self._capture_width = width
+        area = area or CaptureArea(uuid.uuid4().hex, len(rows), max(1, width))
+        width = area.width
+        columns = max(2 * width, CAPTURE_MIN_COLUMNS)
         adding: list[dict[str, Any]] = []
         scratch = self.sheet_ids().get(REMOVED_ROWS_WORKSHEET)
         if scratch is None:
@@ -710,72 +811,134 @@ class GoogleSheetsBackend(TableBackend):
                 "sheetId": scratch,
                 "title": REMOVED_ROWS_WORKSHEET,
                 "hidden": True,
-                "gridProperties": {"rowCount": len(rows) + 1, "columnCount": width},
+                "gridProperties": {"rowCount": 1, "columnCount": columns},
             }
             adding = [{"addSheet": {"properties": props}}]
-        nonce = uuid.uuid4().hex
-        whole_rows = {"startColumnIndex": 0, "endColumnIndex": width}
+        block = len(rows) + 1
+
+        def paste(source_row: int, row: int, first_col: int, kind: str) -> dict[str, Any]:
+            return {
+                "copyPaste": {
+                    "source": {
+                        "sheetId": sheet_id,
+                        "startRowIndex": source_row - 1,
+                        "endRowIndex": source_row,
+                        "startColumnIndex": 0,
+                        "endColumnIndex": width,
+                    },
+                    "destination": {
+                        "sheetId": scratch,
+                        "startRowIndex": row,
+                        "endRowIndex": row + 1,
+                        "startColumnIndex": first_col,
+                        "endColumnIndex": first_col + width,
+                    },
+                    "pasteType": kind,
+                }
+            }
+
         requests_: list[dict[str, Any]] = [
             *adding,
+            # A fresh block on top for this delete: the copies of earlier deletes move down and are never
+            # overwritten, so a copy whose reader was killed is still there for the next run.
+            {
+                "insertDimension": {
+                    "range": {"sheetId": scratch, "dimension": "ROWS", "startIndex": 0, "endIndex": block},
+                    "inheritFromBefore": False,
+                }
+            },
+            # the oldest copies fall off the bottom, long after the deletes that made them were checked
             {
                 "updateSheetProperties": {
                     "properties": {
                         "sheetId": scratch,
-                        "gridProperties": {"rowCount": len(rows) + 1, "columnCount": width},
+                        "gridProperties": {"rowCount": CAPTURE_KEEP_ROWS, "columnCount": columns},
                     },
                     "fields": "gridProperties.rowCount,gridProperties.columnCount",
                 }
             },
-            {"updateCells": {"range": {"sheetId": scratch}, "fields": "userEnteredValue"}},
             {
                 "updateCells": {
                     "start": {"sheetId": scratch, "rowIndex": 0, "columnIndex": 0},
-                    "rows": [{"values": [{"userEnteredValue": {"stringValue": nonce}}]}],
+                    "rows": [{"values": [{"userEnteredValue": {"stringValue": area.nonce}}]}],
                     "fields": "userEnteredValue",
                 }
             },
-            # copied in the same atomic request as the delete: exactly what the delete removes
+            # Copied in the same atomic request as the delete: exactly what the delete removes. Columns
+            # [0, width) hold the row as it was (formulas, formats) to put it back; [width, 2*width) hold
+            # the values it showed, with its number formats, to compare: PASTE_NORMAL re-bases relative
+            # references (=A5 copied two rows up is =A3), so the first copy may show other values.
             *(
-                {
-                    "copyPaste": {
-                        "source": {
-                            "sheetId": sheet_id,
-                            "startRowIndex": n - 1,
-                            "endRowIndex": n,
-                            **whole_rows,
-                        },
-                        "destination": {
-                            "sheetId": scratch,
-                            "startRowIndex": i + 1,
-                            "endRowIndex": i + 2,
-                            **whole_rows,
-                        },
-                        "pasteType": "PASTE_NORMAL",
-                    }
-                }
+                request
                 for i, n in enumerate(rows)
+                for request in (
+                    paste(n, i + 1, 0, "PASTE_NORMAL"),
+                    paste(n, i + 1, width, "PASTE_VALUES"),
+                    paste(n, i + 1, width, "PASTE_FORMAT"),
+                )
             ),
             *self._delete_requests(sheet_id, rows),
         ]
         try:
             self._positional_batch("delete rows", requests_, sheet_id)
         except WriteOutcomeUnknown:
-            pass  # the marker below tells whether it was applied
+            # the copy below tells whether it was applied; whether the worksheet was added, a fresh
+            # list of worksheets does
+            if adding:
+                self.forget_sheet_ids()
+        except ServiceBlocked as exc:
+            text = str(exc)
+            if exc.status != 400 or not ("Unknown name" in text or "Cannot find field" in text):
+                raise  # refused as a whole (a protected range...): nothing was deleted
+            return self._stop_capturing(worksheet, rows, exc)
+        else:
+            if adding:
+                self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = scratch
+                _SHEET_IDS.pop(self.key(), None)
+        captured = self.read_capture(area)
+        if captured is None:
+            raise CaptureLost("the copy of the deleted rows is not there: the delete was not applied")
+        return captured
+
+    def read_capture(self, area: CaptureArea) -> list[list[str]] | None:
+        """What a capturing delete removed (the values each row showed), or None when its copy is not
+        there: the delete never took effect. Its block is on top unless another delete came after it."""
+        if REMOVED_ROWS_WORKSHEET not in self.sheet_ids():
+            self.forget_sheet_ids()
+            if REMOVED_ROWS_WORKSHEET not in self.sheet_ids():
+                return None
+
+        def fetch(cells: str) -> list[list[str]]:
+            a1 = self._a1(REMOVED_ROWS_WORKSHEET, cells)
+            reply = self._call("read removed rows", lambda: self.http.values_get(self.key(), a1))
+            return [[str(c) for c in row] for row in reply.get("values", [])]
+
+        try:
+            values = fetch(f"1:{area.rows + 1}")
         except ServiceBlocked as exc:
             if exc.status != 400:
                 raise
-            return self._stop_capturing(worksheet, rows, exc)
-        if adding:
-            self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = scratch
-            _SHEET_IDS.pop(self.key(), None)
-        reply = self._call(
-            "read removed rows", lambda: self.http.values_get(self.key(), self._a1(REMOVED_ROWS_WORKSHEET))
-        )
-        values = [[str(c) for c in row] for row in reply.get("values", [])]
-        if not values or not values[0] or values[0][0] != nonce:
-            # not applied, or another run's delete overwrote the copy since
-            raise CaptureLost("the copy of the deleted rows is not ours")
-        return [values[i + 1] if i + 1 < len(values) else [] for i in range(len(rows))]
+            # "Unable to parse range": the worksheet is not there (a delete that added it never took effect)
+            self.forget_sheet_ids()
+            if REMOVED_ROWS_WORKSHEET in self.sheet_ids():
+                raise
+            return None
+        start = next((i for i, row in enumerate(values) if row[:1] == [area.nonce]), None)
+        if start is None:
+            values = fetch("")
+            start = next((i for i, row in enumerate(values) if row[:1] == [area.nonce]), None)
+        if start is None:
+            return None
+        self._capture_row0 = start
+        self._capture_width = area.width
+        out = []
+        for i in range(area.rows):
+            row = values[start + 1 + i] if start + 1 + i < len(values) else []
+            shown = list(row[area.width : 2 * area.width])
+            while shown and shown[-1] == "":
+                shown.pop()
+            out.append(shown)
+        return out
 
     def _stop_capturing(self, worksheet: str, rows: list[int], exc: Exception) -> None:
         # An implementation of the Sheets API without copyPaste / hidden sheets: plain deletes,
@@ -790,8 +953,10 @@ class GoogleSheetsBackend(TableBackend):
             return
         sheet_id = self.sheet_ids()[worksheet]
         scratch = self.sheet_ids()[REMOVED_ROWS_WORKSHEET]
+        # the row as it was (formulas re-based back, formats), from the copy the last read found;
         # the same columns as captured: a wider destination would repeat the row across it
         cols = {"startColumnIndex": 0, "endColumnIndex": self._capture_width}
+        first = self._capture_row0 + 1
         requests_: list[dict[str, Any]] = []
         for position, index in sorted(placements):
             requests_.append(
@@ -812,8 +977,8 @@ class GoogleSheetsBackend(TableBackend):
                     "copyPaste": {
                         "source": {
                             "sheetId": scratch,
-                            "startRowIndex": index + 1,
-                            "endRowIndex": index + 2,
+                            "startRowIndex": first + index,
+                            "endRowIndex": first + index + 1,
                             **cols,
                         },
                         "destination": {
@@ -1122,7 +1287,12 @@ class PromptSheet(dg.ConfigurableResource):
         current = self.read_queue().by_id()
         return {pid: current[pid] for pid in ids if pid in current}
 
-    def remove_rows(self, expected: dict[str, str], snapshot: QueueSnapshot | None = None) -> dict[str, str]:
+    def remove_rows(
+        self,
+        expected: dict[str, str],
+        snapshot: QueueSnapshot | None = None,
+        journal: Ledger | None = None,
+    ) -> dict[str, str]:
         """Remove rows by id after re-reading them. ``expected`` maps id -> the fingerprint we processed.
 
         A row whose content changed meanwhile is kept (CHANGED); a missing id deletes nothing (VANISHED).
@@ -1131,9 +1301,29 @@ class PromptSheet(dg.ConfigurableResource):
         not the one we meant (a person inserted or moved rows between our read and the delete) is put
         back where it was, and the row we meant is looked up again. ``snapshot``, a read made just
         before (Google only: the local workbook reads under its lock), saves the first re-read.
+
+        ``journal`` (the ledger) makes that check survive a crash: each delete's intent is recorded
+        before it is sent, and cleared once its copy was checked; the copy is never overwritten, so the
+        next run (``recover_removals``, called here first) puts back what a killed run could not.
         """
         if not expected:
             return {}
+        owner = _removal_owner()
+        _LIVE_REMOVALS.add(owner)
+        try:
+            if journal is not None and not self.backend.atomic:
+                try:
+                    self.recover_removals(journal, owner=owner)
+                except (TransientError, WriteOutcomeUnknown) as exc:
+                    # the copies stay where they are and the intents stay recorded: the next run retries
+                    log.warning("could not check the deletes of an interrupted run yet (%s)", exc)
+            return self._remove_rows(expected, snapshot, journal, owner)
+        finally:
+            _LIVE_REMOVALS.discard(owner)
+
+    def _remove_rows(
+        self, expected: dict[str, str], snapshot: QueueSnapshot | None, journal: Ledger | None, owner: str
+    ) -> dict[str, str]:
         outcome: dict[str, str] = {}
         pending = dict(expected)
         earlier = None if self.backend.atomic else snapshot
@@ -1157,14 +1347,23 @@ class PromptSheet(dg.ConfigurableResource):
                     self.backend.delete_rows(self.process_worksheet, [t.row_number for t in targets])
                     break
                 width = max([len(snapshot.header), *(len(r.cells) for r in snapshot.rows)])
+                area = CaptureArea(uuid.uuid4().hex, len(targets), max(1, width))
+                if journal is not None:
+                    # durable before the request leaves: a crash before the copy is checked is repaired
+                    journal.begin_removal(area.nonce, owner, _removal_intent(snapshot, targets, area))
+                settled = True  # whether the copy is checked once this pass is over
                 try:
                     captured = self.backend.delete_rows_capturing(
-                        self.process_worksheet, [t.row_number for t in targets], width
+                        self.process_worksheet, [t.row_number for t in targets], width, area
                     )
                 except RowsShifted:
-                    continue  # nothing was applied; read again
+                    if journal is not None:
+                        journal.end_removal(area.nonce)  # refused as a whole: nothing was applied
+                    continue  # read again
                 except (CaptureLost, WriteOutcomeUnknown):
-                    captured = None
+                    # no copy yet: a request whose answer was lost may still take effect later, so its
+                    # intent stays for the next run to check
+                    captured, settled = None, False
                 if captured is not None:
                     still = self._put_back_strangers(snapshot, targets, captured)
                 else:
@@ -1173,16 +1372,88 @@ class PromptSheet(dg.ConfigurableResource):
                     after = self.read_queue()
                     still = [t for t in targets if any(_same_row(a, t) for a in after.rows)]
                     self._restore_lost(snapshot, targets, after, len(still))
+                if journal is not None and settled:
+                    journal.end_removal(area.nonce)
                 if not still:
                     break
                 pending = {t.prompt_id: t.fingerprint() for t in still}
         return outcome
 
+    def recover_removals(self, journal: Ledger, owner: str | None = None) -> int:
+        """Finish the deletes an interrupted run left unchecked: read each one's copy and put back the
+        rows it removed that were not the ones meant (a person's row that slid into the position).
+        Returns how many rows were put back. Cheap when there is nothing to do (one ledger read)."""
+        if self.backend.atomic:
+            return 0
+        open_ = journal.open_removals()
+        if not open_:
+            return 0
+        mine = owner or _removal_owner()
+        _LIVE_REMOVALS.add(mine)
+        restored = 0
+        try:
+            for nonce, _owner, _created, body in open_:
+                if not journal.take_removal(nonce, mine, _removal_is_stale):
+                    continue  # its run is still at work
+                intent = json.loads(body)
+                targets = [
+                    PromptRow(int(t["row"]), "", str(t["id"]), {}, (), status="") for t in intent["targets"]
+                ]
+                prints = [str(t["fingerprint"]) for t in intent["targets"]]
+                area = CaptureArea(nonce, len(targets), int(intent["width"]))
+                try:
+                    captured = self.backend.read_capture(area)
+                    if captured is not None:
+                        restored += self._put_back_after_crash(intent, targets, prints, captured, journal)
+                except WriteOutcomeUnknown as exc:
+                    log.warning("putting back rows of an interrupted delete: %s; checked again next run", exc)
+                    continue
+                journal.end_removal(nonce)  # (no copy: that delete never took effect)
+        finally:
+            if owner is None:
+                _LIVE_REMOVALS.discard(mine)
+        return restored
+
+    def _put_back_after_crash(
+        self,
+        intent: dict[str, Any],
+        targets: list[PromptRow],
+        prints: list[str],
+        captured: list[list[str]],
+        journal: Ledger,
+    ) -> int:
+        header = [str(h) for h in intent["header"]]
+        now = self.read_queue()
+        present = {(r.prompt_id, r.fingerprint()) for r in now.rows} | {tuple(r.cells) for r in now.rows}
+        strangers: list[int] = []
+        for i, (target, fingerprint, cells) in enumerate(zip(targets, prints, captured, strict=True)):
+            if not any(c != "" for c in cells):
+                continue  # an empty line: nothing of anyone's was lost
+            got = self._parse([header, cells]).rows
+            row = got[0] if got else None
+            if row is None or (row.prompt_id == target.prompt_id and row.fingerprint() == fingerprint):
+                continue  # ours: meant to go
+            if (row.prompt_id, row.fingerprint()) in present or tuple(row.cells) in present:
+                continue  # put back already (the run was killed after restoring it)
+            entry = journal.get(row.prompt_id, row.fingerprint()) if row.prompt_id else None
+            if entry is not None and entry.queue_state == LEDGER_REMOVED:
+                continue  # a prompt of ours that a later run removed on purpose
+            strangers.append(i)
+        if not strangers:
+            return 0
+        log.warning(
+            "an interrupted run deleted %d row(s) that were not its own; putting them back", len(strangers)
+        )
+        self._restore_strangers(targets, strangers, captured)
+        return len(strangers)
+
     def _put_back_strangers(
         self, snapshot: QueueSnapshot, targets: list[PromptRow], captured: list[list[str]]
     ) -> list[PromptRow]:
         """Compare what the delete removed with what we meant; re-insert the rows that were not ours.
-        Returns the targets that were not deleted (the caller looks them up again)."""
+        Returns the targets that were not deleted (the caller looks them up again). ``captured`` holds
+        the values the removed rows showed, compared with the values our read showed: re-based formulas
+        in the copy cannot make our own row look like a stranger, nor a stranger like ours."""
         missed: list[PromptRow] = []
         strangers: list[int] = []
         for i, (target, cells) in enumerate(zip(targets, captured, strict=True)):
@@ -1191,28 +1462,32 @@ class PromptSheet(dg.ConfigurableResource):
                 continue
             missed.append(target)
             strangers.append(i)
-        if not strangers:
-            return missed
+        if strangers:
+            log.warning(
+                "%d row(s) moved into the deleted positions while the sheet changed; putting them back",
+                len(strangers),
+            )
+            self._restore_strangers(targets, strangers, captured)
+        return missed
+
+    def _restore_strangers(
+        self, targets: list[PromptRow], strangers: list[int], captured: list[list[str]]
+    ) -> None:
         # Where each removed row stood once the whole delete is applied: its old position less the
         # rows above it that were rightly deleted. Re-inserting in ascending order keeps every position.
         ours = [t.row_number for i, t in enumerate(targets) if i not in strangers]
         placements = [
             (targets[i].row_number - sum(1 for n in ours if n < targets[i].row_number), i) for i in strangers
         ]
-        log.warning(
-            "%d row(s) moved into the deleted positions while the sheet changed; putting them back",
-            len(placements),
-        )
         try:
             self.backend.restore_captured(self.process_worksheet, placements)
         except (RowsShifted, WriteOutcomeUnknown):
-            # fall back to rewriting the values, after checking which ones are missing
+            # fall back to writing the values it showed, after checking which ones are missing
             present = [tuple(r.cells) for r in self.read_queue().rows]
             for position, i in placements:
                 cells = captured[i]
                 if any(c != "" for c in cells) and tuple(cells) not in present:
                     self.backend.insert_row(self.process_worksheet, position, cells)
-        return missed
 
     def _restore_lost(
         self, before: QueueSnapshot, targets: list[PromptRow], after: QueueSnapshot, limit: int
@@ -1273,8 +1548,15 @@ class PromptSheet(dg.ConfigurableResource):
                         names.append(col)
                         header_cells.append(CellWrite(1, len(names), col))
             if header_cells:
-                with contextlib.suppress(WriteOutcomeUnknown):  # same cells, same values: safe to leave
+                try:
                     self.backend.write_cells(self.done_worksheet, header_cells)
+                except WriteOutcomeUnknown:
+                    # Read back before repeating: rows appended under a header that never landed
+                    # would be read as the header next time.
+                    landed = self.backend.read_header(self.done_worksheet)
+                    missing = [c for c in header_cells if c.col > len(landed) or landed[c.col - 1] != c.value]
+                    if missing:
+                        self.backend.write_cells(self.done_worksheet, missing)
             pending = list(entries)
             for _ in range(3):
                 rows = []
@@ -1285,9 +1567,10 @@ class PromptSheet(dg.ConfigurableResource):
                     self.backend.append(self.done_worksheet, rows)
                     return
                 except WriteOutcomeUnknown:
-                    # The rows may be there already: append only the ones that are not.
-                    logged = {(r.get("id", ""), r.get("prompt", "")) for r in self.read_done()}
-                    pending = [e for e in pending if (e.id, e.prompt) not in logged]
+                    # The rows may be there already (a 5xx can follow a committed append): append only
+                    # the ones that are not, matched by id and prompt as assets._done_index matches them.
+                    logged = {(r.get("id", "").strip(), r.get("prompt", "")) for r in self.read_done()}
+                    pending = [e for e in pending if (e.id.strip(), e.prompt) not in logged]
                     if not pending:
                         return
             raise TransientError(
@@ -1311,6 +1594,17 @@ class PromptSheet(dg.ConfigurableResource):
 
     def change_token(self) -> str:
         return self.backend.change_token()
+
+    def column_digest(self, columns: Sequence[int]) -> str | None:
+        """A digest of these queue columns (0-based), read in one request (one Sheets read of quota);
+        None where change_token() is exact (the workbook's file stat) and this read would add nothing.
+        Drive's token trails Sheets edits by minutes (google-api-go-client#906), so the sensor also
+        compares this, on a slower cadence, to see new rows at once."""
+        if not isinstance(self.backend, GoogleSheetsBackend):
+            return None
+        spans = [f"{_col_letter(c + 1)}:{_col_letter(c + 1)}" for c in sorted(set(columns))]
+        tables = self.backend.read_many([(self.process_worksheet, span) for span in spans])
+        return hashlib.sha256(json.dumps([spans, tables]).encode()).hexdigest()[:16]
 
 
 class LocalWorkbook(PromptSheet):
@@ -1436,7 +1730,10 @@ class GoogleSheet(PromptSheet):
         try:
             backend.check_credentials()
         except PipelineError as exc:
-            fix = "check the network and the key's token_uri" if isinstance(exc, TransientError) else new_key
+            # the token endpoint's answer names its fix: a wrong clock, a deleted account, a revoked key
+            fix = getattr(exc, "fix", "") or new_key
+            if isinstance(exc, TransientError):
+                fix = "check the network and the key's token_uri"
             return [fail(SHEETS, names[0], str(exc), fix), *skipped(SHEETS, names[1:], "needs a valid key")]
         checks = [ok(SHEETS, names[0], f"service account {email}")]
 
@@ -1445,8 +1742,8 @@ class GoogleSheet(PromptSheet):
             meta = backend.metadata()
         except PipelineError as exc:
             text = str(exc)
-            if "has not been used" in text or "SERVICE_DISABLED" in text or "is disabled" in text:
-                fix = "enable the Google Sheets API and the Google Drive API in the key's Cloud project"
+            if "SERVICE_DISABLED" in getattr(exc, "google_reasons", ()):
+                fix = getattr(exc, "fix", "")
             elif isinstance(exc, TransientError):
                 fix = "Google did not answer properly: check the network and try again"
             elif exc.status == 404 and self.spreadsheet_key:
@@ -1463,15 +1760,18 @@ class GoogleSheet(PromptSheet):
         title = str((meta.get("properties") or {}).get("title", ""))
         checks.append(ok(SHEETS, names[1], f"{title!r} ({backend.key()})"))
 
-        worksheets = [str(s["properties"]["title"]) for s in meta.get("sheets", [])]
-        process, done = self.process_worksheet, self.done_worksheet
-        if process not in worksheets:
+        titles = SheetTitles({str(s["properties"]["title"]): 0 for s in meta.get("sheets", [])})
+        worksheets = list(titles)
+        # matched as Sheets matches titles (case-insensitively), and named as the spreadsheet spells them
+        process = titles.actual(self.process_worksheet) or self.process_worksheet
+        done = titles.actual(self.done_worksheet) or self.done_worksheet
+        if process not in titles:
             found = ", ".join(w for w in worksheets if w != REMOVED_ROWS_WORKSHEET) or "none"
             fix = f"add a worksheet named {process!r} with 'prompt' in A1, or set GOOGLE_PROCESS_WORKSHEET"
             checks.append(fail(SHEETS, names[2], f"no worksheet {process!r} (found: {found})", fix))
             checks.extend(skipped(SHEETS, [names[3]], "needs the queue worksheet"))
         else:
-            has_done = done in worksheets
+            has_done = done in titles
             if has_done:
                 checks.append(ok(SHEETS, names[2], f"{process!r} and {done!r}"))
             else:
@@ -1487,10 +1787,17 @@ class GoogleSheet(PromptSheet):
                 checks.append(self._header_check(heads[0], heads[1] if has_done else None))
 
         try:
-            can_edit = backend.can_edit()
+            # Drive's rate limit (403 usageLimits) is retried here too: it says nothing about the setup
+            policy = RetryPolicy(attempts=3, base_delay_s=self.retry_base_delay_s, max_delay_s=8.0)
+            can_edit = call_with_retry(backend.can_edit, policy, what="preflight drive")
+        except ServiceBlocked as exc:
+            # The sensor reads Drive's change token on every tick (and a sheet found by title is looked
+            # up in Drive): a Drive that refuses us would leave instant mode blind, so this fails.
+            fix = getattr(exc, "fix", "") or "enable the Google Drive API in the key's Cloud project"
+            checks.append(fail(SHEETS, names[4], f"{exc} (the sheet sensor's change token reads Drive)", fix))
         except PipelineError as exc:
             checks.append(
-                warn(SHEETS, names[4], f"Drive did not answer ({exc})", "enable the Google Drive API")
+                warn(SHEETS, names[4], f"Drive did not answer ({exc})", "check the network and try again")
             )
         else:
             if can_edit is False:
