@@ -680,7 +680,7 @@ def _post_one(
             "in the channel; not posted again to avoid a duplicate. Re-queue the prompt if it is missing"
         )
         book.update(key, fingerprint, post_state=UNCERTAIN)
-        return {"status": FAILED, "reason": reason}
+        return {"status": UNCERTAIN, "reason": reason}
     if not image.ok:
         return {"status": image.status, "reason": image.meta.get("reason", image.status)}
     if not _hold(book, owner, is_stale, ledger, key, record):
@@ -716,7 +716,7 @@ def _post_one(
     except DeliveryUncertain as exc:
         book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
         context.log.warning(f"{key}: {exc}")
-        return {"status": FAILED, "reason": f"delivery uncertain: {exc}"}
+        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}"}
     except ServiceBlocked:
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
@@ -939,6 +939,8 @@ def _entry_for(
             entry.information = (
                 f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
             )
+    elif post.get("status") == UNCERTAIN:
+        entry.status, entry.information = UNCERTAIN, post.get("reason", "delivery uncertain")
     elif not image.ok and image.status == FAILED:
         entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
     else:
@@ -1094,8 +1096,8 @@ def done_entry(
                 book.release(key, record["fingerprint"], owner)
     for key, _fingerprint, entry in to_log:
         results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
-        if entry.status == FAILED:
-            _notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
+        if entry.status in (FAILED, UNCERTAIN):
+            _notify(publisher, f"image-pipeline: prompt {key} {entry.status}: {entry.information}")
     for key in to_remove:
         if removal.get(key) not in (None, "removed"):
             context.log.warning(

@@ -646,7 +646,7 @@ def verdict(
             done_statuses.setdefault(marker, set()).add(status.strip().upper())
             done_rows.setdefault(marker, []).append(row)
             own_fault = REJECTED_WORD in prompt or marker in refused
-            if status.strip().upper() in ("FAILED", "INVALID") and not own_fault:
+            if status.strip().upper() in ("FAILED", "INVALID", "UNCERTAIN") and not own_fault:
                 info = row[info_col] if info_col < len(row) else ""
                 not_their_fault.setdefault(marker, []).append(info)
 
@@ -668,14 +668,19 @@ def verdict(
         texts = dict(truth.texts)
     failed = {m for m, s in done_statuses.items() if "FAILED" in s}
     invalid = {m for m, s in done_statuses.items() if "INVALID" in s}
+    # "delivery uncertain": out of the queue with a Done row telling the operator to check the channel
+    uncertain = {m for m, s in done_statuses.items() if "UNCERTAIN" in s}
     kept = queued - withdrawn
-    lost = {m for m in kept if not posts[m] and m not in failed | invalid and m not in in_process}
+    lost = {m for m in kept if not posts[m] and m not in failed | invalid | uncertain and m not in in_process}
     wrongly_deleted = {m for m in kept if m not in in_process and m not in done_statuses and not posts[m]}
     # A person's rewrite is a new prompt, so its text may be posted besides the old one; the same text
     # twice, or two texts of a prompt nobody edited, is a double post.
     twice = {m for m in queued if posts[m] >= 2 and (max(captions[m].values()) >= 2 or m not in edited)}
     reposted_after_edit = {m for m in queued if posts[m] >= 2 and m not in twice}
-    wrongly_failed = set(not_their_fault) & queued
+    # a posted prompt whose Done row says "uncertain" is done all the same; an unposted one is not
+    wrongly_failed = {
+        m for m in set(not_their_fault) & queued if not (posts[m] and m not in failed | invalid)
+    }
     # the same Done row (text and status) logged twice: an append repeated after it had landed
     logged_twice = {
         m
@@ -716,6 +721,8 @@ def verdict(
         "logged_twice": len(logged_twice),
         "quarantined": len(failed & queued),
         "invalid": len(invalid & queued),
+        "uncertain": len(uncertain & queued),
+        "uncertain_posted": sum(1 for m in uncertain & queued if posts[m]),
         "withdrawn": len(withdrawn),
         "edited": len(edited),
         "inserted": len(truth.inserted),

@@ -16,6 +16,10 @@ from datetime import UTC, datetime
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 INVALID = "INVALID"
+# The photo may or may not be in the channel (the answer to the send was lost, or a 5xx came back): not
+# the prompt's fault, and never sent again blind, since bots cannot read a channel back (see
+# refusals/telegram.py). A person checks the channel and types the prompt again if it is missing.
+UNCERTAIN = "UNCERTAIN"
 
 # Optional "Process" columns, matched by header name (case-insensitive).
 OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count")

@@ -233,20 +233,16 @@ def queue_prompts(workbook_dir: Path, prompts: list[str]) -> list[str]:
     return [r.prompt_id for r in LocalWorkbook(folder=str(workbook_dir)).ensure_ids().rows]
 
 
-def pass_gate(defs: dg.Definitions) -> None:
+def pass_gate(defs: dg.Definitions | dict[str, object]) -> None:
     """The run gate's preflight, against the services as they are now, recorded in the ledger as the
     schedule or sensor records it: what a run launched minutes later finds. Tests of a service that
     starts refusing *after* the gate passed (a token revoked mid-day, a fault in the middle of a batch)
     call this before they inject the fault."""
     from image_pipeline.preflight import gate
 
-    with dg.build_resources(
-        {
-            k: v
-            for k, v in defs.resources.items()
-            if k in ("prompt_sheet", "image_generator", "publisher", "ledger")
-        }
-    ) as built:
+    resources = defs.resources if isinstance(defs, dg.Definitions) else defs
+    names = ("prompt_sheet", "image_generator", "publisher", "ledger")
+    with dg.build_resources({k: v for k, v in resources.items() if k in names}) as built:
         trio = [built.prompt_sheet, built.image_generator, built.publisher]
         refused = gate(trio, store=built.ledger.open())
     assert refused is None, refused

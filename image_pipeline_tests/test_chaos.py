@@ -1,8 +1,11 @@
 """The chaos harness, reduced: the real worker against faulty emulators, SIGKILLs and a person editing.
 
-One run serves every test of the module (it takes about two minutes): the figures must be present and
-add up, and no secret may leak anywhere. Exactly-once (nothing posted twice, nothing lost, nothing deleted
-without a trace) is asserted separately, so its state is visible on its own.
+One run serves every test of the module (about a minute): the figures must be present and add up, and no
+secret may leak anywhere. Exactly-once (nothing posted twice, nothing lost, nothing deleted without a
+trace) and "only a prompt's own fault fails it" are asserted separately, so each state is visible on its
+own. The run meets the service-level faults of issue 12 at least once each: a Sheets write committed then
+answered 503, a rights error on a send, an hour-long flood wait (lifted by the harness) and a provider
+refusing a prompt.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from image_pipeline.emulators.base import Request, Response
 from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID, TelegramEmulator
 
 # 30 prompts, not more: a prompt costs the worker ~1.3 s of Dagster run overhead on a 2-core machine, and
-# faults, kills and crashed workers add restarts of ~5 s each; this keeps the run around two minutes.
+# faults, kills and crashed workers add restarts of ~5 s each; this keeps the run around a minute.
 REDUCED = {"prompts": 30, "fault_rate": 0.2, "kills": 3, "writer": True, "seed": 7, "timeout_s": 300.0}
 
 
@@ -43,15 +46,32 @@ def test_reduced_run_accounts_for_every_prompt_and_leaks_no_secret(reduced: dict
     posted = r["posted_once"] + r["posted_twice"] + r["reposted_after_edit"]
     assert posted <= r["queued"] and r["posts_total"] >= posted
     # every prompt ends somewhere: posted, in Done as FAILED/INVALID, still queued, withdrawn, or lost
-    accounted = posted + r["quarantined"] + r["invalid"] + r["remaining"] + r["withdrawn"] + r["lost"]
-    assert accounted >= r["queued"]
+    accounted = posted + r["quarantined"] + r["invalid"] + r["uncertain"] + r["remaining"] + r["withdrawn"]
+    assert accounted + r["lost"] >= r["queued"]
     assert r["wrongly_deleted"] <= r["lost"]  # no Done row and no post is one way of being lost
+    # the service-level faults were met, and the hour-long wait was waited out
+    for fault in ("committed_503", "rights", "flood:3600", "provider_refusal"):
+        assert r["faults_" + fault] >= 1, fault
+    assert r["waits_lifted"] >= 1
+    breakdown = ("quarantined", "uncertain_posted", "uncertain_not_posted", "other")
+    assert r["wrongly_failed"] == sum(r["wrongly_failed_" + k] for k in breakdown)
 
 
 @pytest.mark.timeout(480)
 def test_reduced_run_posts_exactly_once(reduced: dict[str, int | float]) -> None:
-    figures = {k: reduced[k] for k in ("posted_twice", "lost", "wrongly_deleted")}
-    assert figures == {"posted_twice": 0, "lost": 0, "wrongly_deleted": 0}
+    figures = {k: reduced[k] for k in ("posted_twice", "lost", "wrongly_deleted", "token_hits")}
+    assert figures == {"posted_twice": 0, "lost": 0, "wrongly_deleted": 0, "token_hits": 0}
+
+
+@pytest.mark.timeout(480)
+@pytest.mark.xfail(
+    reason="a send whose answer is lost (a 5xx, a timeout, a kill after the intent) ends UNCERTAIN and leaves "
+    "the queue unposted (wrongly_failed_uncertain_not_posted); the lead decides the treatment (issue 12)",
+    strict=False,
+)
+def test_reduced_run_fails_no_prompt_for_a_service_fault(reduced: dict[str, int | float]) -> None:
+    figures = {k: v for k, v in reduced.items() if k.startswith("wrongly_failed")}
+    assert reduced["wrongly_failed"] == 0, figures
 
 
 def test_json_report_has_the_required_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -214,3 +214,34 @@ def _routed(emulator: Any) -> type:
     from image_pipeline.resources.sheets import _http_client_class
 
     return _http_client_class(emulator.base_url, emulator.base_url)
+
+
+def test_rows_shifted_by_one_put_back_only_the_row_that_slid_in(
+    google_emulator: Any, spreadsheet: str, tmp_path: Path
+) -> None:
+    """A person inserts a row above the batch: every deleted position holds the row that was above it.
+    Only the one row that is not ours goes back; our own row in the copy is recognised as ours."""
+    sheet = GoogleSheet(**sheet_fields(google_emulator, tmp_path, spreadsheet))
+    rows = {r.prompt: r for r in sheet.ensure_ids().rows}
+    cat, owl = rows["a cat"], rows["a owl"]  # rows 3 and 4
+    inserted: list[int] = []
+
+    def person_inserts_above(request: Any, endpoint: str) -> None:
+        if endpoint != "sheets.batchUpdate":
+            return
+        if is_delete(request, endpoint) and not inserted:
+            google_emulator.insert_row(spreadsheet, PROCESS, 2, ["typed by a person", "7"])
+        body = json.loads(request.body)
+        inserted.extend(
+            1
+            for r in body["requests"]
+            if r.get("insertDimension", {}).get("range", {}).get("sheetId") == 0  # "Process"
+        )
+
+    google_emulator.on_request = person_inserts_above
+    outcome = sheet.remove_rows({cat.prompt_id: cat.fingerprint(), owl.prompt_id: owl.fingerprint()})
+    google_emulator.on_request = None
+    assert outcome == {cat.prompt_id: REMOVED, owl.prompt_id: REMOVED}
+    table = google_emulator.values(spreadsheet, PROCESS)
+    assert [r[:2] for r in table[1:]] == [["typed by a person", "7"], ["a fox", "1"]]
+    assert sum(inserted) == 1  # the fox alone was put back, not the cat that the delete rightly took

@@ -312,7 +312,8 @@ def test_no_secret_reaches_any_output(
         scenario(
             "hf-401-wrong-token",
             ["a fox"],
-            "Hugging Face rejected the token (HTTP 401)",
+            # the run's gate meets the wrong token before any generation
+            "rejected the token (HTTP 401)",
             success=False,
             env={"HF_TOKEN": WRONG_HF_TOKEN},
         )
@@ -350,7 +351,7 @@ def test_no_secret_reaches_any_output(
         scenario(
             "sheets-refused",
             ["a fox"],
-            "the prompt sheet is unreachable",
+            "Google Sheets read metadata: connection failed",  # the run's gate finds no Sheets API
             success=False,
             env={"GOOGLE_SHEETS_API_BASE_URL": _dead_url()},
         )
@@ -364,22 +365,22 @@ def test_no_secret_reaches_any_output(
         scenario(
             "hf-refused",
             ["a fox"],
-            "RETRY: generation failed (attempt 1 of 3, will retry): Hugging Face unreachable",
-            success=True,
+            "unreachable (ConnectError) -> check HF_INFERENCE_BASE_URL",  # the run's gate
+            success=False,
             env={"HF_INFERENCE_BASE_URL": f"{_dead_url()}/models/{MODEL}"},
         )
         scenario(
             "telegram-refused",
             ["a fox"],
-            "RETRY: posting failed (attempt 1 of 3, will retry): Telegram sendPhoto: connection failed",
-            success=True,
+            "TELEGRAM_API_BASE_URL",  # the run's gate cannot reach the Bot API and names the setting
+            success=False,
             env={"TELEGRAM_API_BASE_URL": _dead_url()},
         )
 
         scenario(
             "5xx-generator",
             ["a fox for a broken generator"],
-            "Hugging Face server error (HTTP 500)",
+            "server error (HTTP 500)",
             success=True,
             before=lambda: hf_emulator.fail_next(500, 500),  # both tries
         )
@@ -447,7 +448,7 @@ def test_no_secret_reaches_any_output(
         "the service-account key was rejected",
         "token endpoint unreachable",
         "delivery uncertain",
-        "Hugging Face rejected the token",
+        "rejected the token (HTTP 401)",
         "bot was kicked",
         "a calm lake at dusk",
     ):
@@ -459,7 +460,7 @@ def test_no_secret_reaches_any_output(
 
     for prefix in ("event log", "sqlite home", "stderr"):
         assert where(prefix, "credits are depleted"), prefix
-    assert where("python logs", "Telegram sendPhoto: connection failed")  # our retry warnings
+    assert where("python logs", "server error (HTTP 500)")  # our retry warnings
     assert where("run ", "process_prompts_job")
     assert where("sqlite home", "process_prompts_job")  # compressed snapshots were inflated
     assert where("file data/outbox/notices.jsonl", "FAILED") and where("file data/outbox/posts.jsonl", "lake")

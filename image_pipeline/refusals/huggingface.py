@@ -330,7 +330,8 @@ def _http(exc: Any, *, model: str, own_model: bool, via: str, rid: str) -> Pipel
         return refuse(
             Refusal.TRANSIENT, _with_id(message, rid), service=SERVICE, status=status, retry_after=hint
         )
-    message = _with_id(f"Hugging Face{via}: {rule.says} (HTTP {status}){said}", rid) + f". Fix: {rule.fix}"
+    sep = ": " if rule.says.startswith("the ") else " "
+    message = _with_id(f"Hugging Face{sep}{rule.says} (HTTP {status}){via}{said}", rid) + f". Fix: {rule.fix}"
     if rule.credits:
         return CreditsDepleted(message, service=SERVICE, status=status)
     return refuse(rule.kind, message, service=SERVICE, status=status)

@@ -313,7 +313,7 @@ class HuggingFaceGenerator(ImageGenerator):
         token_check = ok(IMAGES, names[0], "accepted by the endpoint" if self.token else "no token sent")
         if status == 402:
             fix = "add credits or a payment method; prompts stay queued meanwhile"
-            return [token_check, fail(IMAGES, names[1], "credits are depleted (HTTP 402)", fix)]
+            return [token_check, fail(IMAGES, names[1], "credits depleted (HTTP 402)", fix)]
         if status == 403:
             return [token_check, fail(IMAGES, names[1], "access refused (HTTP 403)", "give the token access")]
         if status == 410:

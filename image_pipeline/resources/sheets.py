@@ -63,7 +63,8 @@ CHANGED = "changed"  # the row still has the id but its text changed meanwhile: 
 VANISHED = "vanished"  # no row has the id any more: a person deleted it (or it was removed already)
 
 # A hidden worksheet that receives a copy of the rows a delete removes, in the same atomic batchUpdate,
-# so the pipeline knows exactly what it deleted even when people edit the queue at the same moment.
+# so the pipeline knows exactly what it deleted even when people edit the queue at the same moment. Each
+# delete adds its own block on top (found again by a nonce the ledger holds), so a copy outlives a crash.
 SHEETS = "Sheets"  # the service name in preflight tables
 REMOVED_ROWS_WORKSHEET = "_image_pipeline_removed"
 
@@ -895,7 +896,11 @@ class GoogleSheetsBackend(TableBackend):
             if adding:
                 self.sheet_ids()[REMOVED_ROWS_WORKSHEET] = scratch
                 _SHEET_IDS.pop(self.key(), None)
-        captured = self.read_capture(area)
+        try:
+            captured = self.read_capture(area)
+        except PipelineError as exc:
+            # the delete may well have happened: its copy stays, and so does its intent, for a later check
+            raise CaptureLost(f"the copy of the deleted rows could not be read ({exc})") from None
         if captured is None:
             raise CaptureLost("the copy of the deleted rows is not there: the delete was not applied")
         return captured
@@ -1360,6 +1365,11 @@ class PromptSheet(dg.ConfigurableResource):
                     if journal is not None:
                         journal.end_removal(area.nonce)  # refused as a whole: nothing was applied
                     continue  # read again
+                except (ServiceBlocked, TransientError):
+                    # refused, or failed before it could apply (an unknown outcome is WriteOutcomeUnknown)
+                    if journal is not None:
+                        journal.end_removal(area.nonce)
+                    raise
                 except (CaptureLost, WriteOutcomeUnknown):
                     # no copy yet: a request whose answer was lost may still take effect later, so its
                     # intent stays for the next run to check
@@ -1426,13 +1436,11 @@ class PromptSheet(dg.ConfigurableResource):
         now = self.read_queue()
         present = {(r.prompt_id, r.fingerprint()) for r in now.rows} | {tuple(r.cells) for r in now.rows}
         strangers: list[int] = []
-        for i, (target, fingerprint, cells) in enumerate(zip(targets, prints, captured, strict=True)):
-            if not any(c != "" for c in cells):
+        for i in self._judge(header, targets, prints, captured)[0]:
+            got = self._parse([header, captured[i]]).rows if any(c != "" for c in captured[i]) else []
+            if not got:
                 continue  # an empty line: nothing of anyone's was lost
-            got = self._parse([header, cells]).rows
-            row = got[0] if got else None
-            if row is None or (row.prompt_id == target.prompt_id and row.fingerprint() == fingerprint):
-                continue  # ours: meant to go
+            row = got[0]
             if (row.prompt_id, row.fingerprint()) in present or tuple(row.cells) in present:
                 continue  # put back already (the run was killed after restoring it)
             entry = journal.get(row.prompt_id, row.fingerprint()) if row.prompt_id else None
@@ -1454,14 +1462,9 @@ class PromptSheet(dg.ConfigurableResource):
         Returns the targets that were not deleted (the caller looks them up again). ``captured`` holds
         the values the removed rows showed, compared with the values our read showed: re-based formulas
         in the copy cannot make our own row look like a stranger, nor a stranger like ours."""
-        missed: list[PromptRow] = []
-        strangers: list[int] = []
-        for i, (target, cells) in enumerate(zip(targets, captured, strict=True)):
-            got = self._parse([snapshot.header, cells]).rows if any(c != "" for c in cells) else []
-            if got and _same_row(got[0], target):
-                continue
-            missed.append(target)
-            strangers.append(i)
+        prints = [t.fingerprint() for t in targets]
+        strangers, unmatched = self._judge(snapshot.header, targets, prints, captured)
+        missed = [targets[j] for j in unmatched]
         if strangers:
             log.warning(
                 "%d row(s) moved into the deleted positions while the sheet changed; putting them back",
@@ -1469,6 +1472,26 @@ class PromptSheet(dg.ConfigurableResource):
             )
             self._restore_strangers(targets, strangers, captured)
         return missed
+
+    def _judge(
+        self, header: list[str], targets: list[PromptRow], prints: list[str], captured: list[list[str]]
+    ) -> tuple[list[int], list[int]]:
+        """Which removed rows were not ours (indexes into ``captured``) and which targets no removed row
+        was (indexes into ``targets``). Matched as sets, by id and fingerprint: when a person inserted a
+        row above the batch, every position holds the row that was above it, and only the one row that
+        slid in is a stranger."""
+        wanted: dict[tuple[str, str], int] = {}
+        for j, (target, fingerprint) in enumerate(zip(targets, prints, strict=True)):
+            wanted.setdefault((target.prompt_id, fingerprint), j)
+        strangers: list[int] = []
+        for i, cells in enumerate(captured):
+            got = self._parse([header, cells]).rows if any(c != "" for c in cells) else []
+            key = (got[0].prompt_id, got[0].fingerprint()) if got else None
+            if key is not None and key in wanted:
+                del wanted[key]
+            else:
+                strangers.append(i)
+        return strangers, sorted(wanted.values())
 
     def _restore_strangers(
         self, targets: list[PromptRow], strangers: list[int], captured: list[list[str]]
