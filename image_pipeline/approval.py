@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .io_managers import ImageOutcome
-from .ledger import PREVIEWED, Entry
-from .models import APPROVE, AWAITING_APPROVAL, HOLD, PREVIEW, PromptRow
+from .ledger import POSTING, PREVIEWED, UNCERTAIN, Entry
+from .models import APPROVE, AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, PREVIEW, REPOST, PromptRow
 
 # what a run does with a row
 POST = "post"  # generate and publish (no word, or a state the pipeline wrote)
@@ -24,6 +24,17 @@ APPROVED = "approved"  # publish the previewed images as they are
 HELD = "held"  # nothing: it waits in the queue
 
 APPROVAL_HINT = "type APPROVE in its status cell to publish it, or edit the prompt for a new preview"
+UNCERTAIN_HINT = (
+    "the photo may or may not be in the channel (its answer was lost); it is not sent again blind. Check "
+    f"the channel: if it is missing, type {REPOST} in the row's status cell (add a 'status' column if the "
+    "sheet has none); if it is there, delete the row"
+)
+
+
+def delivery_uncertain(entry: Entry | None) -> bool:
+    """A send left without an answer (UNCERTAIN), or a process that died during it (POSTING, seen by
+    the run that took its stale claim over)."""
+    return entry is not None and entry.post_state in (POSTING, UNCERTAIN)
 
 
 def has_preview(entry: Entry | None) -> bool:
@@ -34,8 +45,12 @@ def plan_for(row: PromptRow, entry: Entry | None) -> tuple[str, str]:
     """(mode, reason) for a row, given the ledger entry of its current text."""
     word = row.command
     previewed = has_preview(entry)
-    if word == HOLD:
-        return HELD, "on hold (the status cell says HOLD)"
+    if delivery_uncertain(entry):
+        if word == REPOST:
+            return POST, f"{REPOST}: a person found the uncertain post missing from the channel"
+        return HELD, f"delivery uncertain: {UNCERTAIN_HINT}"
+    if word in (HOLD, CHECK_CHANNEL):
+        return HELD, f"on hold (the status cell says {word})"
     if word in (PREVIEW, AWAITING_APPROVAL):
         if previewed:
             return HELD, f"awaiting approval: the preview was sent; {APPROVAL_HINT}"

@@ -27,7 +27,9 @@ from .approval import (
     HELD,
     POST,
     PREVIEW_ONLY,
+    UNCERTAIN_HINT,
     approved_outcome,
+    delivery_uncertain,
     keep_preview,
     outcome_pngs,
     plan_for,
@@ -60,6 +62,7 @@ from .ledger import (
 )
 from .models import (
     AWAITING_APPROVAL,
+    CHECK_CHANNEL,
     FAILED,
     GENERATING,
     INVALID,
@@ -233,6 +236,7 @@ def prompt_record(
     except TransientError as exc:
         raise dg.Failure(description=f"the prompt sheet is unreachable: {exc}") from None
     records = ByPartition()
+    newly_uncertain: list[str] = []
     with book.batch():  # one commit for the whole batch's claims
         for key in keys:
             row = rows.get(key)
@@ -287,9 +291,16 @@ def prompt_record(
             record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
             mode, why = plan_for(row, entry)
             record.update(mode=mode, count=variations_of(row))
-            if mode == HELD and entry.post_state is None:
-                record.update(status=HELD_STATUS, reason=why)
+            uncertain = delivery_uncertain(entry)
+            if mode == HELD and (entry.post_state is None or uncertain):
+                record.update(status=HELD_STATUS, reason=why, uncertain=uncertain)
+                if entry.post_state == POSTING:
+                    # a process died during the send: from now on a person decides, told once
+                    book.update(key, fingerprint, post_state=UNCERTAIN)
+                    newly_uncertain.append(key)
                 continue
+            if uncertain:  # REPOST: a person checked the channel and found the post missing
+                book.update(key, fingerprint, post_state=None)
             if why:
                 context.log.info(f"{key}: {why}")
             if entry.attempts >= ledger.max_attempts and entry.post_state is None:
@@ -297,6 +308,8 @@ def prompt_record(
                     status=QUARANTINED,
                     reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
                 )
+    for key in newly_uncertain:
+        _notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {UNCERTAIN_HINT}")
     working = {
         k: GENERATING
         for k, r in records.items()
@@ -674,13 +687,8 @@ def _post_one(
     if entry is not None and entry.post_state == POSTED:
         context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
         return _post_from_ledger(entry)
-    if entry is not None and entry.post_state in (POSTING, UNCERTAIN):
-        reason = (
-            "delivery uncertain: an earlier attempt was interrupted after the photo was sent, so it may be "
-            "in the channel; not posted again to avoid a duplicate. Re-queue the prompt if it is missing"
-        )
-        book.update(key, fingerprint, post_state=UNCERTAIN)
-        return {"status": UNCERTAIN, "reason": reason}
+    if delivery_uncertain(entry):  # planned as HELD by prompt_record; never sent again blind
+        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {UNCERTAIN_HINT}"}
     if not image.ok:
         return {"status": image.status, "reason": image.meta.get("reason", image.status)}
     if not _hold(book, owner, is_stale, ledger, key, record):
@@ -714,9 +722,13 @@ def _post_one(
         else:
             receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption)
     except DeliveryUncertain as exc:
+        # no attempt counted and no Done row: the row stays queued, held, until a person looks
         book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
         context.log.warning(f"{key}: {exc}")
-        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}"}
+        _notify(
+            publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {redact(str(exc))}; {UNCERTAIN_HINT}"
+        )
+        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}; {UNCERTAIN_HINT}"}
     except ServiceBlocked:
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
@@ -919,7 +931,7 @@ def _entry_for(
     if (
         status in (GONE, BUSY, LOGGED, HELD_STATUS)
         or image.status in (RETRY, "BUSY", CAPPED)
-        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL)
+        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL, UNCERTAIN)
     ):
         return None
     entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
@@ -939,8 +951,6 @@ def _entry_for(
             entry.information = (
                 f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
             )
-    elif post.get("status") == UNCERTAIN:
-        entry.status, entry.information = UNCERTAIN, post.get("reason", "delivery uncertain")
     elif not image.ok and image.status == FAILED:
         entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
     else:
@@ -965,6 +975,8 @@ def _entry_for(
 
 def _stays_as(record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]) -> str:
     """Why a prompt without a Done row is still queued (or not ours)."""
+    if record.get("uncertain") or post.get("status") == UNCERTAIN:
+        return UNCERTAIN
     if record["status"] in (GONE, BUSY, HELD_STATUS):
         return record["status"]
     if post.get("status") == AWAITING_APPROVAL:
@@ -1096,8 +1108,8 @@ def done_entry(
                 book.release(key, record["fingerprint"], owner)
     for key, _fingerprint, entry in to_log:
         results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
-        if entry.status in (FAILED, UNCERTAIN):
-            _notify(publisher, f"image-pipeline: prompt {key} {entry.status}: {entry.information}")
+        if entry.status == FAILED:
+            _notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
     for key in to_remove:
         if removal.get(key) not in (None, "removed"):
             context.log.warning(
@@ -1105,11 +1117,8 @@ def done_entry(
             )
         results[key]["queue_row"] = removal.get(key, "")
     # rows that stay queued show why in their status cell (only where the sheet has that column)
-    stay = {
-        key: AWAITING_APPROVAL if res["status"] == AWAITING_APPROVAL else QUEUED
-        for key, res in results.items()
-        if res.get("status") in (AWAITING_APPROVAL, RETRY, CAPPED)
-    }
+    words = {AWAITING_APPROVAL: AWAITING_APPROVAL, UNCERTAIN: CHECK_CHANNEL, RETRY: QUEUED, CAPPED: QUEUED}
+    stay = {key: words[res["status"]] for key, res in results.items() if res.get("status") in words}
     if stay:
         prompt_sheet.write_statuses(stay)
     statuses = _count(r.get("status", "") for r in results.values())

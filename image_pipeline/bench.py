@@ -33,8 +33,8 @@ Scenarios (the JSON holds one object per name):
   that delay, the bound is null, the Sheets requests per prompt are those of the whole trip (ticks
   included), the peak RSS is the daemon's tree (daemon, code server, run workers).
   (c) the same trip with Drive's change token lagging ``DRIVE_LAG_S`` (180 s: the emulator's
-  ``drive_lag_s``, as the real Drive trails Sheets edits) and ``IMAGE_PIPELINE_SHEET_CHECK_S=2``, so the
-  sensor's own Sheets read finds the row: ``drive_lag_row_to_post_s`` and ``drive_lag_sheets_requests``.
+  ``drive_lag_s``, as the real Drive trails Sheets edits) and ``IMAGE_PIPELINE_SHEET_CHECK_S=1`` (the
+  defaults' ratio: a check at every tick), so the sensor's own Sheets read finds the row: ``drive_lag_row_to_post_s`` and ``drive_lag_sheets_requests``.
 - ``baseline-B100-gen``: the ancestor's algorithm on the B100-gen profile: one fresh Python process per
   prompt (``python -m image_pipeline.bench --baseline-one``) that opens the sheet by title through
   gspread, reads column A, reads row 2, generates with ``InferenceClient.text_to_image`` (no size: the
@@ -735,7 +735,14 @@ def run_sensor(profile: Profile, ctx: Context) -> dict[str, Any]:
         lag_root = root / "lag"
         prepare_root(lag_root)
         lagged = instant_trip(
-            sandbox, accepted, lag_root, profile, ctx, TreeMemory(), {"IMAGE_PIPELINE_SHEET_CHECK_S": "2"}
+            sandbox,
+            accepted,
+            lag_root,
+            profile,
+            ctx,
+            TreeMemory(),
+            {"IMAGE_PIPELINE_SHEET_CHECK_S": "1"},
+            ready_ticks=3,
         )
         problems.extend(f"drive lag: {p}" for p in lagged.pop("problems"))
         out["drive_lag_s"] = DRIVE_LAG_S
@@ -844,7 +851,10 @@ def instant_trip(
     ctx: Context,
     memory: TreeMemory,
     extra_env: dict[str, str] | None = None,
+    ready_ticks: int | None = None,
 ) -> dict[str, Any]:
+    """``ready_ticks``: start once the daemon made that many ticks, instead of once one tick read no
+    Sheets (a sensor that reads the sheet at every tick never makes one)."""
     from image_pipeline.sandbox import PROCESS_WORKSHEET
 
     env = worker_env(sandbox, root, profile)
@@ -875,7 +885,9 @@ def instant_trip(
         [daemon_cli, "run", *workspace], cwd=PROJECT_ROOT, env=env, log=logs / "daemon.log"
     ) as daemon:
         memory.watch(daemon.pid)
-        while not _idle_tick_seen(google, 0):
+        while not (
+            google.count("drive.files.get") >= ready_ticks if ready_ticks else _idle_tick_seen(google, 0)
+        ):
             if daemon.poll() is not None:
                 return {"problems": [f"DAEMON exited {daemon.returncode}: {_tail(logs / 'daemon.log')}"]}
             if time.monotonic() > deadline:

@@ -539,7 +539,9 @@ class PostLedger(dg.ConfigurableResource):
         book = self.open()
         pause = book.pause_state()
         if pause is not None and pause.timed:
-            return [fail("Budget", "spending", pause.message(), "nothing to do: runs start again by themselves")]
+            return [
+                fail("Budget", "spending", pause.message(), "nothing to do: runs start again by themselves")
+            ]
         if pause is not None:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.since))
             return [

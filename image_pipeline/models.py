@@ -16,10 +16,6 @@ from datetime import UTC, datetime
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 INVALID = "INVALID"
-# The photo may or may not be in the channel (the answer to the send was lost, or a 5xx came back): not
-# the prompt's fault, and never sent again blind, since bots cannot read a channel back (see
-# refusals/telegram.py). A person checks the channel and types the prompt again if it is missing.
-UNCERTAIN = "UNCERTAIN"
 
 # Optional "Process" columns, matched by header name (case-insensitive).
 OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count")
@@ -31,11 +27,17 @@ STATUS_COLUMN = "status"
 HOLD = "HOLD"  # keep it queued, skip it
 PREVIEW = "PREVIEW"  # generate, send only to the alert chat, wait for APPROVE
 APPROVE = "APPROVE"  # publish the previewed image(s) as they are
-COMMANDS = (HOLD, PREVIEW, APPROVE)
+REPOST = "REPOST"  # after CHECK CHANNEL: the post is not in the channel, send it
+COMMANDS = (HOLD, PREVIEW, APPROVE, REPOST)
 # what the pipeline writes
 QUEUED = "QUEUED"
 GENERATING = "GENERATING"
 AWAITING_APPROVAL = "AWAITING APPROVAL"
+# The photo may or may not be in the channel: the answer to the send was lost, a 5xx came back, or the
+# process died during the send. Not the prompt's fault, and never sent again blind, since bots have no
+# idempotency key and cannot read a channel back (refusals/telegram.py). The row stays queued, held,
+# until a person looks: REPOST sends it, deleting the row (it is there) ends it.
+CHECK_CHANNEL = "CHECK CHANNEL"
 MAX_COUNT = 10  # Telegram albums hold 2-10 items
 
 # Done columns in the order we write them into a fresh sheet. Existing sheets keep their order; the
@@ -99,10 +101,11 @@ class PromptRow:
 
     @property
     def command(self) -> str:
-        """HOLD, PREVIEW, APPROVE when a person typed one (any case), AWAITING APPROVAL while a preview
-        waits, else "" (process normally: empty, or a state the pipeline wrote)."""
+        """HOLD, PREVIEW, APPROVE, REPOST when a person typed one (any case), AWAITING APPROVAL while a
+        preview waits, CHECK CHANNEL while a delivery is uncertain, else "" (process normally: empty, or a
+        state the pipeline wrote)."""
         word = " ".join(self.status.split()).upper()
-        return word if word in (*COMMANDS, AWAITING_APPROVAL) else ""
+        return word if word in (*COMMANDS, AWAITING_APPROVAL, CHECK_CHANNEL) else ""
 
     def fingerprint(self) -> str:
         """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""

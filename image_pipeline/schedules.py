@@ -6,7 +6,7 @@ from .batching import batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
-from .models import AWAITING_APPROVAL, HOLD
+from .models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
 from .partitions import prompt_partitions
 from .preflight import gate
 from .resources.images import ImageGenerator
@@ -44,7 +44,7 @@ def build_daily_schedule(
         except PipelineError as exc:
             return dg.SkipReason(f"cannot read the queue: {exc}")
         # rows a person holds, or that wait for APPROVE, are not the schedule's to run
-        rows = [row for row in snapshot.rows if row.command not in (HOLD, AWAITING_APPROVAL)]
+        rows = [row for row in snapshot.rows if row.command not in (HOLD, AWAITING_APPROVAL, CHECK_CHANNEL)]
         if not rows:
             return dg.SkipReason(
                 "the queue is empty"

@@ -17,7 +17,7 @@ from .batching import RANGE_END, RANGE_START, batches, run_request
 from .errors import PipelineError
 from .jobs import process_prompts_job
 from .ledger import PostLedger
-from .models import AWAITING_APPROVAL, HOLD, QUEUED
+from .models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
 from .partitions import prompt_partitions
 from .preflight import gate
 from .resources.images import ImageGenerator
@@ -92,7 +92,7 @@ def build_prompt_sheet_sensor(
         new_ids = [pid for pid in ids if pid not in known]
         dropped = _deleted_before_they_ran(context, ledger, registered, set(ids))
         word = {row.prompt_id: row.command for row in snapshot.rows}
-        waiting = [pid for pid in ids if word.get(pid) in (HOLD, AWAITING_APPROVAL)]
+        waiting = [pid for pid in ids if word.get(pid) in (HOLD, AWAITING_APPROVAL, CHECK_CHANNEL)]
         run_requests = []
         if instant:
             # the new partitions are registered in this order by this tick: batches are ranges of them
@@ -116,7 +116,10 @@ def build_prompt_sheet_sensor(
             ]
         if run_requests:
             # a pause or a used-up daily cap first: no API call needed to know the answer
-            refused = ledger.why_not_spend() or gate([prompt_sheet, image_generator, publisher])
+            # the pass is recorded in the ledger, so the runs this tick starts trust it
+            refused = ledger.why_not_spend() or gate(
+                [prompt_sheet, image_generator, publisher], store=ledger.open()
+            )
             if refused:
                 # the cursor stays, so the next tick sees the same new rows and checks again
                 context.log.warning(refused)

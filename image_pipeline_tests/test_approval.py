@@ -16,7 +16,7 @@ import pytest
 from image_pipeline.definitions import build_definitions
 from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 
-from .conftest import QUIET, emulated_env, sensor_tick
+from .conftest import QUIET, emulated_env, pass_gate, sensor_tick
 
 HEADER = ["prompt", "status", "count", "seed"]
 
@@ -201,6 +201,7 @@ def test_the_status_column_shows_progress(env, google_emulator, hf_emulator, ins
 
     hf_emulator.on_request = on_request
     hf_emulator.loading_estimated_time = 0.05
+    pass_gate(defs)  # the faults are for the generation, not the run gate's look-up
     hf_emulator.fail_next(503, 503, 503, 503)  # outlasts the run's retries: the prompt stays queued
     pid = instance.get_dynamic_partitions("prompts")[0]
     result = defs.resolve_job_def("process_prompts_job").execute_in_process(

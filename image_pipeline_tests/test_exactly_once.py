@@ -65,12 +65,40 @@ def test_interrupted_post_is_never_repeated_blindly(local_resources, instance, w
         pid, row.fingerprint(), owner="elsewhere:1:gone", prompt="a fox", lease_s=0, is_stale=lambda o: True
     )
     book.update(pid, row.fingerprint(), post_state=POSTING)
-    result = run_partitions(local_resources, instance, [pid])
-    assert result.success
-    assert local_resources["publisher"].posts() == []
+    outbox = local_resources["publisher"]
+    for _ in range(2):  # held, run after run, until a person decides; told once
+        result = run_partitions(local_resources, instance, [pid])
+        assert result.success
+        assert result.output_for_node("done_entry")[pid]["status"] == "UNCERTAIN"
+        assert outbox.posts() == [] and local_resources["prompt_sheet"].read_done() == []
+        assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"], ["a fox", pid]]
+    [notice] = outbox.notices()
+    assert "CHECK CHANNEL" in notice["text"] and "REPOST" in notice["text"]
+    entry = book.get(pid, row.fingerprint())
+    assert entry is not None and entry.post_state == "UNCERTAIN" and entry.attempts == 0
+    # the person found it missing from the channel: REPOST sends it, once
+    write_csv(workbook_dir / "process.csv", [["prompt", "id", "status"], ["a fox", pid, "repost"]])
+    assert run_partitions(local_resources, instance, [pid]).success
+    assert len(outbox.posts()) == 1
     [done] = local_resources["prompt_sheet"].read_done()
-    assert done["status"] == "UNCERTAIN" and "delivery uncertain" in done["information"]
-    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+    assert done["status"] == "SUCCESS"
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id", "status"]]
+
+
+def test_an_uncertain_row_that_a_person_deletes_ends_there(local_resources, instance, workbook_dir) -> None:
+    [pid] = queue(workbook_dir, ["a heron"])
+    instance.add_dynamic_partitions("prompts", [pid])
+    row = LocalWorkbook(folder=str(workbook_dir)).read_queue().rows[0]
+    book = ledger_of(local_resources)
+    book.claim(pid, row.fingerprint(), owner="x:1:gone", prompt="a heron", lease_s=0, is_stale=lambda o: True)
+    book.update(pid, row.fingerprint(), post_state="UNCERTAIN")
+    write_csv(workbook_dir / "process.csv", [["prompt", "id", "status"], ["a heron", pid, "CHECK CHANNEL"]])
+    assert run_partitions(local_resources, instance, [pid]).success
+    assert read_csv(workbook_dir / "process.csv")[1][2] == "CHECK CHANNEL"
+    write_csv(workbook_dir / "process.csv", [["prompt", "id", "status"]])  # it was in the channel
+    result = run_partitions(local_resources, instance, [pid])
+    assert result.success and result.output_for_node("done_entry")[pid]["status"] == "GONE"
+    assert local_resources["publisher"].posts() == [] and local_resources["prompt_sheet"].read_done() == []
 
 
 def test_prompt_already_in_done_is_only_removed(local_resources, instance, workbook_dir) -> None:
