@@ -16,11 +16,13 @@ records:
 
 - ``posted_twice``: the same text posted more than once (a prompt the person rewrote may be posted once per
   text: that is ``reposted_after_edit``, not a double post);
-- ``lost``: not withdrawn, not posted, no FAILED/INVALID Done row, no longer queued;
+- ``lost``: not withdrawn, not posted, no FAILED/INVALID/UNCERTAIN Done row, no longer queued (a row the
+  person deleted after finding its post in the channel is posted, not lost);
 - ``wrongly_deleted``: not withdrawn, no longer queued, neither a Done row nor a post (a subset of lost);
 - ``wrongly_failed``: a FAILED or INVALID Done row for a prompt whose only faults were the services' (every
   injected fault but the provider's refusal of that very prompt; the prompts made to be refused, with
-  ``forbiddenfruit``, are the prompt's own fault too). Broken down by the Done row's reason;
+  ``forbiddenfruit``, are the prompt's own fault too), or any UNCERTAIN Done row (an uncertain delivery
+  stays queued now). Broken down by the Done rows;
 - ``token_hits``: the bot token's secret, the HF token or a line of the service-account key in a worker log,
   the Done sheet, the data folder (ledger, asset files), the Dagster home's databases or a Telegram message.
 
@@ -31,6 +33,14 @@ Telegram send refused for missing rights in the channel (``rights``, stops the r
 (ledger) until the time Telegram named; the harness plays that hour passing: once a worker exited with the
 pause recorded, it lifts the emulator's wait and the ledger's pause (``Ledger.resume``, what
 ``image-pipeline resume`` does) and counts it in ``waits_lifted``.
+
+A send whose outcome is unknown (a 5xx or lost answer on sendPhoto, a kill during the send) is held in
+the queue (``CHECK CHANNEL``) until a person looks. The harness plays that person after every worker
+(``ChannelChecker``): for each held row it looks for a post with the row's caption in the emulated
+channel; found, it deletes the row; missing, it types ``REPOST`` in the status cell (adding a "status"
+column first, as the notice says), and the next worker sends it. ``uncertain_checked`` counts these
+decisions, ``uncertain_reposted`` and ``uncertain_deleted`` each kind; the run does not end while a
+held row waits for one.
 
 Exit code 0 when posted_twice, lost, wrongly_deleted, wrongly_failed and token_hits are all 0. With ``--workdir`` the run's
 files stay, with ``verdict.json``: the story of every prompt behind a non-zero figure, the kills, and every
@@ -73,6 +83,16 @@ from image_pipeline.emulators.base import (
 )
 from image_pipeline.emulators.google import WRITE_ENDPOINTS
 from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+from image_pipeline.models import (
+    CHECK_CHANNEL,
+    ID_COLUMN,
+    OPTIONAL_COLUMNS,
+    REPOST,
+    STATUS_COLUMN,
+    PromptRow,
+    caption_for,
+    normalize_header,
+)
 from image_pipeline.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +104,9 @@ RESULT_KEYS = (
     "wrongly_deleted",
     "wrongly_failed",
     "quarantined",
+    "uncertain_checked",
+    "uncertain_reposted",
+    "uncertain_deleted",
     "faults",
     "kills",
     "token_hits",
@@ -209,6 +232,8 @@ class Truth:
         # marker -> the pipeline's applied row deletions that hit its row (rows as seen just before)
         self.pipeline_deleted: dict[str, list[dict[str, Any]]] = {}
         self.deletions: list[dict[str, Any]] = []  # every row deletion of the pipeline, in order
+        # marker -> what the person decided for each uncertain delivery of it (ChannelChecker)
+        self.checks: dict[str, list[dict[str, Any]]] = {}
         self._next = 1
 
     def new_prompt(self, rng: random.Random) -> str:
@@ -577,6 +602,149 @@ class PersonWriter(threading.Thread):
         return True
 
 
+def uncertain_deliveries(ledger_path: Path) -> dict[tuple[str, str], tuple[str, float]]:
+    """(prompt id, fingerprint) -> (post_state, updated_at) of every send whose outcome the pipeline does
+    not know: UNCERTAIN (its answer was lost) or POSTING (the process died during it; read between
+    workers, so no live run holds it)."""
+    import sqlite3
+
+    from image_pipeline.ledger import POSTING, UNCERTAIN
+
+    if not ledger_path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT prompt_id, fingerprint, post_state, updated_at FROM prompts WHERE post_state IN (?, ?)",
+            (UNCERTAIN, POSTING),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return {(str(pid), str(fp)): (str(state), float(at)) for pid, fp, state, at in rows}
+
+
+def queue_rows(grid: list[list[str]]) -> tuple[list[str], list[PromptRow]]:
+    """The queue as the pipeline parses it (resources/sheets.py ``_parse``): the header's names, and the
+    rows with id, params and status, so the fingerprint and caption are the pipeline's own."""
+    names = [normalize_header(h) for h in grid[0]] if grid else []
+    id_col = names.index(ID_COLUMN) if ID_COLUMN in names else None
+    status_col = names.index(STATUS_COLUMN) if STATUS_COLUMN in names else None
+    optional = {name: names.index(name) for name in OPTIONAL_COLUMNS if name in names}
+    rows: list[PromptRow] = []
+    for number, cells in enumerate(grid[1:], start=2):
+        if not any(c != "" for c in cells):
+            continue
+
+        def cell(i: int | None, cells: list[str] = cells) -> str:
+            return str(cells[i]) if i is not None and i < len(cells) else ""
+
+        params = {name: cell(i) for name, i in optional.items() if cell(i).strip() != ""}
+        rows.append(
+            PromptRow(number, cell(0), cell(id_col).strip(), params, tuple(cells), status=cell(status_col))
+        )
+    return names, rows
+
+
+class ChannelChecker:
+    """The person who reads a CHECK CHANNEL notice: for every row held because its delivery is uncertain,
+    they look in the channel for a post with the row's caption. There: they delete the row (it is done).
+    Missing: they type REPOST in its status cell (adding a "status" column first if the sheet has none,
+    as the notice says), and the next run sends it once. Called between workers, when no send is in
+    flight, so what the channel holds is final."""
+
+    MAX_PER_DELIVERY = 6  # a delivery that stays uncertain after this many decisions is left (not drained)
+
+    def __init__(self, sandbox: Sandbox, truth: Truth, t0: float) -> None:
+        self.sandbox = sandbox
+        self.truth = truth
+        self.t0 = t0
+        self.decisions: Counter[str] = Counter()
+        # (id, fingerprint) -> the ledger's updated_at when REPOST was typed: a row still saying REPOST
+        # with the same entry is waiting for its run, not a new uncertainty
+        self._reposted: dict[tuple[str, str], float] = {}
+        self._per_delivery: Counter[tuple[str, str]] = Counter()
+
+    def pending(self, ledger_path: Path) -> int:
+        """Rows held as uncertain that no decision covers yet."""
+        return len(self._held(ledger_path, self._grid()))
+
+    def check(self, ledger_path: Path) -> int:
+        """Decide every held row; the number of decisions (deletions and REPOSTs) made."""
+        if not self._held(ledger_path, self._grid()):
+            return 0
+        time.sleep(0.3)  # a dead worker's last request is routed (or dropped) by now
+        google, sid = self.sandbox.google, self.sandbox.spreadsheet_id
+        channel = Counter(
+            m.get("caption") or m.get("text") or ""
+            for m in self.sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID)
+        )
+        made = 0
+        # one UI session: the person reads and edits while no request of the pipeline lands in between;
+        # rows are handled bottom-up, so a deletion never shifts a row still to be handled
+        with google._state:
+            grid = google.values(sid, PROCESS_WORKSHEET)
+            held = self._held(ledger_path, grid)
+            names = [normalize_header(h) for h in grid[0]] if grid else []
+            for row, key, signal in sorted(held, key=lambda h: -h[0].row_number):
+                caption = caption_for(row)
+                posted = channel[caption] > 0
+                if posted:
+                    google.delete_row(sid, PROCESS_WORKSHEET, row.row_number)
+                    decision = "deleted"
+                else:
+                    if STATUS_COLUMN not in names:
+                        names.append(STATUS_COLUMN)
+                        google.update_cell(sid, PROCESS_WORKSHEET, 1, len(names), STATUS_COLUMN, raw=True)
+                    col = names.index(STATUS_COLUMN) + 1
+                    google.update_cell(sid, PROCESS_WORKSHEET, row.row_number, col, REPOST, raw=True)
+                    self._reposted[key] = signal[1]
+                    decision = "reposted"
+                self._per_delivery[key] += 1
+                self.decisions[decision] += 1
+                made += 1
+                event = {
+                    "id": key[0],
+                    "fingerprint": key[1],
+                    "signal": signal[0],
+                    "status_cell": row.status,
+                    "decision": decision,
+                    "posts_with_caption": channel[caption],
+                    "at_s": round(time.monotonic() - self.t0, 2),
+                }
+                if marker := marker_of(row.prompt):
+                    with self.truth.lock:
+                        self.truth.checks.setdefault(marker, []).append(event)
+        return made
+
+    def _grid(self) -> list[list[str]]:
+        return self.sandbox.google.values(self.sandbox.spreadsheet_id, PROCESS_WORKSHEET)
+
+    def _held(
+        self, ledger_path: Path, grid: list[list[str]]
+    ) -> list[tuple[PromptRow, tuple[str, str], tuple[str, float]]]:
+        """(row, (id, fingerprint), (signal, ledger updated_at)) of each row a person has to decide."""
+        entries = uncertain_deliveries(ledger_path)
+        _, rows = queue_rows(grid)
+        held = []
+        for row in rows:
+            key = (row.prompt_id, row.fingerprint())
+            word = " ".join(row.status.split()).upper()
+            entry = entries.get(key) if row.prompt_id else None
+            if entry is None and word != CHECK_CHANNEL:
+                continue
+            if self._per_delivery[key] >= self.MAX_PER_DELIVERY:
+                continue
+            # a CHECK CHANNEL cell whose text changed since: the ledger knows nothing uncertain of this
+            # text, but the row is held by the word all the same, and a person answers it the same way
+            signal = entry if entry is not None else (CHECK_CHANNEL, 0.0)
+            if word == REPOST and self._reposted.get(key) == signal[1]:
+                continue  # typed already; its run has not come yet
+            held.append((row, key, signal))
+        return held
+
+
 # ------------------------------------------------------------------------------------------------ verdict
 
 
@@ -601,22 +769,22 @@ def _data_rows(rows: list[list[str]]) -> list[list[str]]:
     return [row for row in rows[1:] if any(cell != "" for cell in row)]
 
 
-def _why_wrongly_failed(
-    markers: set[str], reasons: dict[str, list[str]], posts: Counter[str]
-) -> dict[str, int]:
-    """The wrongly failed prompts by the Done row's reason: quarantined after transient failures, a post
-    whose delivery was uncertain (split by whether it did reach the channel), anything else."""
+def _why_wrongly_failed(markers: set[str], statuses: dict[str, list[str]]) -> dict[str, int]:
+    """The wrongly failed prompts by their Done rows: an UNCERTAIN row (no longer written: an uncertain
+    delivery stays queued for a person), quarantined after transient failures, anything else."""
     out = Counter[str]()
     for m in markers:
-        text = " ".join(reasons.get(m, [])).lower()
-        if "quarantined" in text:
+        rows = statuses.get(m, [])
+        if any(status == "UNCERTAIN" for status, _ in rows):
+            out["uncertain_row"] += 1
+        elif any("quarantined" in info.lower() for _, info in rows):
             out["quarantined"] += 1
-        elif "delivery uncertain" in text:
-            out["uncertain_posted" if posts[m] else "uncertain_not_posted"] += 1
         else:
             out["other"] += 1
-    kinds = ("quarantined", "uncertain_posted", "uncertain_not_posted", "other")
-    return {f"wrongly_failed_{k}": out[k] for k in kinds}
+    return {f"wrongly_failed_{k}": out[k] for k in WRONGLY_FAILED_KINDS}
+
+
+WRONGLY_FAILED_KINDS = ("uncertain_row", "quarantined", "other")
 
 
 def verdict(
@@ -636,8 +804,8 @@ def verdict(
     info_col = header.index("information") if "information" in header else 3
     done_statuses: dict[str, set[str]] = {}
     done_rows: dict[str, list[list[str]]] = {}
-    # marker -> why each FAILED/INVALID row that was not the prompt's own fault says it failed
-    not_their_fault: dict[str, list[str]] = {}
+    # marker -> (status, reason) of each FAILED/INVALID/UNCERTAIN row that was not the prompt's own fault
+    not_their_fault: dict[str, list[tuple[str, str]]] = {}
     for row in _data_rows(done):
         prompt = row[prompt_col] if prompt_col < len(row) else ""
         marker = marker_of(prompt)
@@ -646,9 +814,11 @@ def verdict(
             done_statuses.setdefault(marker, set()).add(status.strip().upper())
             done_rows.setdefault(marker, []).append(row)
             own_fault = REJECTED_WORD in prompt or marker in refused
-            if status.strip().upper() in ("FAILED", "INVALID", "UNCERTAIN") and not own_fault:
+            status = status.strip().upper()
+            # an UNCERTAIN row is never the prompt's fault, and no longer written at all
+            if status == "UNCERTAIN" or (status in ("FAILED", "INVALID") and not own_fault):
                 info = row[info_col] if info_col < len(row) else ""
-                not_their_fault.setdefault(marker, []).append(info)
+                not_their_fault.setdefault(marker, []).append((status, info))
 
     posts: Counter[str] = Counter()
     captions: dict[str, Counter[str]] = {}
@@ -666,21 +836,23 @@ def verdict(
         moved = set(truth.moved)
         deleted_by = {m: list(g) for m, g in truth.pipeline_deleted.items()}
         texts = dict(truth.texts)
+        checks = {m: list(c) for m, c in truth.checks.items()}
     failed = {m for m, s in done_statuses.items() if "FAILED" in s}
     invalid = {m for m, s in done_statuses.items() if "INVALID" in s}
-    # "delivery uncertain": out of the queue with a Done row telling the operator to check the channel
+    # an UNCERTAIN Done row: what the pipeline wrote before uncertain deliveries stayed queued
     uncertain = {m for m, s in done_statuses.items() if "UNCERTAIN" in s}
     kept = queued - withdrawn
+    # Not lost: posted (a row the person deleted after finding its post in the channel is posted), in Done
+    # as FAILED/INVALID/UNCERTAIN (the last is counted as wrongly failed), or still queued.
     lost = {m for m in kept if not posts[m] and m not in failed | invalid | uncertain and m not in in_process}
     wrongly_deleted = {m for m in kept if m not in in_process and m not in done_statuses and not posts[m]}
     # A person's rewrite is a new prompt, so its text may be posted besides the old one; the same text
     # twice, or two texts of a prompt nobody edited, is a double post.
     twice = {m for m in queued if posts[m] >= 2 and (max(captions[m].values()) >= 2 or m not in edited)}
     reposted_after_edit = {m for m in queued if posts[m] >= 2 and m not in twice}
-    # a posted prompt whose Done row says "uncertain" is done all the same; an unposted one is not
-    wrongly_failed = {
-        m for m in set(not_their_fault) & queued if not (posts[m] and m not in failed | invalid)
-    }
+    # whatever became of the prompt afterwards: a FAILED/INVALID row for a service's fault, or any
+    # UNCERTAIN row, is a wrong verdict the person reading Done has to see through
+    wrongly_failed = set(not_their_fault) & queued
     # the same Done row (text and status) logged twice: an append repeated after it had landed
     logged_twice = {
         m
@@ -700,6 +872,7 @@ def verdict(
             "done_rows": done_rows.get(marker, []),
             "in_process": marker in in_process,
             "deleted_by_pipeline": deleted_by.get(marker, []),
+            "checked_by_person": checks.get(marker, []),
         }
 
     details = {
@@ -708,6 +881,7 @@ def verdict(
         "wrongly_deleted": [story(m) for m in sorted(wrongly_deleted)],
         "wrongly_failed": [story(m) for m in sorted(wrongly_failed)],
         "reposted_after_edit": [story(m) for m in sorted(reposted_after_edit)],
+        "checked_by_person": [story(m) for m in sorted(checks)],
         "process_at_end": process,
     }
     figures = {
@@ -717,7 +891,7 @@ def verdict(
         "lost": len(lost),
         "wrongly_deleted": len(wrongly_deleted),
         "wrongly_failed": len(wrongly_failed),
-        **_why_wrongly_failed(wrongly_failed, not_their_fault, posts),
+        **_why_wrongly_failed(wrongly_failed, not_their_fault),
         "logged_twice": len(logged_twice),
         "quarantined": len(failed & queued),
         "invalid": len(invalid & queued),
@@ -883,6 +1057,7 @@ def run_chaos(
         supervisor = Supervisor(root, _worker_env(sandbox, root), logs, WORKER_COMMAND)
         killer = Killer(plan_kills(kills, prompts), supervisor, random.Random(seed + 1), t0)
         witness = Witness(sandbox, truth, supervisor, plans[0], t0)
+        checker = ChannelChecker(sandbox, truth, t0)
         sandbox.hf.on_request = _chain(plans[1].note, killer.hf_request)
         sandbox.google.on_request = _chain(plans[0].note, witness.google_request, killer.google_request)
         sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
@@ -944,6 +1119,10 @@ def run_chaos(
                 break
             if waits_lifted < 10 and lift_timed_pause(ledger_path, sandbox):
                 waits_lifted += 1  # the hour Telegram asked for has passed
+                continue
+            if checker.check(ledger_path):
+                # a person answered the CHECK CHANNEL notices: the rows they sent back go out now
+                unchanged_clean = unchanged_failed = not_started_in_a_row = 0
                 continue
             if person is not None and person.is_alive() and _queue_left(sandbox) <= writer_floor:
                 stop_person()
@@ -1010,6 +1189,9 @@ def run_chaos(
         kill_kinds = Counter(k.kind for k in killer.kills)
 
         result.update({key: figures[key] for key in RESULT_KEYS if key in figures})
+        result["uncertain_checked"] = sum(checker.decisions.values())
+        result["uncertain_reposted"] = checker.decisions["reposted"]
+        result["uncertain_deleted"] = checker.decisions["deleted"]
         result.update(duplicate_window(root / "data" / "ledger.sqlite", accepted))
         result["faults"] = sum(faults.values())
         result["kills"] = len(killer.kills)
@@ -1017,6 +1199,7 @@ def run_chaos(
         for key, value in figures.items():
             result.setdefault(key, value)
         result["not_drained"] = figures["remaining"]
+        result["uncertain_undecided"] = checker.pending(ledger_path)  # gave up after MAX_PER_DELIVERY
         result["timed_out"] = int(timed_out)
         result["stalled_workers"] = stalls
         result["kills_planned"] = kills
