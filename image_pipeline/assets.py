@@ -77,10 +77,12 @@ from .models import (
     validate_prompt,
     variations_of,
 )
+from .next_prompt import Suspects
 from .partitions import prompt_partitions
 from .preflight import gate
 from .progress import RunProgress, batch_logged
 from .redact import redact
+from .refusals import signature
 from .resources.images import PREVIEW_LABEL, ImageGenerator
 from .resources.publisher import DeliveryUncertain, Publisher, receipt_dict
 from .resources.sheets import PromptSheet
@@ -454,7 +456,10 @@ def _generate_one(
     try:
         image = image_generator.generate(request)
     except PromptRejected as exc:
-        return ImageOutcome(FAILED, {"reason": f"generation failed: {exc}"}), f"generation failed: {exc}"
+        meta = {"reason": f"generation failed: {exc}"}
+        if exc.unknown:
+            meta["unknown_answer"] = signature(exc)
+        return ImageOutcome(FAILED, meta), f"generation failed: {exc}"
     except TransientError as exc:
         status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
         return ImageOutcome(status, {"reason": reason}), reason
@@ -581,6 +586,19 @@ def generate_and_post(
             for _ in range(count):
                 book.unreserve("images")
 
+    suspects = Suspects()  # prompts refused with an answer no rule explains (next_prompt.py)
+
+    def finished(key: str, record: dict[str, Any]) -> None:
+        progress.finished(key, *_progress_status(record, posts[key]))
+        if batch:
+            # attached as each prompt finishes, while the next images are still being made
+            context.add_asset_metadata(
+                _image_partition_metadata(key, outcomes[key]), asset_key=GENERATED_IMAGE, partition_key=key
+            )
+            context.add_asset_metadata(
+                _post_partition_metadata(posts[key]), asset_key=TELEGRAM_POST, partition_key=key
+            )
+
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
         futures = {}
         counts = {key: n for key, _fp, _req, n in todo}
@@ -600,23 +618,32 @@ def generate_and_post(
                     outcome, note = futures[key].result()
                     (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
                     outcomes[key] = outcome
+                    _witness(suspects, key, "images", outcome.ok, outcome.meta)
                 if refused:
                     raise refused[0]
                 posts[key] = _post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
                 )
                 awaiting_post.discard(key)
-                progress.finished(key, *_progress_status(record, posts[key]))
-                if batch:
-                    # attached as each prompt finishes, while the next images are still being made
-                    context.add_asset_metadata(
-                        _image_partition_metadata(key, outcomes[key]),
-                        asset_key=GENERATED_IMAGE,
-                        partition_key=key,
+                _witness(suspects, key, "telegram", posts[key]["status"] == "POSTED", posts[key])
+                if key not in suspects.pending:  # a suspect's outcome is known once the batch is through
+                    finished(key, record)
+            for key, fails in suspects.verdicts().items():
+                if not fails:
+                    fp = prompt_record[key]["fingerprint"]
+                    why = outcomes[key].meta.get("reason") or posts[key].get("reason", "")
+                    status, reason = _transient_outcome(
+                        book,
+                        ledger,
+                        key,
+                        fp,
+                        "an answer no rule explains, and no other prompt to compare",
+                        why,
                     )
-                    context.add_asset_metadata(
-                        _post_partition_metadata(posts[key]), asset_key=TELEGRAM_POST, partition_key=key
-                    )
+                    posts[key] = {"status": status, "reason": reason}
+                    if not outcomes[key].ok:
+                        outcomes[key] = ImageOutcome(status, {"reason": reason})
+                finished(key, prompt_record[key])
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
             for key, future in futures.items():
@@ -636,6 +663,14 @@ def generate_and_post(
         ),
     )
     yield from _check_results(posts)
+
+
+def _witness(suspects: Suspects, key: str, service: str, accepted: bool, result: dict[str, Any]) -> None:
+    """What this prompt's answer tells about the service (``next_prompt.py``)."""
+    if accepted:
+        suspects.accepted(service)
+    elif result.get("unknown_answer"):
+        suspects.refused(key, service, result["unknown_answer"], str(result.get("reason", "")))
 
 
 def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
@@ -737,7 +772,10 @@ def _post_one(
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
         context.log.warning(f"{key}: posting failed: {exc}")
-        return {"status": FAILED, "reason": f"posting failed: {exc}"}
+        failed = {"status": FAILED, "reason": f"posting failed: {exc}"}
+        if exc.unknown:
+            failed["unknown_answer"] = signature(exc)
+        return failed
     except TransientError as exc:
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")

@@ -59,6 +59,10 @@ class WriteOutcomeUnknown(PipelineError):
 class PromptRejected(PipelineError):
     """Permanent for this prompt."""
 
+    # No documented answer says this refusal is about the prompt: only the fallback rule put it here.
+    # The run then asks "would it refuse the next prompt too?" before the prompt may be given FAILED.
+    unknown = False
+
 
 class ServiceBlocked(PipelineError):
     """Permanent for the service configuration: stop, fix credentials/permissions/billing, run again."""

@@ -72,13 +72,18 @@ def refuse(
     service: str,
     status: int | None = None,
     retry_after: float | None = None,
+    unknown: bool = False,
 ) -> PipelineError:
     """The typed error for a class. A TRANSIENT answer whose wait hint is longer than a run waits is a
     WAIT: the service decided it, and counting it against the prompt would quarantine healthy prompts."""
     if kind is Refusal.TRANSIENT and retry_after is not None and retry_after > LONG_WAIT_S:
         kind = Refusal.WAIT
     if kind is Refusal.PROMPT:
-        return PromptRejected(message, service=service, status=status)
+        rejected = PromptRejected(message, service=service, status=status)
+        # ``unknown``: no rule that names the prompt matched, only the fallback "another 4xx to this
+        # request": the run checks it against the next prompt before it fails this one
+        rejected.unknown = unknown
+        return rejected
     if kind is Refusal.SERVICE:
         return ServiceBlocked(message, service=service, status=status)
     if kind is Refusal.WAIT:
@@ -107,3 +112,9 @@ class Rule:
 
 def first_rule(rules: Iterable[Rule], status: int, text: str) -> Rule | None:
     return next((r for r in rules if r.matches(status, text)), None)
+
+
+def signature(exc: PipelineError) -> str:
+    """The same answer, whichever prompt it came for: numbers and request ids blanked out."""
+    text = re.sub(r"\(Request ID: [^)]*\)|\d+", "#", str(exc))
+    return f"{exc.service}:{exc.status}:{text}"

@@ -319,6 +319,7 @@ def _http(exc: Any, *, model: str, own_model: bool, via: str, rid: str) -> Pipel
             _with_id(f"Hugging Face{via} rejected the prompt (HTTP {status}){said}", rid),
             service=SERVICE,
             status=status,
+            unknown=True,
         )
     if rule.kind is Refusal.PROMPT:
         message = f"the provider{via} {rule.says} (HTTP {status}){said}"

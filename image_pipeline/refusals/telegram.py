@@ -323,7 +323,9 @@ def classify(answer: Answer, *, repeatable: bool, chat_setting: str = "TELEGRAM_
     rule = rule_for(answer)
     if rule is None:
         # a success status without a result, or a status no rule lists: about this post
-        return refuse(Refusal.PROMPT, f"Telegram {method}: {shown}", service=SERVICE, status=status)
+        return refuse(
+            Refusal.PROMPT, f"Telegram {method}: {shown}", service=SERVICE, status=status, unknown=True
+        )
     if rule.kind is Refusal.TRANSIENT:
         wait = answer.retry_after()
         # while a flood wait runs, every method of the bot gets the same answer (Client.cpp)
@@ -341,7 +343,7 @@ def classify(answer: Answer, *, repeatable: bool, chat_setting: str = "TELEGRAM_
             return PhotoRefused(message, service=SERVICE, status=status)
         if rule.fallback == SHORTER_CAPTION:
             return CaptionRefused(message, service=SERVICE, status=status)
-        return refuse(Refusal.PROMPT, message, service=SERVICE, status=status)
+        return refuse(Refusal.PROMPT, message, service=SERVICE, status=status, unknown=not rule.pattern)
     fix = rule.fix.format(setting=chat_setting, migrate_to_chat_id=answer.migrate_to() or "the new id")
     if status in (401, 404, 421):
         message = f"Telegram rejected the bot token ({status} {shown}): {fix}"
