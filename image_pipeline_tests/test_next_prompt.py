@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.emulators.telegram import TelegramEmulator
 from image_pipeline.resources.images import HuggingFaceGenerator
 
@@ -69,7 +70,7 @@ def test_the_same_unexplained_422_for_two_generations_stops_the_run(
     ids = queue_prompts(workbook_dir, ["a lighthouse", "a fox"])
     resources = dict(local_resources)
     resources["image_generator"] = HuggingFaceGenerator(
-        token="hf_" + "x" * 34,
+        token=HF_TOKEN,
         base_url=f"{hf_emulator.base_url}/models/m",
         model="m",
         width=64,
