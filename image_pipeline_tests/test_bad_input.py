@@ -802,7 +802,9 @@ def _statuses(emulator: Any, endpoint: str, since: int) -> list[Any]:
         pytest.param(400, "HTTP 400", id="400"),
         pytest.param(401, "HTTP 401", id="401"),
         pytest.param(403, "Share the spreadsheet with pipeline@", id="403"),
-        pytest.param(404, "HTTP 404 NOT_FOUND: Requested entity was not found. spreadsheet not found", id="404"),
+        pytest.param(
+            404, "HTTP 404 NOT_FOUND: Requested entity was not found. spreadsheet not found", id="404"
+        ),
     ],
 )
 def test_sheets_error_classes(scene, world: World, fault: Fault, fragment: str | None) -> None:
