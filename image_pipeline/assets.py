@@ -79,7 +79,7 @@ from .models import (
 )
 from .next_prompt import Suspects
 from .partitions import prompt_partitions
-from .preflight import gate
+from .preflight import RUN_SECOND_LOOK_S, gate
 from .progress import RunProgress, batch_logged
 from .redact import redact
 from .refusals import signature
@@ -221,7 +221,7 @@ def prompt_record(
         raise dg.Failure(description=pause.message())
     # Every run passes the schedule's and sensor's preflight, launched from the UI or `make run` too, so a
     # misconfiguration stops before the first queue write or paid request (a recent pass is trusted).
-    refused = gate([prompt_sheet, image_generator, publisher], store=book)
+    refused = gate([prompt_sheet, image_generator, publisher], store=book, second_look_s=RUN_SECOND_LOOK_S)
     if refused:
         context.log.error(refused)
         raise dg.Failure(description=refused)

@@ -71,7 +71,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     from .batching import RANGE_END, RANGE_START, batches
     from .errors import PipelineError
     from .partitions import prompt_partitions
-    from .preflight import gate
+    from .preflight import RUN_SECOND_LOOK_S, gate
     from .progress import listening
     from .resources.sheets import LocalWorkbook
 
@@ -88,7 +88,9 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     book = resources["ledger"].open() if "ledger" in resources else None
     pause = book.pause_state() if book is not None else None
     trio = [sheet, resources["image_generator"], resources["publisher"]]
-    refused = pause.message() if pause is not None else gate(trio, store=book)
+    refused = (
+        pause.message() if pause is not None else gate(trio, store=book, second_look_s=RUN_SECOND_LOOK_S)
+    )
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 # A passing preflight is trusted this long per process, so a sensor that starts runs every minute does
 # not pay half a dozen extra API calls each time; a failing one is re-checked on every tick.
 OK_TTL_S = 600.0
+# how long a run waits before it checks a failed preflight a second time
+RUN_SECOND_LOOK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,17 @@ class PassStore(Protocol):
     def record_preflight(self, key: str, passed: bool) -> None: ...
 
 
-def gate(resources: Sequence[Any], *, ttl_s: float = OK_TTL_S, store: PassStore | None = None) -> str | None:
-    """None when the services passed their preflight (recently, or now); else the refusal message."""
+def gate(
+    resources: Sequence[Any],
+    *,
+    ttl_s: float = OK_TTL_S,
+    store: PassStore | None = None,
+    second_look_s: float = 0.0,
+) -> str | None:
+    """None when the services passed their preflight (recently, or now); else the refusal message.
+
+    ``second_look_s``: a run (not a tick, which simply tries again at the next one) checks a failure once
+    more after that pause, since each check makes one request and a blip would otherwise stop the run."""
     key = _fingerprint(resources)
     now = time.time()
     with _lock:
@@ -141,6 +152,9 @@ def gate(resources: Sequence[Any], *, ttl_s: float = OK_TTL_S, store: PassStore 
     if when is not None and now - when < ttl_s:
         return None
     message = refusal(run_preflight(resources))
+    if message is not None and second_look_s > 0:
+        time.sleep(second_look_s)
+        message = refusal(run_preflight(resources))
     with _lock:
         if message is None:
             _passed[key] = time.time()
