@@ -302,7 +302,7 @@ def prompt_record(
                     newly_uncertain.append(key)
                 continue
             if uncertain:  # REPOST: a person checked the channel and found the post missing
-                book.update(key, fingerprint, post_state=None)
+                record["repost"] = True
             if why:
                 context.log.info(f"{key}: {why}")
             if entry.attempts >= ledger.max_attempts and entry.post_state is None:
@@ -317,9 +317,22 @@ def prompt_record(
         for k, r in records.items()
         if r["status"] == READY and r.get("mode") in (POST, PREVIEW_ONLY)
     }
-    if working:
-        # what a person sees in the status column while the batch runs (only where the sheet has one)
-        prompt_sheet.write_statuses(working, snapshot)
+    # what a person sees in the status column while the batch runs (only where the sheet has one)
+    shown = prompt_sheet.write_statuses(working, snapshot) if working else {}
+    for key, record in records.items():
+        if not record.get("repost"):
+            continue
+        if shown.get(key) == GENERATING:
+            # the REPOST is used up: the cell no longer says it, so a second uncertain send is held again
+            book.update(key, record["fingerprint"], post_state=None)
+        else:
+            # a REPOST left in the cell could send blind once more after another uncertain send
+            record.update(
+                status=HELD_STATUS,
+                uncertain=True,
+                reason="REPOST seen, but the status cell could not be changed yet; sent at the next run",
+                keep_word=True,  # done_entry leaves the person's REPOST in the cell
+            )
     # the batch's counts only: per prompt, the image and the post carry the details
     metadata = _per_partition(context, "prompt_record", records, _record_metadata, per_prompt=False)
     return dg.Output(records, metadata=metadata)
@@ -1156,7 +1169,11 @@ def done_entry(
         results[key]["queue_row"] = removal.get(key, "")
     # rows that stay queued show why in their status cell (only where the sheet has that column)
     words = {AWAITING_APPROVAL: AWAITING_APPROVAL, UNCERTAIN: CHECK_CHANNEL, RETRY: QUEUED, CAPPED: QUEUED}
-    stay = {key: words[res["status"]] for key, res in results.items() if res.get("status") in words}
+    stay = {
+        key: words[res["status"]]
+        for key, res in results.items()
+        if res.get("status") in words and not prompt_record[key].get("keep_word")
+    }
     if stay:
         prompt_sheet.write_statuses(stay)
     statuses = _count(r.get("status", "") for r in results.values())

@@ -888,6 +888,10 @@ def verdict(
         "queued": len(queued),
         "posted_once": sum(1 for m in queued if posts[m] == 1),
         "posted_twice": len(twice),
+        # of those, prompts the person sent back with REPOST: the channel check or REPOST itself at fault
+        "posted_twice_after_repost": sum(
+            1 for m in twice if any(c["decision"] == "reposted" for c in checks.get(m, []))
+        ),
         "lost": len(lost),
         "wrongly_deleted": len(wrongly_deleted),
         "wrongly_failed": len(wrongly_failed),

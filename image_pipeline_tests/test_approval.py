@@ -240,3 +240,44 @@ def test_preview_and_approve_on_the_embedded_default(local_resources, instance, 
     assert posted == previewed
     assert read_csv(workbook_dir / "process.csv") == [["prompt", "status", "count", "id"]]
     assert (root / "index.html").read_text().count("PREVIEW") >= 1
+
+
+def test_an_uncertain_post_is_held_until_repost_and_a_repost_is_used_once(
+    env, google_emulator, hf_emulator, telegram_emulator, instance
+) -> None:
+    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+
+    sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
+    google_emulator.append_rows(sheet.sid, "Process", [["a quiet harbour", "", "", ""]])
+    defs = build_definitions({**env, "IMAGE_PIPELINE_INSTANT": ""})
+    tick(defs, instance, None)
+    pid = instance.get_dynamic_partitions("prompts")[0]
+    job = defs.resolve_job_def("process_prompts_job")
+
+    def run() -> dg.ExecuteInProcessResult:
+        return job.execute_in_process(partition_key=pid, instance=instance, run_config=QUIET)
+
+    def posts() -> int:
+        return len(telegram_emulator.messages_for(DEFAULT_CHANNEL_ID))
+
+    pass_gate(defs)
+    telegram_emulator.fail_next(502, endpoints=["sendPhoto"])  # a bad gateway: was it posted?
+    assert run().output_for_node("done_entry")[pid]["status"] == "UNCERTAIN"
+    assert sheet.status_of("a quiet harbour") == "CHECK CHANNEL" and sheet.rows("Done") == []
+    sent = telegram_emulator.count("sendphoto")
+    run()  # held: nothing is sent while nobody has looked
+    assert (
+        telegram_emulator.count("sendphoto") == sent and sheet.status_of("a quiet harbour") == "CHECK CHANNEL"
+    )
+
+    # The person finds it missing and types REPOST, but the pipeline cannot change the cell this run:
+    # a REPOST it could not take out of the cell is not used (it could send blind a second time later)
+    sheet.type_status("a quiet harbour", "repost")
+    google_emulator.fail_next(500, 500, endpoints=["values.batchUpdate"])  # the write and its repair
+    run()
+    assert telegram_emulator.count("sendphoto") == sent
+    assert sheet.status_of("a quiet harbour") == "repost"
+    google_emulator.set_faults(None)
+    before = posts()
+    assert run().output_for_node("done_entry")[pid]["status"] == "SUCCESS"
+    assert posts() == before + 1 and [r["status"] for r in sheet.rows("Done")] == ["SUCCESS"]

@@ -1231,7 +1231,9 @@ class PromptSheet(dg.ConfigurableResource):
                 with contextlib.suppress(WriteOutcomeUnknown):
                     self.backend.write_cells(self.process_worksheet, cells)
                 if not self.backend.atomic:
-                    self._verify_statuses(before, written)
+                    # only the words the re-read saw where they belong count as shown
+                    seen = self._verify_statuses(before, written)
+                    return {pid: word for pid, word in written.items() if pid in seen}
                 return written
         except PipelineError as exc:
             log.warning("could not write the status column (%s); the run goes on", exc)
@@ -1253,11 +1255,12 @@ class PromptSheet(dg.ConfigurableResource):
             written[row.prompt_id] = word
         return cells, written
 
-    def _verify_statuses(self, before: QueueSnapshot, written: dict[str, str]) -> None:
+    def _verify_statuses(self, before: QueueSnapshot, written: dict[str, str]) -> set[str]:
+        """Put right what landed on the wrong row; the ids whose word the re-read saw on their own row."""
         after = self.read_queue()
         col = after.status_column
         if col is None:
-            return
+            return set()
         old_status = {r.prompt_id: r.status for r in before.rows}
         where = {r.row_number: r for r in before.rows if r.prompt_id in written}
         fixes: list[CellWrite] = []
@@ -1278,14 +1281,21 @@ class PromptSheet(dg.ConfigurableResource):
                 else:
                     fixes.append(CellWrite(row.row_number, col + 1, old_status.get(row.prompt_id, HOLD)))
         placed = {r.prompt_id: r for r in after.rows}
+        seen = set()
         for pid, word in written.items():
             row = placed.get(pid)
             if row is not None and row.status != word:
                 fixes.append(CellWrite(row.row_number, col + 1, word))
+            elif row is not None:
+                seen.add(pid)
         if fixes:
             log.warning("status words landed on rows that moved meanwhile; putting them right")
             with contextlib.suppress(WriteOutcomeUnknown):
                 self.backend.write_cells(self.process_worksheet, fixes)
+            # one more read, only in this rare case: a word counts as shown once it was seen in place
+            now = self.read_queue().by_id()
+            seen |= {pid for pid, word in written.items() if pid in now and now[pid].status == word}
+        return seen
 
     def find_rows(self, ids: Sequence[str]) -> dict[str, PromptRow]:
         """Re-read the queue; the rows that currently carry these ids."""
