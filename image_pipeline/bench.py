@@ -758,6 +758,17 @@ def run_sensor(profile: Profile, ctx: Context) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def no_change_tick(sandbox: Sandbox, root: Path) -> dict[str, Any]:
     import dagster as dg
 
@@ -772,9 +783,11 @@ def no_change_tick(sandbox: Sandbox, root: Path) -> dict[str, Any]:
     google = sandbox.google
 
     def tick(cursor: str | None) -> tuple[Any, str | None]:
-        # the sensor logs through a console handler made with the context: keep it out of the table
+        # the sensor logs through a console handler made with the context: keep it out of the table;
+        # secrets are bound with EnvVar, which reads the process environment when the context is built
         with (
             contextlib.redirect_stderr(io.StringIO()),
+            _environ(env),
             dg.build_sensor_context(
                 instance=instance,
                 cursor=cursor,
