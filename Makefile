@@ -30,7 +30,7 @@ dev: setup
 
 # Loopback emulators of Google Sheets, Hugging Face and Telegram, with a seeded sheet (see README).
 sandbox: setup
-	$(BIN)/image-pipeline sandbox
+	$(BIN)/image-pipeline-sandbox
 
 # The Dagster UI against a running `make sandbox` (reads the variables it wrote).
 dev-sandbox: setup
@@ -39,12 +39,12 @@ dev-sandbox: setup
 
 # Exactly-once under faults, kills and a concurrent editor (see README): make chaos ARGS="--prompts 100"
 chaos: setup
-	$(BIN)/python -m image_pipeline.chaos $(ARGS)
+	$(BIN)/python -m image_pipeline.testing.chaos $(ARGS)
 
 # Speed, Sheets requests, 429s and memory against emulators with a fixed latency, beside the ancestor's
-# one-process-per-prompt baseline (see image_pipeline/bench.py): make bench ARGS="--only B100-gen --json b.json"
+# one-process-per-prompt baseline (see image_pipeline/testing/bench.py): make bench ARGS="--only B100-gen --json b.json"
 bench: setup
-	$(BIN)/python -m image_pipeline.bench $(ARGS)
+	$(BIN)/python -m image_pipeline.testing.bench $(ARGS)
 
 # Chromium for the UI test and a PostgreSQL server for the Postgres instance test (Debian packages).
 system-deps:

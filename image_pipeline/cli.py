@@ -326,9 +326,11 @@ def _print_locations(resources: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sandbox"]:
-        from .sandbox import main as sandbox_main
-
-        return sandbox_main(argv[1:])
+        # the emulators belong to the testing layer, which the product never imports
+        print(
+            "the sandbox has its own command now: image-pipeline-sandbox (or make sandbox)", file=sys.stderr
+        )
+        return 2
     parser = argparse.ArgumentParser(prog="image-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="process every pending prompt of the queue, then exit")
@@ -348,9 +350,6 @@ def main(argv: list[str] | None = None) -> int:
         "resume", help="lift the pause set when credits ran out or a quota was used up (budget guard)"
     )
     resume.set_defaults(func=cmd_resume)
-    sub.add_parser(
-        "sandbox", help="start loopback emulators of Google, Hugging Face and Telegram (see README)"
-    )
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -141,7 +141,7 @@ def clean_environ() -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def telegram_emulator() -> Iterator[object]:
-    from image_pipeline.emulators.telegram import TelegramEmulator
+    from image_pipeline.testing.emulators.telegram import TelegramEmulator
 
     with TelegramEmulator() as emulator:
         yield emulator
@@ -149,7 +149,7 @@ def telegram_emulator() -> Iterator[object]:
 
 @pytest.fixture
 def hf_emulator() -> Iterator[object]:
-    from image_pipeline.emulators.huggingface import HuggingFaceEmulator
+    from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
 
     with HuggingFaceEmulator() as emulator:
         yield emulator
@@ -157,7 +157,7 @@ def hf_emulator() -> Iterator[object]:
 
 @pytest.fixture
 def google_emulator() -> Iterator[object]:
-    from image_pipeline.emulators.google import GoogleEmulator
+    from image_pipeline.testing.emulators.google import GoogleEmulator
 
     with GoogleEmulator() as emulator:
         yield emulator
@@ -185,9 +185,9 @@ def emulated_env(
 ) -> dict[str, str]:
     """A spreadsheet "Image Prompt" with these "Process" rows and the environment of the real backends
     pointed at the three emulators (set in the process too: secrets are read through EnvVar)."""
-    from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-    from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
-    from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+    from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+    from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+    from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 
     key_file = google_emulator.write_service_account_file(tmp_path / "chatbot_key.json")
     sid = google_emulator.create_spreadsheet("Image Prompt", {"Process": process_rows})

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 
 from .conftest import QUIET, emulated_env, pass_gate, sensor_tick
 
@@ -245,7 +245,7 @@ def test_preview_and_approve_on_the_embedded_default(local_resources, instance, 
 def test_an_uncertain_post_is_held_until_repost_and_a_repost_is_used_once(
     env, google_emulator, hf_emulator, telegram_emulator, instance
 ) -> None:
-    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 
     sheet = Sheet(google_emulator, env["GOOGLE_SHEET_KEY"])
     google_emulator.append_rows(sheet.sid, "Process", [["a quiet harbour", "", "", ""]])

@@ -24,20 +24,20 @@ import pytest
 from PIL import Image
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.base import GARBAGE, RESET, TIMEOUT, TRUNCATE, Fault, Request
-from image_pipeline.emulators.google import GoogleEmulator
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-from image_pipeline.emulators.huggingface import HuggingFaceEmulator
-from image_pipeline.emulators.telegram import (
+from image_pipeline.errors import PromptRejected, QueueFormatError
+from image_pipeline.models import DONE_COLUMNS, clean_text
+from image_pipeline.resources.publisher import TelegramPublisher
+from image_pipeline.testing.emulators.base import GARBAGE, RESET, TIMEOUT, TRUNCATE, Fault, Request
+from image_pipeline.testing.emulators.google import GoogleEmulator
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
+from image_pipeline.testing.emulators.telegram import (
     ALERTS_CHANNEL_ID,
     DEFAULT_CHANNEL_ID,
     TelegramEmulator,
     parse_multipart,
 )
-from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
-from image_pipeline.errors import PromptRejected, QueueFormatError
-from image_pipeline.models import DONE_COLUMNS, clean_text
-from image_pipeline.resources.publisher import TelegramPublisher
+from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 
 from .conftest import PIPELINE_ENV, QUIET, pass_gate
 

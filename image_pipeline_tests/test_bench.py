@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from image_pipeline.bench import BASELINE, JSON_KEYS, Profile, main, process_tree, target_marks
+from image_pipeline.testing.bench import BASELINE, JSON_KEYS, Profile, main, process_tree, target_marks
 
 
 @pytest.mark.timeout(120)

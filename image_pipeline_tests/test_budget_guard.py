@@ -15,7 +15,6 @@ import dagster as dg
 import pytest
 
 from image_pipeline.cli import main as cli_main
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.errors import CreditsDepleted, TransientError
 from image_pipeline.jobs import resume_spending_job
 from image_pipeline.ledger import PostLedger, utc_day
@@ -23,6 +22,7 @@ from image_pipeline.models import GenerationRequest
 from image_pipeline.resources.images import HuggingFaceGenerator
 from image_pipeline.schedules import build_daily_schedule
 from image_pipeline.sensors import build_prompt_sheet_sensor
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import queue_prompts as queue
 from .conftest import read_csv, run_partitions

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from image_pipeline.chaos import (
+from image_pipeline.ledger import UNCERTAIN, Ledger
+from image_pipeline.models import caption_for
+from image_pipeline.testing.chaos import (
     KILL_KINDS,
     RESULT_KEYS,
     WRONGLY_FAILED_KINDS,
@@ -27,11 +29,9 @@ from image_pipeline.chaos import (
     queue_rows,
     run_chaos,
 )
-from image_pipeline.emulators.base import Request, Response
-from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID, TelegramEmulator
-from image_pipeline.ledger import UNCERTAIN, Ledger
-from image_pipeline.models import caption_for
-from image_pipeline.sandbox import PROCESS_WORKSHEET, Sandbox
+from image_pipeline.testing.emulators.base import Request, Response
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID, TelegramEmulator
+from image_pipeline.testing.sandbox import PROCESS_WORKSHEET, Sandbox
 
 # 30 prompts, not more: a prompt costs the worker ~1.3 s of Dagster run overhead on a 2-core machine, and
 # faults, kills and crashed workers add restarts of ~5 s each; this keeps the run around a minute.

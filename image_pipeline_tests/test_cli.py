@@ -63,8 +63,8 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
 
 
 def test_run_on_the_real_backends_against_the_sandbox(tmp_path: Path) -> None:
-    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.testing.sandbox import Sandbox
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     with Sandbox(tmp_path / "sandbox", seed_rows=[["prompt"], ["a lighthouse"], ["a fox"]]) as sandbox:
@@ -89,8 +89,8 @@ def test_run_on_the_real_backends_against_the_sandbox(tmp_path: Path) -> None:
 def test_a_killed_run_does_not_wedge_the_next_one(tmp_path: Path) -> None:
     import signal
 
-    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.testing.sandbox import Sandbox
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     with Sandbox(tmp_path / "sandbox", seed_rows=[["prompt"], ["a lighthouse"], ["a fox"]]) as sandbox:

@@ -30,8 +30,8 @@ from dotenv import dotenv_values
 
 from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.config import prompt_sheet_from, settings_from
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
-from image_pipeline.sandbox import Sandbox
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.testing.sandbox import Sandbox
 
 from .conftest import PIPELINE_ENV
 from .dagster_dev import ROOT, base_env, dagster_home, free_port, running, stop

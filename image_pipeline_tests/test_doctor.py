@@ -13,11 +13,11 @@ import pytest
 from image_pipeline import preflight
 from image_pipeline.cli import main
 from image_pipeline.config import resources_from
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.jobs import preflight_job
-from image_pipeline.sandbox import HF_MODEL, Sandbox
 from image_pipeline.schedules import build_daily_schedule
 from image_pipeline.sensors import build_prompt_sheet_sensor
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.testing.sandbox import HF_MODEL, Sandbox
 
 EMAIL = "pipeline@image-pipeline.iam.gserviceaccount.com"
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth.exceptions import RefreshError
 
-from image_pipeline.emulators.base import RESET, TIMEOUT
-from image_pipeline.emulators.google import GoogleEmulator
+from image_pipeline.testing.emulators.base import RESET, TIMEOUT
+from image_pipeline.testing.emulators.google import GoogleEmulator
 
 QUEUE = [
     ["id", "prompt", "status"],

@@ -16,8 +16,8 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import BadRequestError, HfHubHTTPError, InferenceTimeoutError
 from PIL import Image
 
-from image_pipeline.emulators.base import GARBAGE, TIMEOUT
-from image_pipeline.emulators.huggingface import CREDITS_MESSAGE, HuggingFaceEmulator, render_image
+from image_pipeline.testing.emulators.base import GARBAGE, TIMEOUT
+from image_pipeline.testing.emulators.huggingface import CREDITS_MESSAGE, HuggingFaceEmulator, render_image
 
 
 @pytest.fixture

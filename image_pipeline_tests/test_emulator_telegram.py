@@ -11,8 +11,8 @@ import pytest
 import requests
 from PIL import Image
 
-from image_pipeline.emulators.base import GARBAGE
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
+from image_pipeline.testing.emulators.base import GARBAGE
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
 
 CHANNEL = DEFAULT_CHANNEL_ID
 

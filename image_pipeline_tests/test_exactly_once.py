@@ -8,12 +8,12 @@ import time
 import dagster as dg
 
 from image_pipeline.assets import ASSETS, generate_and_post, prompt_record
-from image_pipeline.emulators.base import GARBAGE
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.ledger import POSTED, POSTING, Ledger, owner_token
 from image_pipeline.models import DoneEntry
 from image_pipeline.resources.images import HuggingFaceGenerator
 from image_pipeline.resources.sheets import LocalWorkbook
+from image_pipeline.testing.emulators.base import GARBAGE
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import QUIET, pass_gate, read_csv, run_partitions, write_csv
 from .conftest import queue_prompts as queue

@@ -14,20 +14,20 @@ import pytest
 from google.auth.exceptions import RefreshError
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.base import COMMITTED_503
-from image_pipeline.emulators.google import (
-    NAMED_FAULTS,
-    PROJECT_NUMBER,
-    PROTECTED_MESSAGE,
-    GoogleEmulator,
-)
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.errors import ServiceBlocked, TransientError, WriteOutcomeUnknown
 from image_pipeline.ledger import REMOVED
 from image_pipeline.models import DoneEntry
 from image_pipeline.preflight import FAIL, OK
 from image_pipeline.refusals import Refusal, refusal_of
 from image_pipeline.refusals.google import API_RULES, TOKEN_RULES, GoogleAnswer, classify_api, is_rows_moved
+from image_pipeline.testing.emulators.base import COMMITTED_503
+from image_pipeline.testing.emulators.google import (
+    NAMED_FAULTS,
+    PROJECT_NUMBER,
+    PROTECTED_MESSAGE,
+    GoogleEmulator,
+)
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 
 from .conftest import QUIET, emulated_env, sensor_tick
 from .test_emulator_google import client_for

@@ -19,8 +19,12 @@ from huggingface_hub.inference._providers._common import _fetch_inference_provid
 from huggingface_hub.inference._providers.hf_inference import _check_supported_task
 from PIL import Image
 
-from image_pipeline.emulators.base import GARBAGE, TIMEOUT
-from image_pipeline.emulators.huggingface import (
+from image_pipeline.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.models import GenerationRequest
+from image_pipeline.preflight import FAIL, OK, WARN
+from image_pipeline.resources.images import HuggingFaceGenerator, install_http_client
+from image_pipeline.testing.emulators.base import GARBAGE, TIMEOUT
+from image_pipeline.testing.emulators.huggingface import (
     DEFAULT_TOKEN,
     FAL_CONTENT_MESSAGE,
     GONE_MESSAGE,
@@ -30,10 +34,6 @@ from image_pipeline.emulators.huggingface import (
     HuggingFaceEmulator,
     LoopbackTransport,
 )
-from image_pipeline.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.models import GenerationRequest
-from image_pipeline.preflight import FAIL, OK, WARN
-from image_pipeline.resources.images import HuggingFaceGenerator, install_http_client
 
 from .conftest import queue_prompts, read_csv, run_partitions
 

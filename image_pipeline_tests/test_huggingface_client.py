@@ -7,11 +7,11 @@ import io
 import pytest
 from PIL import Image
 
-from image_pipeline.emulators.base import GARBAGE, TIMEOUT
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN
 from image_pipeline.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
 from image_pipeline.models import GenerationRequest
 from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.testing.emulators.base import GARBAGE, TIMEOUT
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN
 
 MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-from image_pipeline.emulators.telegram import TelegramEmulator
 from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.testing.emulators.telegram import TelegramEmulator
 
 from .conftest import queue_prompts, read_csv, run_partitions
 from .test_telegram_refusals import _queued, _run_resources, captions

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, TelegramEmulator
 from image_pipeline.pacing import ChatPacer
 from image_pipeline.resources.publisher import TelegramPublisher
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, TelegramEmulator
 
 
 def test_pacer_spaces_posts_evenly_with_a_fake_clock() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 
 from image_pipeline.content_checks import CHECK_NAMES
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.resources.images import HuggingFaceGenerator
 from image_pipeline.resources.publisher import LocalOutbox
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import queue_prompts as queue
 from .conftest import read_csv, run_partitions

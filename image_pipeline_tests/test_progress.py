@@ -85,7 +85,7 @@ def test_lines_arrive_while_the_batch_is_still_running(
     """One run of 4 prompts (batch size 200): the line of the first prompt is printed while the second
     image is still being generated. The Hugging Face emulator holds that request until the line has
     arrived, so the order is forced, not timed."""
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.sandbox import Sandbox
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     rows = [["prompt"], ["a lighthouse"], ["a fox"], ["a tram"], ["a bookshop"]]
@@ -129,8 +129,8 @@ def test_lines_arrive_while_the_batch_is_still_running(
 
 
 def test_a_stopped_run_keeps_the_lines_printed_and_counts_the_rest_as_run_failed(tmp_path: Path) -> None:
-    from image_pipeline.emulators.base import FaultPlan
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.emulators.base import FaultPlan
+    from image_pipeline.testing.sandbox import Sandbox
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     rows = [["prompt"], ["a lighthouse"], ["a fox"], ["a tram"]]

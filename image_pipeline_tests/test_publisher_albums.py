@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from image_pipeline.emulators.base import TRUNCATE
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline.errors import TransientError
 from image_pipeline.resources.publisher import (
     DeliveryUncertain,
@@ -21,6 +19,8 @@ from image_pipeline.resources.publisher import (
     TelegramPublisher,
     receipt_dict,
 )
+from image_pipeline.testing.emulators.base import TRUNCATE
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline_tests.test_gallery import parse
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from image_pipeline.emulators.telegram import TelegramEmulator
+from image_pipeline.testing.emulators.telegram import TelegramEmulator
 
 from .conftest import queue_prompts, run_partitions
 from .test_cli import ROOT, _env
@@ -15,7 +15,7 @@ from .test_telegram_refusals import _queued, _run_resources, captions, publisher
 
 
 def test_image_pipeline_run_stops_at_the_gate_before_writing_ids(tmp_path: Path) -> None:
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.sandbox import Sandbox
 
     (tmp_path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     with Sandbox(tmp_path / "sandbox", seed_rows=[["prompt"], ["a lighthouse"], ["a fox"]]) as sandbox:

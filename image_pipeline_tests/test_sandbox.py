@@ -18,10 +18,10 @@ import pytest
 import requests
 from dotenv import dotenv_values
 
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
-from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
-from image_pipeline.sandbox import Sandbox, dotenv_quote, read_sample_queue
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
+from image_pipeline.testing.sandbox import Sandbox, dotenv_quote, read_sample_queue
 
 from .conftest import QUIET
 
@@ -113,7 +113,7 @@ def test_sandbox_command_serves_until_sigint(tmp_path: Path) -> None:
     folder = tmp_path / "sb"
     env_file = folder / "sandbox.env"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "image_pipeline.sandbox", "--dir", str(folder)],
+        [sys.executable, "-m", "image_pipeline.testing.sandbox", "--dir", str(folder)],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,

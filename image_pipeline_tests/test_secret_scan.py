@@ -29,12 +29,12 @@ from dagster._serdes import serialize_value
 from PIL import Image
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.base import TIMEOUT
-from image_pipeline.emulators.google import GoogleEmulator
-from image_pipeline.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
-from image_pipeline.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 from image_pipeline.ledger import PostLedger
+from image_pipeline.testing.emulators.base import TIMEOUT
+from image_pipeline.testing.emulators.google import GoogleEmulator
+from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
+from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
 
 from .conftest import PIPELINE_ENV
 

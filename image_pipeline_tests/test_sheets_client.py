@@ -117,7 +117,7 @@ def test_unshared_sheet_says_whom_to_share_with(google_emulator, spreadsheet: st
 
 
 def test_unknown_key_is_rejected_without_leaking_it(google_emulator, tmp_path: Path) -> None:
-    from image_pipeline.emulators.google import GoogleEmulator
+    from image_pipeline.testing.emulators.google import GoogleEmulator
 
     with GoogleEmulator() as other:
         foreign = other.service_account_info("stranger@elsewhere.iam.gserviceaccount.com")

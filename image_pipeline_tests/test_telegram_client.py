@@ -8,10 +8,10 @@ import logging
 import pytest
 from PIL import Image
 
-from image_pipeline.emulators.base import RESET, TIMEOUT, TRUNCATE
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline.errors import PromptRejected, ServiceBlocked, TransientError
 from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher, receipt_dict
+from image_pipeline.testing.emulators.base import RESET, TIMEOUT, TRUNCATE
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 
 
 def png(width: int, height: int, colour: str = "teal") -> bytes:

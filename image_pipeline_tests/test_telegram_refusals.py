@@ -11,18 +11,18 @@ import pytest
 import requests
 from PIL import Image
 
-from image_pipeline.emulators.base import RESET
-from image_pipeline.emulators.telegram import (
+from image_pipeline.errors import PromptRejected, ServiceBlocked, ServiceWait, TransientError
+from image_pipeline.refusals import Refusal, refusal_of
+from image_pipeline.refusals.telegram import Answer, PhotoRefused, classify
+from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher
+from image_pipeline.testing.emulators.base import RESET
+from image_pipeline.testing.emulators.telegram import (
     ALERTS_CHANNEL_ID,
     DEFAULT_CHANNEL_ID,
     DEFAULT_TOKEN,
     NAMED_FAULTS,
     TelegramEmulator,
 )
-from image_pipeline.errors import PromptRejected, ServiceBlocked, ServiceWait, TransientError
-from image_pipeline.refusals import Refusal, refusal_of
-from image_pipeline.refusals.telegram import Answer, PhotoRefused, classify
-from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher
 
 from .conftest import queue_prompts, read_csv, run_partitions
 

@@ -20,8 +20,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
-from image_pipeline.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+from image_pipeline.testing.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 
 from .dagster_dev import ARTIFACTS, DagsterDev, base_env, dagster_dev, dagster_home
 from .ui_browser_support import (

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs
 
 from PIL import Image
 
-from image_pipeline.emulators.base import EmulatorServer, Fault, Request, Response
+from image_pipeline.testing.emulators.base import EmulatorServer, Fault, Request, Response
 
 DEFAULT_TOKEN = "123456789:AAEmulatorTokenForTestsOnly_abcdefghij"
 DEFAULT_CHANNEL_ID = -1001234567890

@@ -1,6 +1,6 @@
 """``make bench``: the pipeline's speed, request economy and memory against emulators with a fixed latency.
 
-``python -m image_pipeline.bench [--only NAME ...] [--with-baseline | --no-baseline] [--json PATH]
+``python -m image_pipeline.testing.bench [--only NAME ...] [--with-baseline | --no-baseline] [--json PATH]
 [--prompts N | --scale F] [--baseline-prompts N] [--side PX] [--no-latency] [--timeout-s T] [--workdir DIR]``
 
 Every scenario starts the sandbox's loopback emulators (Google OAuth/Sheets/Drive, Hugging Face, Telegram)
@@ -36,7 +36,7 @@ Scenarios (the JSON holds one object per name):
   ``drive_lag_s``, as the real Drive trails Sheets edits) and ``IMAGE_PIPELINE_SHEET_CHECK_S=1`` (the
   defaults' ratio: a check at every tick), so the sensor's own Sheets read finds the row: ``drive_lag_row_to_post_s`` and ``drive_lag_sheets_requests``.
 - ``baseline-B100-gen``: the ancestor's algorithm on the B100-gen profile: one fresh Python process per
-  prompt (``python -m image_pipeline.bench --baseline-one``) that opens the sheet by title through
+  prompt (``python -m image_pipeline.testing.bench --baseline-one``) that opens the sheet by title through
   gspread, reads column A, reads row 2, generates with ``InferenceClient.text_to_image`` (no size: the
   emulated endpoint's default, set to the B100 side), posts with ``requests`` sendPhoto, deletes row 2
   and appends [prompt, status, info, timestamp] to Done, each step tried 3 times 5 s apart (with no
@@ -94,9 +94,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the baseline's worker process must not pay for these imports
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.sandbox import Sandbox
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("B100-gen", "B100-post", "B1000-mem", "sensor")
 BASELINE = "baseline-B100-gen"
 ALL_NAMES = (*SCENARIOS, BASELINE)
@@ -337,7 +337,7 @@ def configure(sandbox: Sandbox, profile: Profile) -> list[float]:
 
     Returns the list the Telegram emulator fills with the moment it accepts each photo or document.
     """
-    from image_pipeline.emulators.google import READ_ENDPOINTS, WRITE_ENDPOINTS
+    from image_pipeline.testing.emulators.google import READ_ENDPOINTS, WRITE_ENDPOINTS
 
     google, hf, telegram = sandbox.google, sandbox.hf, sandbox.telegram
     google.read_quota_per_minute = google.write_quota_per_minute = None
@@ -395,8 +395,8 @@ def _data_rows(rows: list[list[str]]) -> list[list[str]]:
 
 def verify(sandbox: Sandbox, expected: list[str]) -> dict[str, Any]:
     """Every expected prompt posted exactly once and the queue empty, from the emulators' state."""
-    from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
-    from image_pipeline.sandbox import PROCESS_WORKSHEET
+    from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+    from image_pipeline.testing.sandbox import PROCESS_WORKSHEET
 
     posts: Counter[str] = Counter()
     for message in sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID):
@@ -424,7 +424,7 @@ def verify(sandbox: Sandbox, expected: list[str]) -> dict[str, Any]:
 
 
 def _alerts_chat() -> int:
-    from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID
+    from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID
 
     return ALERTS_CHANNEL_ID
 
@@ -542,7 +542,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_product_scenario(name: str, profile: Profile, ctx: Context) -> dict[str, Any]:
     """``image-pipeline run`` once over a burst of ``profile.prompts`` prompts."""
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.sandbox import Sandbox
 
     root = ctx.root / name
     prepare_root(root)
@@ -626,7 +626,7 @@ def _product_figures(
 
 def run_baseline(profile: Profile, ctx: Context) -> dict[str, Any]:
     """The ancestor: one fresh process per prompt, run back to back the way a cron line would."""
-    from image_pipeline.sandbox import DONE_WORKSHEET, Sandbox
+    from image_pipeline.testing.sandbox import DONE_WORKSHEET, Sandbox
 
     root = ctx.root / BASELINE
     prepare_root(root)
@@ -646,7 +646,7 @@ def run_baseline(profile: Profile, ctx: Context) -> dict[str, Any]:
         deadline = time.monotonic() + ctx.timeout_s
         t0 = time.monotonic()
         for _ in range(profile.prompts):
-            command = [sys.executable, "-m", "image_pipeline.bench", "--baseline-one"]
+            command = [sys.executable, "-m", "image_pipeline.testing.bench", "--baseline-one"]
             with started(command, cwd=root, env=env, log=log) as proc:
                 memory.watch(proc.pid)
                 try:
@@ -689,7 +689,7 @@ def _count_retries(log: Path) -> int:
 
 
 def run_sensor(profile: Profile, ctx: Context) -> dict[str, Any]:
-    from image_pipeline.sandbox import Sandbox
+    from image_pipeline.testing.sandbox import Sandbox
 
     root = ctx.root / "sensor"
     prepare_root(root)
@@ -842,7 +842,7 @@ def _is_run_process(pid: int) -> bool:
 
 def _idle_tick_seen(google: Any, since: int) -> bool:
     """True once two change-token requests came with no Sheets request between them (an idle tick)."""
-    from image_pipeline.emulators.google import READ_ENDPOINTS, WRITE_ENDPOINTS
+    from image_pipeline.testing.emulators.google import READ_ENDPOINTS, WRITE_ENDPOINTS
 
     sheets = set(READ_ENDPOINTS) | set(WRITE_ENDPOINTS)
     quiet_since_token: bool | None = None
@@ -868,7 +868,7 @@ def instant_trip(
 ) -> dict[str, Any]:
     """``ready_ticks``: start once the daemon made that many ticks, instead of once one tick read no
     Sheets (a sensor that reads the sheet at every tick never makes one)."""
-    from image_pipeline.sandbox import PROCESS_WORKSHEET
+    from image_pipeline.testing.sandbox import PROCESS_WORKSHEET
 
     env = worker_env(sandbox, root, profile)
     env.update(IMAGE_PIPELINE_INSTANT="1", IMAGE_PIPELINE_SENSOR_INTERVAL_S="1", **(extra_env or {}))
@@ -1213,7 +1213,7 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m image_pipeline.bench",
+        prog="python -m image_pipeline.testing.bench",
         description="Time the pipeline against emulators with a fixed latency profile and print one table.",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")

@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from image_pipeline.emulators.base import EmulatorServer, Request, Response
+from image_pipeline.testing.emulators.base import EmulatorServer, Request, Response
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SPREADSHEET_MIME = "application/vnd.google-apps.spreadsheet"

@@ -1,6 +1,6 @@
 """Chaos harness: the real worker against faulty emulators, SIGKILLs at the worst moments and a person editing.
 
-``python -m image_pipeline.chaos [--prompts N] [--fault-rate F] [--kills K] [--writer/--no-writer]
+``python -m image_pipeline.testing.chaos [--prompts N] [--fault-rate F] [--kills K] [--writer/--no-writer]
 [--json PATH] [--seed S] [--timeout-s T]``
 
 The pipeline runs exactly as in production (``image-pipeline run`` in a subprocess, real gspread,
@@ -70,19 +70,6 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import unquote
 
-from image_pipeline.emulators.base import (
-    COMMITTED_503,
-    GARBAGE,
-    RESET,
-    TIMEOUT,
-    TRUNCATE,
-    Fault,
-    FaultPlan,
-    Request,
-    Response,
-)
-from image_pipeline.emulators.google import WRITE_ENDPOINTS
-from image_pipeline.emulators.telegram import DEFAULT_CHANNEL_ID
 from image_pipeline.models import (
     CHECK_CHANNEL,
     ID_COLUMN,
@@ -93,9 +80,22 @@ from image_pipeline.models import (
     caption_for,
     normalize_header,
 )
-from image_pipeline.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
+from image_pipeline.testing.emulators.base import (
+    COMMITTED_503,
+    GARBAGE,
+    RESET,
+    TIMEOUT,
+    TRUNCATE,
+    Fault,
+    FaultPlan,
+    Request,
+    Response,
+)
+from image_pipeline.testing.emulators.google import WRITE_ENDPOINTS
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+from image_pipeline.testing.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULT_KEYS = (
     "queued",
     "posted_once",
@@ -1244,7 +1244,7 @@ def format_table(result: dict[str, int | float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m image_pipeline.chaos",
+        prog="python -m image_pipeline.testing.chaos",
         description="Run the real worker against faulty emulators with SIGKILLs and a concurrent editor.",
     )
     parser.add_argument("--prompts", type=int, default=500, help="prompts queued at the start")

@@ -1,4 +1,4 @@
-"""``image-pipeline sandbox``: the three loopback emulators as a stand-in for Google, Hugging Face and Telegram.
+"""``image-pipeline-sandbox``: the three loopback emulators as a stand-in for Google, Hugging Face and Telegram.
 
 The pipeline keeps its real clients (gspread, InferenceClient, requests) and only their base URLs and
 credentials change, so ``make dev`` against the sandbox exercises the same code paths as production
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from image_pipeline.emulators.google import GoogleEmulator
-from image_pipeline.emulators.huggingface import HuggingFaceEmulator
-from image_pipeline.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
 from image_pipeline.models import DONE_COLUMNS
+from image_pipeline.testing.emulators.google import GoogleEmulator
+from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
 
-SAMPLE_QUEUE = Path(__file__).parent / "samples" / "process.csv"
+SAMPLE_QUEUE = Path(__file__).resolve().parents[1] / "samples" / "process.csv"
 SPREADSHEET_TITLE = "Image Prompt"
 PROCESS_WORKSHEET = "Process"
 DONE_WORKSHEET = "Done"
@@ -145,7 +145,7 @@ class Sandbox:
         target.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"{key}={dotenv_quote(value)}" for key, value in self.env().items()]
         target.write_text(
-            "# image-pipeline sandbox: loopback emulators, valid only while `image-pipeline sandbox` runs\n"
+            "# image-pipeline-sandbox: loopback emulators, valid only while `image-pipeline-sandbox` runs\n"
             + "\n".join(lines)
             + "\n",
             encoding="utf-8",
@@ -182,7 +182,7 @@ def _display(path: Path) -> str:
 def _banner(sandbox: Sandbox, env_file: Path) -> str:
     shown = _display(env_file)
     lines = [
-        "image-pipeline sandbox: loopback emulators are running",
+        "image-pipeline-sandbox: loopback emulators are running",
         f"  google (oauth, sheets, drive): {sandbox.google.base_url}",
         f"  hugging face:                  {sandbox.hf.base_url}",
         f"  telegram:                      {sandbox.telegram.base_url}",
@@ -199,7 +199,7 @@ def _banner(sandbox: Sandbox, env_file: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="image-pipeline sandbox",
+        prog="image-pipeline-sandbox",
         description="Run loopback Google/Hugging Face/Telegram emulators and write the env that selects them.",
     )
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="folder for the key file and env file")

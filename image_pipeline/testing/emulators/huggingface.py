@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from image_pipeline.emulators.base import EmulatorServer, Fault, Request, Response
+from image_pipeline.testing.emulators.base import EmulatorServer, Fault, Request, Response
 
 ROUTER_HOST = "router.huggingface.co"  # constants.py INFERENCE_PROXY_TEMPLATE
 HUB_HOST = "huggingface.co"  # constants.py ENDPOINT
