@@ -6,59 +6,55 @@ that flows downstream to its Done row; a service that refuses us (token, permiss
 run instead, leaving the queue untouched.
 """
 
-import base64
-import contextlib
-import hashlib
-import io
-import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from PIL import Image
 
 from .approval import (
-    APPROVAL_HINT,
-    APPROVED,
     HELD,
     POST,
     PREVIEW_ONLY,
     UNCERTAIN_HINT,
-    approved_outcome,
     delivery_uncertain,
-    keep_preview,
-    outcome_pngs,
     plan_for,
-    variation_seeds,
 )
-from .content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
+from .content_checks import CHECK_NAMES
 from .errors import (
     CreditsDepleted,
-    PipelineError,
-    PromptRejected,
     ServiceBlocked,
     ServiceWait,
     TransientError,
     WriteOutcomeUnknown,
 )
-from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager, PartitionFileStore
+from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
 from .ledger import (
     LOGGED,
     LOGGING,
     POSTED,
     POSTING,
-    PREVIEWED,
     REMOVED,
     UNCERTAIN,
-    Entry,
     Ledger,
     PostLedger,
     owner_token,
     stale_owner_check,
+)
+from .lifecycle.claims import transient_outcome
+from .lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
+from .lifecycle.generation import generate_to_disk, plan_generation
+from .lifecycle.posting import notify, post_one
+from .lifecycle.records import (
+    BUSY,
+    CAPPED,
+    GENERATED_IMAGE,
+    GONE,
+    HELD_STATUS,
+    QUARANTINED,
+    READY,
+    RETRY,
+    in_queue_order,
 )
 from .models import (
     AWAITING_APPROVAL,
@@ -67,12 +63,9 @@ from .models import (
     GENERATING,
     INVALID,
     QUEUED,
-    SUCCESS,
     DoneEntry,
     GenerationRequest,
-    PromptRow,
     build_request,
-    caption_for,
     clean_text,
     validate_prompt,
     variations_of,
@@ -82,26 +75,13 @@ from .partitions import prompt_partitions
 from .preflight import RUN_SECOND_LOOK_S, gate
 from .progress import RunProgress, batch_logged
 from .redact import redact
-from .refusals import signature
 from .resources.images import PREVIEW_LABEL, ImageGenerator
-from .resources.publisher import DeliveryUncertain, Publisher, receipt_dict
+from .resources.publisher import Publisher
 from .resources.sheets import PromptSheet
 
 GROUP = "image_pipeline"
 IO = "pipeline_io_manager"
-GENERATED_IMAGE = "generated_image"
 TELEGRAM_POST = "telegram_post"
-
-# prompt_record statuses
-READY = "READY"
-GONE = "GONE"  # no row carries the id any more: deleted by a person, or already processed and removed
-BUSY = "BUSY"  # another live run holds the claim
-HELD_STATUS = "HELD"  # a person holds it (HOLD) or it waits for APPROVE: stays queued, nothing done
-QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILED Done row
-# outcome of a transient failure that did not use up the attempts: the prompt stays queued
-RETRY = "RETRY"
-# today's cap of images or posts is used up: the prompt stays queued for another day, no attempt counted
-CAPPED = "CAPPED"
 
 
 def _stop(
@@ -117,14 +97,14 @@ def _stop(
         # no attempt is counted: the prompts are fine, the service asked for time
         if book.pause(exc.service, message, until=exc.until):
             pause = book.pause_state()
-            _notify(publisher, f"image-pipeline is waiting: {pause.message() if pause else message}")
+            notify(publisher, f"image-pipeline is waiting: {pause.message() if pause else message}")
         return dg.Failure(
             description=message,
             metadata={"service": exc.service, "status": str(exc.status or ""), "resume_at": exc.until},
         )
     if isinstance(exc, CreditsDepleted) and book is not None:
         if book.pause(exc.service, message):
-            _notify(
+            notify(
                 publisher,
                 f"image-pipeline paused spending: {message} Resume with `image-pipeline resume` "
                 "or the resume_spending_job in the Dagster UI.",
@@ -134,7 +114,7 @@ def _stop(
         return dg.Failure(
             description=message, metadata={"service": exc.service, "status": str(exc.status or "")}
         )
-    _notify(publisher, f"image-pipeline stopped: {message}")
+    notify(publisher, f"image-pipeline stopped: {message}")
     return dg.Failure(description=message, metadata={"service": exc.service, "status": str(exc.status or "")})
 
 
@@ -143,57 +123,8 @@ def _single(context: dg.AssetExecutionContext) -> str | None:
     return keys[0] if len(keys) == 1 else None
 
 
-def _in_queue_order(records: ByPartition) -> list[tuple[str, dict[str, Any]]]:
-    """Oldest first, as the queue lists them: a batch posts in the order a person queued."""
-    return sorted(records.items(), key=lambda kv: (int(kv[1].get("row_number") or 0), kv[0]))
-
-
-def _row_from_record(record: dict[str, Any]) -> PromptRow:
-    return PromptRow(
-        int(record.get("row_number") or 0), record["prompt"], record["id"], dict(record.get("params", {}))
-    )
-
-
-def _thumbnail_markdown(png: bytes, alt: str) -> str:
-    # A ~256 px JPEG as a data URI stays small in the event log and renders inline in the UI.
-    with Image.open(io.BytesIO(png)) as im:
-        thumb = im.convert("RGB")
-        thumb.thumbnail((256, 256))
-        buf = io.BytesIO()
-        thumb.save(buf, format="JPEG", quality=70)
-    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-    safe_alt = "".join(ch for ch in alt[:40] if ch.isalnum() or ch == " ") or "image"
-    return f"![{safe_alt}](data:image/jpeg;base64,{b64})"
-
-
 def _ledger_context(context: dg.AssetExecutionContext, ledger: PostLedger) -> tuple[Ledger, str, Any]:
     return ledger.open(), owner_token(context.run.run_id), stale_owner_check(context.instance)
-
-
-def _hold(
-    book: Ledger, owner: str, is_stale: Any, ledger: PostLedger, key: str, record: dict[str, Any]
-) -> bool:
-    """Renew this run's claim before an irreversible step; False when another live run took the prompt."""
-    return book.claim(
-        key,
-        record["fingerprint"],
-        owner=owner,
-        prompt=clean_text(record["prompt"]),
-        lease_s=ledger.lease_s,
-        is_stale=is_stale,
-    )
-
-
-def _done_index(
-    prompt_sheet: PromptSheet, rows: list[dict[str, str]] | None = None
-) -> dict[tuple[str, str], str]:
-    """(id, prompt) -> status of the rows already in Done: the durable record when the ledger is new."""
-    index: dict[tuple[str, str], str] = {}
-    for row in prompt_sheet.read_done() if rows is None else rows:
-        pid = row.get("id", "").strip()
-        if pid:
-            index[(pid, row.get("prompt", ""))] = row.get("status", "")
-    return index
 
 
 @dg.asset(
@@ -232,7 +163,7 @@ def prompt_record(
         current = snapshot.by_id()
         rows = {key: current[key] for key in keys if key in current}
         # Reconcile with the sheets on every start: a prompt already in Done is only removed.
-        done = _done_index(prompt_sheet, done_rows)
+        done = read_done_index(prompt_sheet, done_rows)
     except ServiceBlocked as exc:
         raise _stop(context, publisher, exc, book) from None
     except TransientError as exc:
@@ -311,7 +242,7 @@ def prompt_record(
                     reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
                 )
     for key in newly_uncertain:
-        _notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {UNCERTAIN_HINT}")
+        notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {UNCERTAIN_HINT}")
     working = {
         k: GENERATING
         for k, r in records.items()
@@ -354,63 +285,6 @@ def _count(values: Any) -> dict[str, int]:
     return out
 
 
-def _transient_outcome(
-    book: Ledger, ledger: PostLedger, key: str, fingerprint: str, what: str, exc: Exception
-) -> tuple[str, str]:
-    """A fault that outlasted the retries: try again in a later run, until the prompt is quarantined."""
-    attempts = book.add_attempt(key, fingerprint, f"{what}: {exc}")
-    if attempts >= ledger.max_attempts:
-        return FAILED, f"{what} failed {attempts} times (quarantined): {exc}"
-    return RETRY, f"{what} failed (attempt {attempts} of {ledger.max_attempts}, will retry): {exc}"
-
-
-def _plan_generation(
-    prompt_record: ByPartition, book: Ledger, owner: str, is_stale: Any, ledger: PostLedger
-) -> tuple[ByPartition, list[tuple[str, str, GenerationRequest, int]]]:
-    """Which prompts of the batch need images (and how many); the others get their outcome at once."""
-    outcomes = ByPartition()
-    todo: list[tuple[str, str, GenerationRequest, int]] = []
-    with book.batch():
-        todo_keys = _plan_into(prompt_record, book, owner, is_stale, ledger, outcomes)
-    for key in todo_keys:
-        record = prompt_record[key]
-        todo.append(
-            (key, record["fingerprint"], GenerationRequest(**record["request"]), record.get("count", 1))
-        )
-    return outcomes, todo
-
-
-def _plan_into(
-    prompt_record: ByPartition,
-    book: Ledger,
-    owner: str,
-    is_stale: Any,
-    ledger: PostLedger,
-    outcomes: ByPartition,
-) -> list[str]:
-    todo: list[str] = []
-    for key, record in _in_queue_order(prompt_record):
-        if record["status"] != READY:
-            status = BUSY if record["status"] == BUSY else "SKIPPED"
-            outcomes[key] = ImageOutcome(status, {"reason": record.get("reason", record["status"])})
-            continue
-        fingerprint = record["fingerprint"]
-        entry = book.get(key, fingerprint)
-        if entry is not None and entry.post_state is not None:
-            # Posted (or maybe posted) in an earlier run: generating again would only spend credits.
-            outcomes[key] = ImageOutcome("SKIPPED", {"reason": f"post already {entry.post_state.lower()}"})
-            continue
-        if not _hold(book, owner, is_stale, ledger, key, record):
-            outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
-            continue
-        if record.get("mode") == APPROVED and entry is not None:
-            # exactly what the person approved: the previewed files, not a new generation
-            outcomes[key] = approved_outcome(entry)
-            continue
-        todo.append(key)
-    return todo
-
-
 CHECK_DESCRIPTIONS = (
     "The image decodes (a truncated or non-image body never reaches the channel).",
     "The image is not blank or a single colour (what providers send when their safety filter fires).",
@@ -418,82 +292,6 @@ CHECK_DESCRIPTIONS = (
     "The caption is within Telegram's 1024 characters.",
     "The prompt holds none of the banned words (IMAGE_PIPELINE_BANNED_WORDS / _FILE).",
 )
-
-
-def _generate_to_disk(
-    image_generator: ImageGenerator,
-    store: PartitionFileStore,
-    book: Ledger,
-    ledger: PostLedger,
-    key: str,
-    fingerprint: str,
-    request: GenerationRequest,
-    count: int = 1,
-) -> tuple[ImageOutcome, str]:
-    """The prompt's image (or ``count`` variations with different seeds), each written to its PNG file as
-    soon as it exists: memory holds only the images in flight. All or nothing: a variation that fails
-    fails the prompt's images, as one post shows them all."""
-    made: list[ImageOutcome] = []
-    for i, seed in enumerate(variation_seeds(request.seed, count)):
-        outcome, note = _generate_one(
-            image_generator,
-            store,
-            book,
-            ledger,
-            key if i == 0 else f"{key}-v{i + 1}",
-            key,
-            fingerprint,
-            replace(request, seed=seed),
-        )
-        if not outcome.ok:
-            return outcome, note
-        made.append(outcome)
-    if count == 1:
-        return made[0], note
-    first = made[0]
-    meta = {**first.meta, "variations": [{**m.meta, "path": m.path} for m in made]}
-    note = f"{count} variations, {first.meta['width']}x{first.meta['height']} from {first.meta['model']}"
-    return ImageOutcome("OK", meta, path=first.path, thumbnail=first.thumbnail), note
-
-
-def _generate_one(
-    image_generator: ImageGenerator,
-    store: PartitionFileStore,
-    book: Ledger,
-    ledger: PostLedger,
-    file_key: str,
-    key: str,
-    fingerprint: str,
-    request: GenerationRequest,
-) -> tuple[ImageOutcome, str]:
-    try:
-        image = image_generator.generate(request)
-    except PromptRejected as exc:
-        meta = {"reason": f"generation failed: {exc}"}
-        if exc.unknown:
-            meta["unknown_answer"] = signature(exc)
-        return ImageOutcome(FAILED, meta), f"generation failed: {exc}"
-    except TransientError as exc:
-        status, reason = _transient_outcome(book, ledger, key, fingerprint, "generation", exc)
-        return ImageOutcome(status, {"reason": reason}), reason
-    meta = {
-        "width": image.width,
-        "height": image.height,
-        "model": image.model,
-        "provider": image.provider,
-        "seed": image.seed,
-        "negative_prompt": request.negative_prompt or "",
-        "generation_s": image.seconds,
-        "preview": image.preview,
-        "sha256": hashlib.sha256(image.png).hexdigest(),
-        "bytes": len(image.png),
-    }
-    path = store.write_png(GENERATED_IMAGE, file_key, image.png)
-    # the image half of the pre-post checks, here in the generation thread while others are in flight
-    meta["checks"] = [_check_dict(c) for c in check_image(image.png, key)]
-    thumbnail = _thumbnail_markdown(image.png, key)
-    note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
-    return ImageOutcome("OK", meta, path=str(path), thumbnail=thumbnail), note
 
 
 @dg.multi_asset(
@@ -545,7 +343,7 @@ def generate_and_post(
     book, owner, is_stale = _ledger_context(context, ledger)
     store = pipeline_io_manager.store(context.run.run_id)
     previews = store.base / "previews"  # what APPROVE posts: kept apart from files a later run rewrites
-    outcomes, todo = _plan_generation(prompt_record, book, owner, is_stale, ledger)
+    outcomes, todo = plan_generation(prompt_record, book, owner, is_stale, ledger)
     posts = ByPartition()
     batch = _single(context) is None
     progress = RunProgress(context.run.run_id, len(prompt_record), context.log.info)
@@ -582,7 +380,7 @@ def generate_and_post(
         if refused:
             raise refused[0]
         try:
-            outcome, note = _generate_to_disk(image_generator, store, book, ledger, key, fp, req, count)
+            outcome, note = generate_to_disk(image_generator, store, book, ledger, key, fp, req, count)
         except ServiceBlocked as exc:
             refused.append(exc)
             give_back(count)
@@ -623,7 +421,7 @@ def generate_and_post(
             else:
                 futures[key] = pool.submit(generate, key, fp, req, n)
         try:
-            for key, record in _in_queue_order(prompt_record):
+            for key, record in in_queue_order(prompt_record):
                 if refused:
                     # credits, token or permission: nothing more leaves, whichever prompt heard it first
                     raise refused[0]
@@ -634,7 +432,7 @@ def generate_and_post(
                     _witness(suspects, key, "images", outcome.ok, outcome.meta)
                 if refused:
                     raise refused[0]
-                posts[key] = _post_one(
+                posts[key] = post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
                 )
                 awaiting_post.discard(key)
@@ -645,7 +443,7 @@ def generate_and_post(
                 if not fails:
                     fp = prompt_record[key]["fingerprint"]
                     why = outcomes[key].meta.get("reason") or posts[key].get("reason", "")
-                    status, reason = _transient_outcome(
+                    status, reason = transient_outcome(
                         book,
                         ledger,
                         key,
@@ -711,165 +509,6 @@ def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
                 "blocked": dg.MetadataValue.json(blocked[:50]),
             },
         )
-
-
-def _post_one(
-    context: dg.AssetExecutionContext,
-    book: Ledger,
-    owner: str,
-    is_stale: Any,
-    ledger: PostLedger,
-    publisher: Publisher,
-    key: str,
-    record: dict[str, Any],
-    image: ImageOutcome,
-    previews: Path,
-) -> dict[str, Any]:
-    """Post one prompt's image(s) unless the ledger says it was (or may have been) posted already; for a
-    PREVIEW row, send them to the alert chat only and wait for APPROVE."""
-    if record["status"] != READY:
-        status = BUSY if record["status"] == BUSY else "SKIPPED"
-        return {"status": status, "reason": record.get("reason", record["status"])}
-    fingerprint = record["fingerprint"]
-    entry = book.get(key, fingerprint)
-    if entry is not None and entry.post_state == POSTED:
-        context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
-        return _post_from_ledger(entry)
-    if delivery_uncertain(entry):  # planned as HELD by prompt_record; never sent again blind
-        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {UNCERTAIN_HINT}"}
-    if not image.ok:
-        return {"status": image.status, "reason": image.meta.get("reason", image.status)}
-    if not _hold(book, owner, is_stale, ledger, key, record):
-        return {"status": "BUSY", "reason": "another run took over this prompt"}
-    suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
-    preview_only = record.get("mode") == PREVIEW_ONLY
-    if preview_only:
-        suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
-    caption = caption_for(_row_from_record(record), suffix=suffix)
-    pngs = outcome_pngs(image)
-    checks = run_all(_image_checks(image, pngs, key), caption, record["prompt"], publisher.content_policy())
-    checked = [_check_dict(c) for c in checks]
-    blocked = first_failure(checks)
-    if blocked is not None:
-        reason = f"blocked by the pre-post check {blocked.name}: {blocked.detail}"
-        context.log.warning(f"{key}: {reason}")
-        return {"status": FAILED, "reason": reason, "check": blocked.name, "checks": checked}
-    if preview_only:
-        return _send_preview(
-            context, book, ledger, publisher, key, fingerprint, image, pngs, caption, previews, checked
-        )
-    if not book.reserve("posts", ledger.daily_post_cap):
-        reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
-        context.log.warning(f"{key}: {reason}")
-        return {"status": CAPPED, "reason": reason, "checks": checked}
-    # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
-    book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
-    try:
-        if len(pngs) == 1:
-            receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption)
-        else:
-            receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption)
-    except DeliveryUncertain as exc:
-        # no attempt counted and no Done row: the row stays queued, held, until a person looks
-        book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
-        context.log.warning(f"{key}: {exc}")
-        _notify(
-            publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {redact(str(exc))}; {UNCERTAIN_HINT}"
-        )
-        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}; {UNCERTAIN_HINT}"}
-    except ServiceBlocked:
-        book.update(key, fingerprint, post_state=None)
-        book.unreserve("posts")
-        raise
-    except PromptRejected as exc:
-        book.update(key, fingerprint, post_state=None)
-        book.unreserve("posts")
-        context.log.warning(f"{key}: posting failed: {exc}")
-        failed = {"status": FAILED, "reason": f"posting failed: {exc}"}
-        if exc.unknown:
-            failed["unknown_answer"] = signature(exc)
-        return failed
-    except TransientError as exc:
-        book.update(key, fingerprint, post_state=None)
-        book.unreserve("posts")
-        status, reason = _transient_outcome(book, ledger, key, fingerprint, "posting", exc)
-        context.log.warning(f"{key}: {reason}")
-        return {"status": status, "reason": reason}
-    # The one write that closes the duplicate window: Telegram's message id, recorded at once.
-    book.update(
-        key,
-        fingerprint,
-        post_state=POSTED,
-        posted_at=time.time(),
-        chat_id=receipt.chat_id,
-        message_id=receipt.message_id,
-        link=receipt.link,
-        method=receipt.method,
-    )
-    context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
-    return {
-        "status": "POSTED",
-        "image_sha256": image.meta.get("sha256", ""),
-        "caption": caption,
-        "image_meta": image.meta,
-        "checks": checked,
-        **receipt_dict(receipt),
-    }
-
-
-def _send_preview(
-    context: dg.AssetExecutionContext,
-    book: Ledger,
-    ledger: PostLedger,
-    publisher: Publisher,
-    key: str,
-    fingerprint: str,
-    image: ImageOutcome,
-    pngs: list[bytes],
-    caption: str,
-    previews: Path,
-    checked: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""
-    try:
-        receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption)
-    except PromptRejected as exc:
-        return {"status": FAILED, "reason": f"preview failed: {exc}", "checks": checked}
-    except TransientError as exc:
-        status, reason = _transient_outcome(book, ledger, key, fingerprint, "preview", exc)
-        return {"status": status, "reason": reason, "checks": checked}
-    book.update(
-        key,
-        fingerprint,
-        preview_state=PREVIEWED,
-        preview_images=keep_preview(previews, key, fingerprint, image),
-        image_meta=json.dumps(image.meta),
-    )
-    where = "the alert chat" if receipt is not None else f"{previews} (no alert chat is set)"
-    context.log.info(f"{key}: preview of {len(pngs)} image(s) sent to {where}; awaiting approval")
-    return {
-        "status": AWAITING_APPROVAL,
-        "reason": f"preview sent to {where}; {APPROVAL_HINT}",
-        "checks": checked,
-        "image_meta": image.meta,
-    }
-
-
-def _image_checks(image: ImageOutcome, pngs: list[bytes], key: str) -> list[CheckOutcome]:
-    """The image checks of every image of the post, worst first per check. They ran in the generation
-    thread as each image was written (off the posting thread); an outcome from elsewhere is checked now."""
-    per_image = [m.get("checks") for m in (image.meta.get("variations") or [image.meta])]
-    if not all(per_image):
-        per_image = [[_check_dict(c) for c in check_image(png, key)] for png in pngs]
-    merged: list[CheckOutcome] = []
-    for name in CHECK_NAMES[:3]:
-        results = [CheckOutcome(**c) for checks in per_image for c in checks if c["name"] == name]
-        merged.append(next((c for c in results if not c.passed), results[0]))
-    return merged
-
-
-def _check_dict(outcome: CheckOutcome) -> dict[str, Any]:
-    return {"name": outcome.name, "passed": outcome.passed, "detail": outcome.detail}
 
 
 def _progress_status(record: dict[str, Any], post: dict[str, Any]) -> tuple[str, str]:
@@ -959,116 +598,6 @@ def _per_partition(
     return {"batch_partitions": len(values), "batch_statuses": dg.MetadataValue.json(statuses)}
 
 
-def _post_from_ledger(entry: Entry) -> dict[str, Any]:
-    meta = json.loads(entry.image_meta) if entry.image_meta else {}
-    return {
-        "status": "POSTED",
-        "image_sha256": meta.get("sha256", ""),
-        "chat_id": entry.chat_id,
-        "message_id": entry.message_id,
-        "method": entry.method,
-        "link": entry.link,
-        "sent_bytes": 0,
-        "note": "posted in an earlier run",
-        "image_meta": meta,
-    }
-
-
-def _entry_for(
-    key: str, record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]
-) -> DoneEntry | None:
-    """The Done row for a prompt, or None when it stays queued (RETRY, BUSY) or is not ours (GONE)."""
-    status = record["status"]
-    if (
-        status in (GONE, BUSY, LOGGED, HELD_STATUS)
-        or image.status in (RETRY, "BUSY", CAPPED)
-        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL, UNCERTAIN)
-    ):
-        return None
-    entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
-    entry.model = record.get("request", {}).get("model", "")
-    if status == INVALID:
-        entry.status, entry.information = INVALID, record["reason"]
-    elif status == QUARANTINED:
-        entry.status, entry.information = FAILED, record["reason"]
-    elif post.get("status") == "POSTED":
-        entry.information = f"posted to chat {post['chat_id']} as message {post['message_id']}"
-        if post.get("note"):
-            entry.information += f" ({post['note']})"
-        entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
-        entry.message_link = post.get("link", "")
-        if len(post.get("message_ids") or []) > 1:
-            ids = post["message_ids"]
-            entry.information = (
-                f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
-            )
-    elif not image.ok and image.status == FAILED:
-        entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
-    else:
-        entry.status, entry.information = FAILED, post.get("reason", "posting failed")
-    meta = image.meta if image.ok else post.get("image_meta", {})
-    if meta.get("sha256"):
-        entry.model = meta.get("model", entry.model)
-        entry.seed = str(meta["seed"] if meta.get("seed") is not None else "")
-        entry.size = f"{meta['width']}x{meta['height']}"
-        entry.generation_s = str(meta.get("generation_s", ""))
-        entry.image_sha256 = meta["sha256"]
-        entry.provider = str(meta.get("provider", ""))
-        entry.negative_prompt = str(meta.get("negative_prompt", ""))
-        if meta.get("variations"):
-            entry.seed = ";".join(str(v.get("seed", "")) for v in meta["variations"])
-            entry.image_sha256 = ";".join(str(v.get("sha256", "")) for v in meta["variations"])
-        if meta.get("preview"):
-            entry.information += " [offline preview]"
-    entry.information = redact(entry.information)[:1000]
-    return entry
-
-
-def _stays_as(record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]) -> str:
-    """Why a prompt without a Done row is still queued (or not ours)."""
-    if record.get("uncertain") or post.get("status") == UNCERTAIN:
-        return UNCERTAIN
-    if record["status"] in (GONE, BUSY, HELD_STATUS):
-        return record["status"]
-    if post.get("status") == AWAITING_APPROVAL:
-        return AWAITING_APPROVAL
-    if CAPPED in (image.status, post.get("status")):
-        return CAPPED
-    return RETRY
-
-
-def _orphan_posts(
-    book: Ledger, key: str, current: str | None, done: dict[tuple[str, str], str]
-) -> list[tuple[Entry, DoneEntry]]:
-    """Posts of an earlier version of the row (edited or deleted after posting) that never got a Done row."""
-    out = []
-    for e in book.entries_for(key):
-        if e.fingerprint == current or e.post_state != POSTED or e.done_state == LOGGED:
-            continue
-        if (key, e.prompt) in done:
-            book.update(key, e.fingerprint, done_state=LOGGED, final_status=done[(key, e.prompt)])
-            continue
-        meta = json.loads(e.image_meta) if e.image_meta else {}
-        row = DoneEntry(
-            id=key,
-            prompt=e.prompt,
-            status=SUCCESS,
-            information=f"posted to chat {e.chat_id} as message {e.message_id} (the row was edited or deleted since)",
-            model=meta.get("model", ""),
-            message_id=e.message_id,
-            chat_id=e.chat_id,
-            seed=str(meta.get("seed", "")),
-            size=f"{meta['width']}x{meta['height']}" if meta.get("width") else "",
-            generation_s=str(meta.get("generation_s", "")),
-            image_sha256=meta.get("sha256", ""),
-            provider=str(meta.get("provider", "")),
-            negative_prompt=str(meta.get("negative_prompt", "")),
-            message_link=e.link,
-        )
-        out.append((e, row))
-    return out
-
-
 @dg.asset(
     partitions_def=prompt_partitions,
     group_name=GROUP,
@@ -1092,9 +621,9 @@ def done_entry(
     to_log: list[tuple[str, str, DoneEntry]] = []  # (id, fingerprint, row)
     to_remove: dict[str, str] = {}
     needs_done_check = False
-    for key, record in _in_queue_order(prompt_record):
+    for key, record in in_queue_order(prompt_record):
         fingerprint = record.get("fingerprint")
-        entry = _entry_for(key, record, generated_image[key], telegram_post[key])
+        entry = entry_for(key, record, generated_image[key], telegram_post[key])
         if record["status"] == LOGGED:
             to_remove[key] = fingerprint
             results[key] = {"status": "LOGGED", "reason": record["reason"]}
@@ -1105,7 +634,7 @@ def done_entry(
                 or telegram_post[key].get("reason", "")
             )
             results[key] = {
-                "status": _stays_as(record, generated_image[key], telegram_post[key]),
+                "status": stays_as(record, generated_image[key], telegram_post[key]),
                 "reason": reason,
             }
         else:
@@ -1117,12 +646,12 @@ def done_entry(
         ):
             needs_done_check = True
     try:
-        done_index = _done_index(prompt_sheet) if needs_done_check else {}
+        done_index = read_done_index(prompt_sheet) if needs_done_check else {}
         orphans = [
             (key, e.fingerprint, row)
             for key, record in prompt_record.items()
             for e, row in (
-                _orphan_posts(book, key, record.get("fingerprint"), done_index) if needs_done_check else []
+                orphan_posts(book, key, record.get("fingerprint"), done_index) if needs_done_check else []
             )
         ]
         rows = to_log + orphans
@@ -1160,7 +689,7 @@ def done_entry(
     for key, _fingerprint, entry in to_log:
         results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
         if entry.status == FAILED:
-            _notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
+            notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
     for key in to_remove:
         if removal.get(key) not in (None, "removed"):
             context.log.warning(
@@ -1192,12 +721,6 @@ def _done_partition_metadata(res: dict[str, Any]) -> dict[str, Any]:
         "queue_row": res.get("queue_row", ""),
         "message_id": res.get("message_id", ""),
     }
-
-
-def _notify(publisher: Publisher, text: str) -> None:
-    # the Done row already says what happened; a lost notice is not a second failure
-    with contextlib.suppress(PipelineError):
-        publisher.notify(text)
 
 
 ASSETS = [prompt_record, generate_and_post, done_entry]

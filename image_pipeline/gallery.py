@@ -23,7 +23,7 @@ from .files import atomic_write
 
 INDEX = "index.html"
 
-# The pipeline's own notice texts (assets._notify); anything else shows as a plain NOTICE.
+# The pipeline's own notice texts (lifecycle.posting.notify); anything else shows as a plain NOTICE.
 _PROMPT_NOTICE = re.compile(r"^image-pipeline: prompt (?P<id>\S+) (?P<status>[A-Z]+): ", re.DOTALL)
 _STOPPED_NOTICE = "image-pipeline stopped: "
 

@@ -1601,7 +1601,7 @@ class PromptSheet(dg.ConfigurableResource):
                     return
                 except WriteOutcomeUnknown:
                     # The rows may be there already (a 5xx can follow a committed append): append only
-                    # the ones that are not, matched by id and prompt as assets._done_index matches them.
+                    # the ones that are not, matched by id and prompt as lifecycle.done.read_done_index matches them.
                     logged = {(r.get("id", "").strip(), r.get("prompt", "")) for r in self.read_done()}
                     pending = [e for e in pending if (e.id.strip(), e.prompt) not in logged]
                     if not pending:

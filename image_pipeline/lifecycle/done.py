@@ -1,0 +1,131 @@
+"""The Done row of each prompt from what its run did, or why it stays queued; posts of edited or deleted rows."""
+
+import json
+from typing import Any
+
+from ..io_managers import ImageOutcome
+from ..ledger import (
+    LOGGED,
+    POSTED,
+    UNCERTAIN,
+    Entry,
+    Ledger,
+)
+from ..models import (
+    AWAITING_APPROVAL,
+    FAILED,
+    INVALID,
+    SUCCESS,
+    DoneEntry,
+    clean_text,
+)
+from ..redact import redact
+from ..resources.sheets import PromptSheet
+from .records import BUSY, CAPPED, GONE, HELD_STATUS, QUARANTINED, RETRY
+
+
+def read_done_index(
+    prompt_sheet: PromptSheet, rows: list[dict[str, str]] | None = None
+) -> dict[tuple[str, str], str]:
+    """(id, prompt) -> status of the rows already in Done: the durable record when the ledger is new."""
+    index: dict[tuple[str, str], str] = {}
+    for row in prompt_sheet.read_done() if rows is None else rows:
+        pid = row.get("id", "").strip()
+        if pid:
+            index[(pid, row.get("prompt", ""))] = row.get("status", "")
+    return index
+
+
+def entry_for(
+    key: str, record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]
+) -> DoneEntry | None:
+    """The Done row for a prompt, or None when it stays queued (RETRY, BUSY) or is not ours (GONE)."""
+    status = record["status"]
+    if (
+        status in (GONE, BUSY, LOGGED, HELD_STATUS)
+        or image.status in (RETRY, "BUSY", CAPPED)
+        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL, UNCERTAIN)
+    ):
+        return None
+    entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
+    entry.model = record.get("request", {}).get("model", "")
+    if status == INVALID:
+        entry.status, entry.information = INVALID, record["reason"]
+    elif status == QUARANTINED:
+        entry.status, entry.information = FAILED, record["reason"]
+    elif post.get("status") == "POSTED":
+        entry.information = f"posted to chat {post['chat_id']} as message {post['message_id']}"
+        if post.get("note"):
+            entry.information += f" ({post['note']})"
+        entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
+        entry.message_link = post.get("link", "")
+        if len(post.get("message_ids") or []) > 1:
+            ids = post["message_ids"]
+            entry.information = (
+                f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
+            )
+    elif not image.ok and image.status == FAILED:
+        entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
+    else:
+        entry.status, entry.information = FAILED, post.get("reason", "posting failed")
+    meta = image.meta if image.ok else post.get("image_meta", {})
+    if meta.get("sha256"):
+        entry.model = meta.get("model", entry.model)
+        entry.seed = str(meta["seed"] if meta.get("seed") is not None else "")
+        entry.size = f"{meta['width']}x{meta['height']}"
+        entry.generation_s = str(meta.get("generation_s", ""))
+        entry.image_sha256 = meta["sha256"]
+        entry.provider = str(meta.get("provider", ""))
+        entry.negative_prompt = str(meta.get("negative_prompt", ""))
+        if meta.get("variations"):
+            entry.seed = ";".join(str(v.get("seed", "")) for v in meta["variations"])
+            entry.image_sha256 = ";".join(str(v.get("sha256", "")) for v in meta["variations"])
+        if meta.get("preview"):
+            entry.information += " [offline preview]"
+    entry.information = redact(entry.information)[:1000]
+    return entry
+
+
+def stays_as(record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]) -> str:
+    """Why a prompt without a Done row is still queued (or not ours)."""
+    if record.get("uncertain") or post.get("status") == UNCERTAIN:
+        return UNCERTAIN
+    if record["status"] in (GONE, BUSY, HELD_STATUS):
+        return record["status"]
+    if post.get("status") == AWAITING_APPROVAL:
+        return AWAITING_APPROVAL
+    if CAPPED in (image.status, post.get("status")):
+        return CAPPED
+    return RETRY
+
+
+def orphan_posts(
+    book: Ledger, key: str, current: str | None, done: dict[tuple[str, str], str]
+) -> list[tuple[Entry, DoneEntry]]:
+    """Posts of an earlier version of the row (edited or deleted after posting) that never got a Done row."""
+    out = []
+    for e in book.entries_for(key):
+        if e.fingerprint == current or e.post_state != POSTED or e.done_state == LOGGED:
+            continue
+        if (key, e.prompt) in done:
+            book.update(key, e.fingerprint, done_state=LOGGED, final_status=done[(key, e.prompt)])
+            continue
+        meta = json.loads(e.image_meta) if e.image_meta else {}
+        row = DoneEntry(
+            id=key,
+            prompt=e.prompt,
+            status=SUCCESS,
+            information=f"posted to chat {e.chat_id} as message {e.message_id} (the row was edited or deleted since)",
+            model=meta.get("model", ""),
+            message_id=e.message_id,
+            chat_id=e.chat_id,
+            seed=str(meta.get("seed", "")),
+            size=f"{meta['width']}x{meta['height']}" if meta.get("width") else "",
+            generation_s=str(meta.get("generation_s", "")),
+            image_sha256=meta.get("sha256", ""),
+            provider=str(meta.get("provider", "")),
+            negative_prompt=str(meta.get("negative_prompt", "")),
+            message_link=e.link,
+        )
+        out.append((e, row))
+    return out

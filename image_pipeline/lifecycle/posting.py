@@ -1,0 +1,221 @@
+"""One prompt's post, guarded by the ledger: the intent before the send, the message id right after it, and a
+send whose outcome is unknown never repeated blind; a PREVIEW row's images go to the alert chat only."""
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ..approval import (
+    APPROVAL_HINT,
+    PREVIEW_ONLY,
+    UNCERTAIN_HINT,
+    delivery_uncertain,
+    keep_preview,
+    outcome_pngs,
+)
+from ..content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
+from ..errors import (
+    PipelineError,
+    PromptRejected,
+    ServiceBlocked,
+    TransientError,
+)
+from ..io_managers import ImageOutcome
+from ..ledger import (
+    POSTED,
+    POSTING,
+    PREVIEWED,
+    UNCERTAIN,
+    Entry,
+    Ledger,
+    PostLedger,
+)
+from ..models import (
+    AWAITING_APPROVAL,
+    FAILED,
+    caption_for,
+)
+from ..redact import redact
+from ..refusals import signature
+from ..resources.images import PREVIEW_LABEL
+from ..resources.publisher import DeliveryUncertain, Publisher, receipt_dict
+from .claims import hold, transient_outcome
+from .records import BUSY, CAPPED, READY, check_dict, row_from_record
+
+
+def post_one(
+    context: dg.AssetExecutionContext,
+    book: Ledger,
+    owner: str,
+    is_stale: Any,
+    ledger: PostLedger,
+    publisher: Publisher,
+    key: str,
+    record: dict[str, Any],
+    image: ImageOutcome,
+    previews: Path,
+) -> dict[str, Any]:
+    """Post one prompt's image(s) unless the ledger says it was (or may have been) posted already; for a
+    PREVIEW row, send them to the alert chat only and wait for APPROVE."""
+    if record["status"] != READY:
+        status = BUSY if record["status"] == BUSY else "SKIPPED"
+        return {"status": status, "reason": record.get("reason", record["status"])}
+    fingerprint = record["fingerprint"]
+    entry = book.get(key, fingerprint)
+    if entry is not None and entry.post_state == POSTED:
+        context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
+        return post_from_ledger(entry)
+    if delivery_uncertain(entry):  # planned as HELD by prompt_record; never sent again blind
+        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {UNCERTAIN_HINT}"}
+    if not image.ok:
+        return {"status": image.status, "reason": image.meta.get("reason", image.status)}
+    if not hold(book, owner, is_stale, ledger, key, record):
+        return {"status": "BUSY", "reason": "another run took over this prompt"}
+    suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
+    preview_only = record.get("mode") == PREVIEW_ONLY
+    if preview_only:
+        suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
+    caption = caption_for(row_from_record(record), suffix=suffix)
+    pngs = outcome_pngs(image)
+    checks = run_all(image_checks(image, pngs, key), caption, record["prompt"], publisher.content_policy())
+    checked = [check_dict(c) for c in checks]
+    blocked = first_failure(checks)
+    if blocked is not None:
+        reason = f"blocked by the pre-post check {blocked.name}: {blocked.detail}"
+        context.log.warning(f"{key}: {reason}")
+        return {"status": FAILED, "reason": reason, "check": blocked.name, "checks": checked}
+    if preview_only:
+        return send_preview(
+            context, book, ledger, publisher, key, fingerprint, image, pngs, caption, previews, checked
+        )
+    if not book.reserve("posts", ledger.daily_post_cap):
+        reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
+        context.log.warning(f"{key}: {reason}")
+        return {"status": CAPPED, "reason": reason, "checks": checked}
+    # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
+    book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
+    try:
+        if len(pngs) == 1:
+            receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption)
+        else:
+            receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption)
+    except DeliveryUncertain as exc:
+        # no attempt counted and no Done row: the row stays queued, held, until a person looks
+        book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
+        context.log.warning(f"{key}: {exc}")
+        notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {redact(str(exc))}; {UNCERTAIN_HINT}")
+        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}; {UNCERTAIN_HINT}"}
+    except ServiceBlocked:
+        book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
+        raise
+    except PromptRejected as exc:
+        book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
+        context.log.warning(f"{key}: posting failed: {exc}")
+        failed = {"status": FAILED, "reason": f"posting failed: {exc}"}
+        if exc.unknown:
+            failed["unknown_answer"] = signature(exc)
+        return failed
+    except TransientError as exc:
+        book.update(key, fingerprint, post_state=None)
+        book.unreserve("posts")
+        status, reason = transient_outcome(book, ledger, key, fingerprint, "posting", exc)
+        context.log.warning(f"{key}: {reason}")
+        return {"status": status, "reason": reason}
+    # The one write that closes the duplicate window: Telegram's message id, recorded at once.
+    book.update(
+        key,
+        fingerprint,
+        post_state=POSTED,
+        posted_at=time.time(),
+        chat_id=receipt.chat_id,
+        message_id=receipt.message_id,
+        link=receipt.link,
+        method=receipt.method,
+    )
+    context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
+    return {
+        "status": "POSTED",
+        "image_sha256": image.meta.get("sha256", ""),
+        "caption": caption,
+        "image_meta": image.meta,
+        "checks": checked,
+        **receipt_dict(receipt),
+    }
+
+
+def send_preview(
+    context: dg.AssetExecutionContext,
+    book: Ledger,
+    ledger: PostLedger,
+    publisher: Publisher,
+    key: str,
+    fingerprint: str,
+    image: ImageOutcome,
+    pngs: list[bytes],
+    caption: str,
+    previews: Path,
+    checked: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""
+    try:
+        receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption)
+    except PromptRejected as exc:
+        return {"status": FAILED, "reason": f"preview failed: {exc}", "checks": checked}
+    except TransientError as exc:
+        status, reason = transient_outcome(book, ledger, key, fingerprint, "preview", exc)
+        return {"status": status, "reason": reason, "checks": checked}
+    book.update(
+        key,
+        fingerprint,
+        preview_state=PREVIEWED,
+        preview_images=keep_preview(previews, key, fingerprint, image),
+        image_meta=json.dumps(image.meta),
+    )
+    where = "the alert chat" if receipt is not None else f"{previews} (no alert chat is set)"
+    context.log.info(f"{key}: preview of {len(pngs)} image(s) sent to {where}; awaiting approval")
+    return {
+        "status": AWAITING_APPROVAL,
+        "reason": f"preview sent to {where}; {APPROVAL_HINT}",
+        "checks": checked,
+        "image_meta": image.meta,
+    }
+
+
+def post_from_ledger(entry: Entry) -> dict[str, Any]:
+    meta = json.loads(entry.image_meta) if entry.image_meta else {}
+    return {
+        "status": "POSTED",
+        "image_sha256": meta.get("sha256", ""),
+        "chat_id": entry.chat_id,
+        "message_id": entry.message_id,
+        "method": entry.method,
+        "link": entry.link,
+        "sent_bytes": 0,
+        "note": "posted in an earlier run",
+        "image_meta": meta,
+    }
+
+
+def image_checks(image: ImageOutcome, pngs: list[bytes], key: str) -> list[CheckOutcome]:
+    """The image checks of every image of the post, worst first per check. They ran in the generation
+    thread as each image was written (off the posting thread); an outcome from elsewhere is checked now."""
+    per_image = [m.get("checks") for m in (image.meta.get("variations") or [image.meta])]
+    if not all(per_image):
+        per_image = [[check_dict(c) for c in check_image(png, key)] for png in pngs]
+    merged: list[CheckOutcome] = []
+    for name in CHECK_NAMES[:3]:
+        results = [CheckOutcome(**c) for checks in per_image for c in checks if c["name"] == name]
+        merged.append(next((c for c in results if not c.passed), results[0]))
+    return merged
+
+
+def notify(publisher: Publisher, text: str) -> None:
+    # the Done row already says what happened; a lost notice is not a second failure
+    with contextlib.suppress(PipelineError):
+        publisher.notify(text)
