@@ -68,9 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     import dagster as dg
 
-    from .batching import RANGE_END, RANGE_START, batches
+    from .defs.batching import RANGE_END, RANGE_START, batches
+    from .defs.partitions import prompt_partitions
     from .errors import PipelineError
-    from .partitions import prompt_partitions
     from .preflight import RUN_SECOND_LOOK_S, gate
     from .progress import listening
     from .resources.sheets import LocalWorkbook

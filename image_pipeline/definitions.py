@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from .assets import ASSETS
 from .config import resources_from, settings_from
-from .jobs import preflight_job, process_prompts_job, resume_spending_job
+from .defs.assets import ASSETS
+from .defs.jobs import preflight_job, process_prompts_job, resume_spending_job
+from .defs.schedules import build_daily_schedule
+from .defs.sensors import build_prompt_sheet_sensor
 from .redact import install_log_redaction
-from .schedules import build_daily_schedule
-from .sensors import build_prompt_sheet_sensor
 
 
 def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:

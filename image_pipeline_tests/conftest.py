@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline.assets import ASSETS
+from image_pipeline.defs.assets import ASSETS
 from image_pipeline.io_managers import PartitionFileIOManager
 from image_pipeline.ledger import PostLedger
 from image_pipeline.resources.images import OfflinePreviewGenerator

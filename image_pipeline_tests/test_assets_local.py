@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from image_pipeline.assets import ASSETS, done_entry, generate_and_post, prompt_record
+from image_pipeline.defs.assets import ASSETS, done_entry, generate_and_post, prompt_record
 from image_pipeline.models import INVALID, SUCCESS
 from image_pipeline.resources.sheets import LocalWorkbook
 

@@ -123,7 +123,7 @@ def test_a_killed_run_does_not_wedge_the_next_one(tmp_path: Path) -> None:
 
 
 def test_batches_are_consecutive_ranges_of_pending_prompts() -> None:
-    from image_pipeline.batching import batches
+    from image_pipeline.defs.batching import batches
 
     order = [f"k{i}" for i in range(10)]
     assert batches(["k1", "k2", "k3"], order, 25) == [["k1", "k2", "k3"]]

@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 
-from image_pipeline.assets import ASSETS, generate_and_post, prompt_record
+from image_pipeline.defs.assets import ASSETS, generate_and_post, prompt_record
 from image_pipeline.ledger import POSTED, POSTING, Ledger, owner_token
 from image_pipeline.models import DoneEntry
 from image_pipeline.resources.images import HuggingFaceGenerator

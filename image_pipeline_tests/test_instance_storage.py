@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline.instance_storage import FastSqliteEventLogStorage
+from image_pipeline.defs.instance_storage import FastSqliteEventLogStorage
 
 PROJECT_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 

@@ -39,5 +39,31 @@ def test_the_check_sees_relative_and_function_level_imports(tmp_path: Path) -> N
     # the scan itself must be able to fail: a relative import inside a function is found
     probe = PACKAGE / "resources" / "images.py"
     assert "image_pipeline.errors" in _imports(probe)
-    assert "image_pipeline.resources.publisher" in _imports(PACKAGE / "assets.py")
+    assert "image_pipeline.resources.publisher" in _imports(PACKAGE / "defs" / "assets.py")
+    assert "image_pipeline.lifecycle.posting" in _imports(PACKAGE / "defs" / "assets.py")
     assert "image_pipeline.testing.sandbox" in _imports(PACKAGE / "testing" / "chaos.py")
+
+
+def _importers_of(prefix: str, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+    """Product modules outside ``allowed`` (paths relative to the package) that import ``prefix``."""
+    out: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel.startswith(allowed):
+            continue
+        hits = sorted(m for m in _imports(path) if m == prefix or m.startswith(prefix + "."))
+        if hits:
+            out[rel] = hits
+    return out
+
+
+def test_only_the_entry_points_import_dagsters_definitions() -> None:
+    # defs/ is Dagster's side; below it (lifecycle, resources, refusals, ledger, models...) nothing knows it.
+    # instance_storage.py is the alias old dagster.yaml files name.
+    allowed = ("defs/", "testing/", "definitions.py", "cli.py", "instance_storage.py")
+    assert _importers_of("image_pipeline.defs", allowed) == {}
+
+
+def test_services_and_refusals_know_nothing_of_a_prompts_lifecycle() -> None:
+    allowed = ("defs/", "testing/", "lifecycle/", "definitions.py", "cli.py", "instance_storage.py")
+    assert _importers_of("image_pipeline.lifecycle", allowed) == {}

@@ -7,8 +7,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.definitions import build_definitions
+from image_pipeline.defs.batching import RANGE_END, RANGE_START
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN

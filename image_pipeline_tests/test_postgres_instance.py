@@ -21,7 +21,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-from image_pipeline.batching import RANGE_END, RANGE_START
+from image_pipeline.defs.batching import RANGE_END, RANGE_START
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.testing.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 from image_pipeline_tests.dagster_dev import ARTIFACTS, ROOT, DagsterDev, base_env, dagster_dev, dagster_home

@@ -14,8 +14,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline.assets import generate_and_post, prompt_record
 from image_pipeline.definitions import build_definitions
+from image_pipeline.defs.assets import generate_and_post, prompt_record
 from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 
 from .conftest import QUIET, emulated_env, sensor_tick

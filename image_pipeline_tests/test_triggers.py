@@ -9,14 +9,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from image_pipeline.batching import RANGE_END, RANGE_START
 from image_pipeline.definitions import build_definitions
+from image_pipeline.defs.batching import RANGE_END, RANGE_START
+from image_pipeline.defs.schedules import build_daily_schedule
+from image_pipeline.defs.sensors import build_prompt_sheet_sensor
 from image_pipeline.ledger import PostLedger
 from image_pipeline.resources.images import OfflinePreviewGenerator
 from image_pipeline.resources.publisher import LocalOutbox
 from image_pipeline.resources.sheets import LocalWorkbook
-from image_pipeline.schedules import build_daily_schedule
-from image_pipeline.sensors import build_prompt_sheet_sensor
 
 from .conftest import read_csv, write_csv
 

@@ -2,16 +2,16 @@
 
 import dagster as dg
 
+from ..errors import PipelineError
+from ..ledger import PostLedger
+from ..models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
+from ..preflight import gate
+from ..resources.images import ImageGenerator
+from ..resources.publisher import Publisher
+from ..resources.sheets import PromptSheet
 from .batching import batches, run_request
-from .errors import PipelineError
 from .jobs import process_prompts_job
-from .ledger import PostLedger
-from .models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
 from .partitions import prompt_partitions
-from .preflight import gate
-from .resources.images import ImageGenerator
-from .resources.publisher import Publisher
-from .resources.sheets import PromptSheet
 
 
 def build_daily_schedule(

@@ -13,16 +13,16 @@ import time
 
 import dagster as dg
 
+from ..errors import PipelineError
+from ..ledger import PostLedger
+from ..models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
+from ..preflight import gate
+from ..resources.images import ImageGenerator
+from ..resources.publisher import Publisher
+from ..resources.sheets import PromptSheet
 from .batching import RANGE_END, RANGE_START, batches, run_request
-from .errors import PipelineError
 from .jobs import process_prompts_job
-from .ledger import PostLedger
-from .models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
 from .partitions import prompt_partitions
-from .preflight import gate
-from .resources.images import ImageGenerator
-from .resources.publisher import Publisher
-from .resources.sheets import PromptSheet
 
 DEFAULT_SHEET_CHECK_S = 60.0
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from .approval import (
+from ..approval import (
     HELD,
     POST,
     PREVIEW_ONLY,
@@ -20,16 +20,16 @@ from .approval import (
     delivery_uncertain,
     plan_for,
 )
-from .content_checks import CHECK_NAMES
-from .errors import (
+from ..content_checks import CHECK_NAMES
+from ..errors import (
     CreditsDepleted,
     ServiceBlocked,
     ServiceWait,
     TransientError,
     WriteOutcomeUnknown,
 )
-from .io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
-from .ledger import (
+from ..io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
+from ..ledger import (
     LOGGED,
     LOGGING,
     POSTED,
@@ -41,11 +41,11 @@ from .ledger import (
     owner_token,
     stale_owner_check,
 )
-from .lifecycle.claims import transient_outcome
-from .lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
-from .lifecycle.generation import generate_to_disk, plan_generation
-from .lifecycle.posting import notify, post_one
-from .lifecycle.records import (
+from ..lifecycle.claims import transient_outcome
+from ..lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
+from ..lifecycle.generation import generate_to_disk, plan_generation
+from ..lifecycle.posting import notify, post_one
+from ..lifecycle.records import (
     BUSY,
     CAPPED,
     GENERATED_IMAGE,
@@ -56,7 +56,7 @@ from .lifecycle.records import (
     RETRY,
     in_queue_order,
 )
-from .models import (
+from ..models import (
     AWAITING_APPROVAL,
     CHECK_CHANNEL,
     FAILED,
@@ -70,14 +70,14 @@ from .models import (
     validate_prompt,
     variations_of,
 )
-from .next_prompt import Suspects
+from ..next_prompt import Suspects
+from ..preflight import RUN_SECOND_LOOK_S, gate
+from ..progress import RunProgress, batch_logged
+from ..redact import redact
+from ..resources.images import PREVIEW_LABEL, ImageGenerator
+from ..resources.publisher import Publisher
+from ..resources.sheets import PromptSheet
 from .partitions import prompt_partitions
-from .preflight import RUN_SECOND_LOOK_S, gate
-from .progress import RunProgress, batch_logged
-from .redact import redact
-from .resources.images import PREVIEW_LABEL, ImageGenerator
-from .resources.publisher import Publisher
-from .resources.sheets import PromptSheet
 
 GROUP = "image_pipeline"
 IO = "pipeline_io_manager"
