@@ -2,14 +2,8 @@
 
 from typing import Any
 
-from ..ledger import (
-    Ledger,
-    PostLedger,
-)
-from ..models import (
-    FAILED,
-    clean_text,
-)
+from ..ledger import Ledger, PostLedger
+from ..models import FAILED, clean_text
 from .records import RETRY
 
 

@@ -4,21 +4,8 @@ import json
 from typing import Any
 
 from ..io_managers import ImageOutcome
-from ..ledger import (
-    LOGGED,
-    POSTED,
-    UNCERTAIN,
-    Entry,
-    Ledger,
-)
-from ..models import (
-    AWAITING_APPROVAL,
-    FAILED,
-    INVALID,
-    SUCCESS,
-    DoneEntry,
-    clean_text,
-)
+from ..ledger import LOGGED, POSTED, UNCERTAIN, Entry, Ledger
+from ..models import AWAITING_APPROVAL, FAILED, INVALID, SUCCESS, DoneEntry, clean_text
 from ..redact import redact
 from ..resources.sheets import PromptSheet
 from .records import BUSY, CAPPED, GONE, HELD_STATUS, QUARANTINED, RETRY

@@ -8,25 +8,12 @@ from typing import Any
 
 from PIL import Image
 
-from ..approval import (
-    APPROVED,
-    approved_outcome,
-    variation_seeds,
-)
+from ..approval import APPROVED, approved_outcome, variation_seeds
 from ..content_checks import check_image
-from ..errors import (
-    PromptRejected,
-    TransientError,
-)
+from ..errors import PromptRejected, TransientError
 from ..io_managers import ByPartition, ImageOutcome, PartitionFileStore
-from ..ledger import (
-    Ledger,
-    PostLedger,
-)
-from ..models import (
-    FAILED,
-    GenerationRequest,
-)
+from ..ledger import Ledger, PostLedger
+from ..models import FAILED, GenerationRequest
 from ..refusals import signature
 from ..resources.images import ImageGenerator
 from .claims import hold, transient_outcome

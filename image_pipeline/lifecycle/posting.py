@@ -18,27 +18,10 @@ from ..approval import (
     outcome_pngs,
 )
 from ..content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
-from ..errors import (
-    PipelineError,
-    PromptRejected,
-    ServiceBlocked,
-    TransientError,
-)
+from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
 from ..io_managers import ImageOutcome
-from ..ledger import (
-    POSTED,
-    POSTING,
-    PREVIEWED,
-    UNCERTAIN,
-    Entry,
-    Ledger,
-    PostLedger,
-)
-from ..models import (
-    AWAITING_APPROVAL,
-    FAILED,
-    caption_for,
-)
+from ..ledger import POSTED, POSTING, PREVIEWED, UNCERTAIN, Entry, Ledger, PostLedger
+from ..models import AWAITING_APPROVAL, FAILED, caption_for
 from ..redact import redact
 from ..refusals import signature
 from ..resources.images import PREVIEW_LABEL
