@@ -2,7 +2,7 @@
 
 ``image-pipeline doctor`` prints the table, the ``preflight_job`` shows it in the UI, and the schedule
 and sensor call :func:`gate` before they start runs. The checks themselves live with each service's
-resource (``preflight()`` in resources/sheets.py, images.py, publisher.py); this module holds what they
+resource (``preflight()`` in resources/sheets/, images.py, publisher.py); this module holds what they
 return, the table, and the gate's cache.
 """
 

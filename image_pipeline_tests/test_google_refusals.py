@@ -317,7 +317,7 @@ def test_doctor_fails_a_disabled_drive_api_and_retries_its_rate_limit(
 def test_doctor_says_fix_the_clock_or_replace_a_deleted_account(
     google_emulator: GoogleEmulator, sid: str, tmp_path: Path
 ) -> None:
-    from image_pipeline.resources import sheets as sheets_module
+    from image_pipeline.resources.sheets import google as sheets_module
 
     sheets_module._CLIENTS.clear()  # a fresh process: no access token held yet
     sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=sid)

@@ -211,7 +211,7 @@ def test_single_reference_formulas_are_live_and_copies_re_base_them(
 
 
 def _routed(emulator: Any) -> type:
-    from image_pipeline.resources.sheets import _http_client_class
+    from image_pipeline.resources.sheets.google import _http_client_class
 
     return _http_client_class(emulator.base_url, emulator.base_url)
 
