@@ -375,6 +375,13 @@ class Ledger:
             )
             if cur.rowcount == 1:
                 return True
+            if until == 0:
+                # credits gone while the same service's timed wait runs: the wait must not end the pause
+                cur = db.execute(
+                    "UPDATE pauses SET until=0, reason=?, since=? WHERE service=? AND until > 0",
+                    (reason[:500], now, service),
+                )
+                return cur.rowcount == 1
             if until > 0:
                 db.execute(
                     "UPDATE pauses SET until=?, reason=? WHERE service=? AND until > 0 AND until < ?",

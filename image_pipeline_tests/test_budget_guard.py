@@ -218,3 +218,17 @@ def test_doctor_shows_the_pause_and_the_caps(tmp_path: Path, monkeypatch: pytest
     out = capsys.readouterr().out
     cap = next(line for line in out.splitlines() if "daily images cap" in line)
     assert "warn" in cap and "2 of 2 images today" in cap
+
+
+def test_credits_gone_during_a_timed_wait_stay_paused_after_the_wait(tmp_path: Path) -> None:
+    import time
+
+    book = PostLedger(path=str(tmp_path / "ledger.sqlite")).open()
+    assert book.pause("images", "loading for 10 minutes", until=time.time() + 600)
+    assert book.pause("images", "credits depleted") is True  # a new, untimed pause: its own notice
+    pause = book.pause_state()
+    assert pause is not None and not pause.timed and pause.reason == "credits depleted"
+    assert book.pause("images", "credits depleted again") is False  # one notice only
+    assert book.pause("images", "another wait", until=time.time() + 60) is False
+    state = book.pause_state()
+    assert state is not None and not state.timed  # a later wait never turns it back into a timed one
