@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .io_managers import ImageOutcome
-from .ledger import POSTING, PREVIEWED, UNCERTAIN, Entry
-from .models import APPROVE, AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, PREVIEW, REPOST, PromptRow
+from image_pipeline.io_managers import ImageOutcome
+from image_pipeline.ledger import POSTING, PREVIEWED, UNCERTAIN, Entry
+from image_pipeline.models import APPROVE, AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, PREVIEW, REPOST, PromptRow
 
 # what a run does with a row
 POST = "post"  # generate and publish (no word, or a state the pipeline wrote)

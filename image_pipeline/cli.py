@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _load_env()
     import dagster as dg
 
-    from .definitions import build_definitions
+    from image_pipeline.definitions import build_definitions
 
     defs = build_definitions()
     # Resolved copies: fields bound with EnvVar (tokens, chat id, key JSON) only have values once built.
@@ -68,12 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     import dagster as dg
 
-    from .defs.batching import RANGE_END, RANGE_START, batches
-    from .defs.partitions import prompt_partitions
-    from .errors import PipelineError
-    from .preflight import RUN_SECOND_LOOK_S, gate
-    from .progress import listening
-    from .resources.sheets import LocalWorkbook
+    from image_pipeline.defs.batching import RANGE_END, RANGE_START, batches
+    from image_pipeline.defs.partitions import prompt_partitions
+    from image_pipeline.errors import PipelineError
+    from image_pipeline.preflight import RUN_SECOND_LOOK_S, gate
+    from image_pipeline.progress import listening
+    from image_pipeline.resources.sheets import LocalWorkbook
 
     # these lines are the progress display: through a pipe (`make run | tee`) they must not wait in a buffer
     if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
@@ -190,7 +190,7 @@ class _ConsoleProgress:
         print(f"[0/{self.total}] starting: {self.total} prompts in {runs} {plural}  (ETA --)", flush=True)
 
     def line(self, pid: str, status: str, detail: str) -> None:
-        from .progress import progress_text
+        from image_pipeline.progress import progress_text
 
         with self._lock:
             self.seen[pid] = status
@@ -199,7 +199,7 @@ class _ConsoleProgress:
             print(f"[{n}/{self.total}] {pid}: {status} {detail[:160]}  ({timing})", flush=True)
 
     def on_event(self, event: object) -> None:
-        from .progress import BatchLogged, PromptFinished
+        from image_pipeline.progress import BatchLogged, PromptFinished
 
         if getattr(event, "run_id", None) != self.run_id:
             return
@@ -216,8 +216,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     _load_env()
     import dagster as dg
 
-    from .definitions import build_definitions
-    from .preflight import FAIL, WARN, render_table, run_preflight
+    from image_pipeline.definitions import build_definitions
+    from image_pipeline.preflight import FAIL, WARN, render_table, run_preflight
 
     defs = build_definitions()
     names = ("prompt_sheet", "image_generator", "publisher", "ledger")
@@ -245,7 +245,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     """Lift the budget guard's pause (after credits were added or the quota renewed)."""
     _load_env()
-    from .definitions import build_definitions
+    from image_pipeline.definitions import build_definitions
 
     book = build_definitions().resources["ledger"].open()
     lifted = book.resume()
@@ -263,7 +263,7 @@ PID_TAG = "image_pipeline/pid"
 
 
 def _batch_size(args: argparse.Namespace) -> int:
-    from .config import settings_from
+    from image_pipeline.config import settings_from
 
     return max(1, args.batch_size or settings_from(os.environ).batch_size)
 
@@ -277,7 +277,7 @@ def reap_dead_runs(instance: Any) -> int:
     """
     import dagster as dg
 
-    from .ledger import process_alive
+    from image_pipeline.ledger import process_alive
 
     host = socket.gethostname()
     unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
@@ -308,8 +308,8 @@ def _failure_text(event: object) -> str:
 
 
 def _print_locations(resources: dict) -> None:
-    from .resources.publisher import LocalOutbox
-    from .resources.sheets import LocalWorkbook
+    from image_pipeline.resources.publisher import LocalOutbox
+    from image_pipeline.resources.sheets import LocalWorkbook
 
     sheet, publisher = resources["prompt_sheet"], resources["publisher"]
     io = resources["pipeline_io_manager"]

@@ -13,11 +13,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from .io_managers import PartitionFileIOManager
-from .ledger import PostLedger
-from .resources.images import DEFAULT_MODEL, HuggingFaceGenerator, ImageGenerator, OfflinePreviewGenerator
-from .resources.publisher import LocalOutbox, Publisher, TelegramPublisher
-from .resources.sheets import GoogleSheet, LocalWorkbook, PromptSheet
+from image_pipeline.io_managers import PartitionFileIOManager
+from image_pipeline.ledger import PostLedger
+from image_pipeline.resources.images import (
+    DEFAULT_MODEL,
+    HuggingFaceGenerator,
+    ImageGenerator,
+    OfflinePreviewGenerator,
+)
+from image_pipeline.resources.publisher import LocalOutbox, Publisher, TelegramPublisher
+from image_pipeline.resources.sheets import GoogleSheet, LocalWorkbook, PromptSheet
 
 DEFAULT_KEY_FILE = "chatbot_key.json"  # the ancestor's key file name
 

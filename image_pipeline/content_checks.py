@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import PromptRejected
-from .models import TELEGRAM_CAPTION_LIMIT
-from .resources.publisher import (
+from image_pipeline.errors import PromptRejected
+from image_pipeline.models import TELEGRAM_CAPTION_LIMIT
+from image_pipeline.resources.publisher import (
     DOCUMENT_MAX_BYTES,
     PHOTO_MAX_BYTES,
     PHOTO_MAX_RATIO,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .files import atomic_write
+from image_pipeline.files import atomic_write
 
 INDEX = "index.html"
 

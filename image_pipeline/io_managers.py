@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from .files import atomic_write
+from image_pipeline.files import atomic_write
 
 
 class ByPartition(dict[str, Any]):

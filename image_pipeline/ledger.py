@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from pydantic import Field
 
-from .preflight import Check, fail, ok, warn
+from image_pipeline.preflight import Check, fail, ok, warn
 
 POSTING = "POSTING"
 POSTED = "POSTED"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import ServiceBlocked
+from image_pipeline.errors import ServiceBlocked
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import ServiceWait, TransientError
-from .refusals import LONG_WAIT_S
+from image_pipeline.errors import ServiceWait, TransientError
+from image_pipeline.refusals import LONG_WAIT_S
 
 T = TypeVar("T")
 log = logging.getLogger("image_pipeline.retry")

@@ -12,24 +12,18 @@ from typing import Any
 
 import dagster as dg
 
-from ..approval import (
-    HELD,
-    POST,
-    PREVIEW_ONLY,
-    UNCERTAIN_HINT,
-    delivery_uncertain,
-    plan_for,
-)
-from ..content_checks import CHECK_NAMES
-from ..errors import (
+from image_pipeline.approval import HELD, POST, PREVIEW_ONLY, UNCERTAIN_HINT, delivery_uncertain, plan_for
+from image_pipeline.content_checks import CHECK_NAMES
+from image_pipeline.defs.partitions import prompt_partitions
+from image_pipeline.errors import (
     CreditsDepleted,
     ServiceBlocked,
     ServiceWait,
     TransientError,
     WriteOutcomeUnknown,
 )
-from ..io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
-from ..ledger import (
+from image_pipeline.io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
+from image_pipeline.ledger import (
     LOGGED,
     LOGGING,
     POSTED,
@@ -41,11 +35,11 @@ from ..ledger import (
     owner_token,
     stale_owner_check,
 )
-from ..lifecycle.claims import transient_outcome
-from ..lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
-from ..lifecycle.generation import generate_to_disk, plan_generation
-from ..lifecycle.posting import notify, post_one
-from ..lifecycle.records import (
+from image_pipeline.lifecycle.claims import transient_outcome
+from image_pipeline.lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
+from image_pipeline.lifecycle.generation import generate_to_disk, plan_generation
+from image_pipeline.lifecycle.posting import notify, post_one
+from image_pipeline.lifecycle.records import (
     BUSY,
     CAPPED,
     GENERATED_IMAGE,
@@ -56,7 +50,7 @@ from ..lifecycle.records import (
     RETRY,
     in_queue_order,
 )
-from ..models import (
+from image_pipeline.models import (
     AWAITING_APPROVAL,
     CHECK_CHANNEL,
     FAILED,
@@ -70,14 +64,13 @@ from ..models import (
     validate_prompt,
     variations_of,
 )
-from ..next_prompt import Suspects
-from ..preflight import RUN_SECOND_LOOK_S, gate
-from ..progress import RunProgress, batch_logged
-from ..redact import redact
-from ..resources.images import PREVIEW_LABEL, ImageGenerator
-from ..resources.publisher import Publisher
-from ..resources.sheets import PromptSheet
-from .partitions import prompt_partitions
+from image_pipeline.next_prompt import Suspects
+from image_pipeline.preflight import RUN_SECOND_LOOK_S, gate
+from image_pipeline.progress import RunProgress, batch_logged
+from image_pipeline.redact import redact
+from image_pipeline.resources.images import PREVIEW_LABEL, ImageGenerator
+from image_pipeline.resources.publisher import Publisher
+from image_pipeline.resources.sheets import PromptSheet
 
 GROUP = "image_pipeline"
 IO = "pipeline_io_manager"

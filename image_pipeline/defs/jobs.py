@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from ..ledger import PostLedger
-from ..preflight import FAIL, WARN, render_markdown, render_table, run_preflight
-from ..resources.images import ImageGenerator
-from ..resources.publisher import Publisher
-from ..resources.sheets import PromptSheet
-from .assets import GROUP
+from image_pipeline.defs.assets import GROUP
+from image_pipeline.ledger import PostLedger
+from image_pipeline.preflight import FAIL, WARN, render_markdown, render_table, run_preflight
+from image_pipeline.resources.images import ImageGenerator
+from image_pipeline.resources.publisher import Publisher
+from image_pipeline.resources.sheets import PromptSheet
 
 process_prompts_job = dg.define_asset_job(
     "process_prompts_job",

@@ -2,16 +2,16 @@
 
 import dagster as dg
 
-from ..errors import PipelineError
-from ..ledger import PostLedger
-from ..models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
-from ..preflight import gate
-from ..resources.images import ImageGenerator
-from ..resources.publisher import Publisher
-from ..resources.sheets import PromptSheet
-from .batching import batches, run_request
-from .jobs import process_prompts_job
-from .partitions import prompt_partitions
+from image_pipeline.defs.batching import batches, run_request
+from image_pipeline.defs.jobs import process_prompts_job
+from image_pipeline.defs.partitions import prompt_partitions
+from image_pipeline.errors import PipelineError
+from image_pipeline.ledger import PostLedger
+from image_pipeline.models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
+from image_pipeline.preflight import gate
+from image_pipeline.resources.images import ImageGenerator
+from image_pipeline.resources.publisher import Publisher
+from image_pipeline.resources.sheets import PromptSheet
 
 
 def build_daily_schedule(

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from ..ledger import Ledger, PostLedger
-from ..models import FAILED, clean_text
-from .records import RETRY
+from image_pipeline.ledger import Ledger, PostLedger
+from image_pipeline.lifecycle.records import RETRY
+from image_pipeline.models import FAILED, clean_text
 
 
 def hold(

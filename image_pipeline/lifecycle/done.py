@@ -3,12 +3,12 @@
 import json
 from typing import Any
 
-from ..io_managers import ImageOutcome
-from ..ledger import LOGGED, POSTED, UNCERTAIN, Entry, Ledger
-from ..models import AWAITING_APPROVAL, FAILED, INVALID, SUCCESS, DoneEntry, clean_text
-from ..redact import redact
-from ..resources.sheets import PromptSheet
-from .records import BUSY, CAPPED, GONE, HELD_STATUS, QUARANTINED, RETRY
+from image_pipeline.io_managers import ImageOutcome
+from image_pipeline.ledger import LOGGED, POSTED, UNCERTAIN, Entry, Ledger
+from image_pipeline.lifecycle.records import BUSY, CAPPED, GONE, HELD_STATUS, QUARANTINED, RETRY
+from image_pipeline.models import AWAITING_APPROVAL, FAILED, INVALID, SUCCESS, DoneEntry, clean_text
+from image_pipeline.redact import redact
+from image_pipeline.resources.sheets import PromptSheet
 
 
 def read_done_index(

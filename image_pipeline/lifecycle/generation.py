@@ -8,16 +8,16 @@ from typing import Any
 
 from PIL import Image
 
-from ..approval import APPROVED, approved_outcome, variation_seeds
-from ..content_checks import check_image
-from ..errors import PromptRejected, TransientError
-from ..io_managers import ByPartition, ImageOutcome, PartitionFileStore
-from ..ledger import Ledger, PostLedger
-from ..models import FAILED, GenerationRequest
-from ..refusals import signature
-from ..resources.images import ImageGenerator
-from .claims import hold, transient_outcome
-from .records import BUSY, GENERATED_IMAGE, READY, check_dict, in_queue_order
+from image_pipeline.approval import APPROVED, approved_outcome, variation_seeds
+from image_pipeline.content_checks import check_image
+from image_pipeline.errors import PromptRejected, TransientError
+from image_pipeline.io_managers import ByPartition, ImageOutcome, PartitionFileStore
+from image_pipeline.ledger import Ledger, PostLedger
+from image_pipeline.lifecycle.claims import hold, transient_outcome
+from image_pipeline.lifecycle.records import BUSY, GENERATED_IMAGE, READY, check_dict, in_queue_order
+from image_pipeline.models import FAILED, GenerationRequest
+from image_pipeline.refusals import signature
+from image_pipeline.resources.images import ImageGenerator
 
 
 def plan_generation(

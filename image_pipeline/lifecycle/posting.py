@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from ..approval import (
+from image_pipeline.approval import (
     APPROVAL_HINT,
     PREVIEW_ONLY,
     UNCERTAIN_HINT,
@@ -17,17 +17,17 @@ from ..approval import (
     keep_preview,
     outcome_pngs,
 )
-from ..content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
-from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from ..io_managers import ImageOutcome
-from ..ledger import POSTED, POSTING, PREVIEWED, UNCERTAIN, Entry, Ledger, PostLedger
-from ..models import AWAITING_APPROVAL, FAILED, caption_for
-from ..redact import redact
-from ..refusals import signature
-from ..resources.images import PREVIEW_LABEL
-from ..resources.publisher import DeliveryUncertain, Publisher, receipt_dict
-from .claims import hold, transient_outcome
-from .records import BUSY, CAPPED, READY, check_dict, row_from_record
+from image_pipeline.content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
+from image_pipeline.errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.io_managers import ImageOutcome
+from image_pipeline.ledger import POSTED, POSTING, PREVIEWED, UNCERTAIN, Entry, Ledger, PostLedger
+from image_pipeline.lifecycle.claims import hold, transient_outcome
+from image_pipeline.lifecycle.records import BUSY, CAPPED, READY, check_dict, row_from_record
+from image_pipeline.models import AWAITING_APPROVAL, FAILED, caption_for
+from image_pipeline.redact import redact
+from image_pipeline.refusals import signature
+from image_pipeline.resources.images import PREVIEW_LABEL
+from image_pipeline.resources.publisher import DeliveryUncertain, Publisher, receipt_dict
 
 
 def post_one(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..content_checks import CheckOutcome
-from ..io_managers import ByPartition
-from ..models import PromptRow
+from image_pipeline.content_checks import CheckOutcome
+from image_pipeline.io_managers import ByPartition
+from image_pipeline.models import PromptRow
 
 # the asset whose files hold the images (also the folder of the PNGs)
 GENERATED_IMAGE = "generated_image"

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..errors import (
+from image_pipeline.errors import (
     PipelineError,
     PromptRejected,
     ServiceBlocked,

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PipelineError
-from . import Refusal, Rule, first_rule, refuse
+from image_pipeline.errors import PipelineError
+from image_pipeline.refusals import Refusal, Rule, first_rule, refuse
 
 SERVICE = "sheets"
 # the longest piece of Google's own text a message carries (it names the fix, but may be long)

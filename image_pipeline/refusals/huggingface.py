@@ -29,9 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CreditsDepleted, PipelineError, TransientError
-from ..redact import redact
-from . import Refusal, Rule, first_rule, refuse
+from image_pipeline.errors import CreditsDepleted, PipelineError, TransientError
+from image_pipeline.redact import redact
+from image_pipeline.refusals import Refusal, Rule, first_rule, refuse
 
 SERVICE = "images"
 TOKEN_FIX = "check HF_TOKEN: it needs the permission 'Make calls to Inference Providers'"

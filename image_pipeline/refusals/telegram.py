@@ -53,9 +53,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PipelineError, PromptRejected, ServiceBlocked
-from ..redact import redact
-from . import Refusal, Rule, first_rule, refuse
+from image_pipeline.errors import PipelineError, PromptRejected, ServiceBlocked
+from image_pipeline.redact import redact
+from image_pipeline.refusals import Refusal, Rule, first_rule, refuse
 
 SERVICE = "telegram"
 # the longest piece of Telegram's own text a message carries

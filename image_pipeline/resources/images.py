@@ -18,12 +18,12 @@ import dagster as dg
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, PrivateAttr
 
-from ..errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from ..models import GenerationRequest
-from ..preflight import Check, fail, ok, skipped, warn
-from ..redact import install_log_redaction, register_secret
-from ..refusals import huggingface as hf_refusals
-from ..retry import RetryPolicy, call_with_retry
+from image_pipeline.errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.models import GenerationRequest
+from image_pipeline.preflight import Check, fail, ok, skipped, warn
+from image_pipeline.redact import install_log_redaction, register_secret
+from image_pipeline.refusals import huggingface as hf_refusals
+from image_pipeline.retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("image_pipeline.images")
 

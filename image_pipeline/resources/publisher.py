@@ -21,21 +21,21 @@ import requests
 from PIL import Image
 from pydantic import Field, PrivateAttr
 
-from .. import gallery
-from ..errors import PipelineError, PromptRejected, ServiceWait
-from ..files import atomic_write
-from ..pacing import ChatPacer
-from ..preflight import Check, fail, ok, skipped
-from ..redact import install_log_redaction, redact, register_secret
-from ..refusals import telegram as telegram_refusals
-from ..refusals.telegram import DeliveryUncertain
-from ..retry import RetryPolicy, call_with_retry
-from ..transport import never_reached_server
+from image_pipeline import gallery
+from image_pipeline.errors import PipelineError, PromptRejected, ServiceWait
+from image_pipeline.files import atomic_write
+from image_pipeline.pacing import ChatPacer
+from image_pipeline.preflight import Check, fail, ok, skipped
+from image_pipeline.redact import install_log_redaction, redact, register_secret
+from image_pipeline.refusals import telegram as telegram_refusals
+from image_pipeline.refusals.telegram import DeliveryUncertain
+from image_pipeline.retry import RetryPolicy, call_with_retry
+from image_pipeline.transport import never_reached_server
 
 log = logging.getLogger("image_pipeline.publisher")
 
 if TYPE_CHECKING:
-    from ..content_checks import BannedWords
+    from image_pipeline.content_checks import BannedWords
 
 # Telegram's documented sendPhoto limits.
 PHOTO_MAX_BYTES = 10 * 1024 * 1024
@@ -167,7 +167,7 @@ class Publisher(dg.ConfigurableResource):
 
     def content_policy(self) -> BannedWords:
         """The banned words, loaded once per resource instance (a missing file is an error at once)."""
-        from ..content_checks import BannedWords
+        from image_pipeline.content_checks import BannedWords
 
         if self._banned is None:
             self._banned = BannedWords.load(self.banned_words_file or None, self.banned_words or None)

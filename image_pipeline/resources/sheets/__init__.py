@@ -12,10 +12,10 @@ The modules: ``table`` (shared records and the backend interface), ``queue`` (th
 position-safe writes and removals), ``workbook`` (local CSV), ``google`` (gspread transport and errors),
 ``google_sheet`` (the Google resource)."""
 
-from .google import SHEET_IDS_TTL_S, GoogleSheetsBackend
-from .google_sheet import GoogleSheet
-from .queue import PromptSheet
-from .table import (
+from image_pipeline.resources.sheets.google import SHEET_IDS_TTL_S, GoogleSheetsBackend
+from image_pipeline.resources.sheets.google_sheet import GoogleSheet
+from image_pipeline.resources.sheets.queue import PromptSheet
+from image_pipeline.resources.sheets.table import (
     CHANGED,
     REMOVED,
     REMOVED_ROWS_WORKSHEET,
@@ -26,7 +26,7 @@ from .table import (
     RowsShifted,
     TableBackend,
 )
-from .workbook import LocalWorkbook, WorkbookBackend
+from image_pipeline.resources.sheets.workbook import LocalWorkbook, WorkbookBackend
 
 __all__ = [
     "CHANGED",

@@ -12,12 +12,16 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ...errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError, WriteOutcomeUnknown
-from ...redact import redact
-from ...refusals.google import GoogleAnswer, classify_api, classify_token, is_rows_moved
-from ...retry import RetryPolicy, call_with_retry
-from ...transport import never_reached_server
-from .table import (
+from image_pipeline.errors import (
+    PipelineError,
+    QueueFormatError,
+    ServiceBlocked,
+    TransientError,
+    WriteOutcomeUnknown,
+)
+from image_pipeline.redact import redact
+from image_pipeline.refusals.google import GoogleAnswer, classify_api, classify_token, is_rows_moved
+from image_pipeline.resources.sheets.table import (
     CAPTURE_KEEP_ROWS,
     CAPTURE_MIN_COLUMNS,
     REMOVED_ROWS_WORKSHEET,
@@ -30,6 +34,8 @@ from .table import (
     _trim,
     log,
 )
+from image_pipeline.retry import RetryPolicy, call_with_retry
+from image_pipeline.transport import never_reached_server
 
 SHEETS_HOST = "https://sheets.googleapis.com"
 DRIVE_HOST = "https://www.googleapis.com"

@@ -8,13 +8,13 @@ from typing import Any
 
 from pydantic import Field
 
-from ...errors import PipelineError, ServiceBlocked, TransientError
-from ...preflight import Check, fail, ok, skipped, warn
-from ...redact import install_log_redaction, register_secret
-from ...retry import RetryPolicy, call_with_retry
-from .google import GoogleSheetsBackend, SheetTitles
-from .queue import PromptSheet
-from .table import REMOVED_ROWS_WORKSHEET, SHEETS
+from image_pipeline.errors import PipelineError, ServiceBlocked, TransientError
+from image_pipeline.preflight import Check, fail, ok, skipped, warn
+from image_pipeline.redact import install_log_redaction, register_secret
+from image_pipeline.resources.sheets.google import GoogleSheetsBackend, SheetTitles
+from image_pipeline.resources.sheets.queue import PromptSheet
+from image_pipeline.resources.sheets.table import REMOVED_ROWS_WORKSHEET, SHEETS
+from image_pipeline.retry import RetryPolicy, call_with_retry
 
 
 class GoogleSheet(PromptSheet):

@@ -13,10 +13,16 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ...errors import PipelineError, QueueFormatError, ServiceBlocked, TransientError, WriteOutcomeUnknown
-from ...ledger import REMOVED as LEDGER_REMOVED
-from ...ledger import Ledger
-from ...models import (
+from image_pipeline.errors import (
+    PipelineError,
+    QueueFormatError,
+    ServiceBlocked,
+    TransientError,
+    WriteOutcomeUnknown,
+)
+from image_pipeline.ledger import REMOVED as LEDGER_REMOVED
+from image_pipeline.ledger import Ledger
+from image_pipeline.models import (
     DONE_ALIASES,
     DONE_COLUMNS,
     HOLD,
@@ -29,10 +35,9 @@ from ...models import (
     new_prompt_id,
     normalize_header,
 )
-from ...preflight import Check, fail, ok, warn
-from ...retry import RetryPolicy
-from .google import GoogleSheetsBackend
-from .table import (
+from image_pipeline.preflight import Check, fail, ok, warn
+from image_pipeline.resources.sheets.google import GoogleSheetsBackend
+from image_pipeline.resources.sheets.table import (
     _LIVE_REMOVALS,
     CHANGED,
     REMOVED,
@@ -52,6 +57,7 @@ from .table import (
     _with_usable_ids,
     log,
 )
+from image_pipeline.retry import RetryPolicy
 
 
 class PromptSheet(dg.ConfigurableResource):

@@ -13,11 +13,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ...ledger import process_alive
-from ...models import (
-    PromptRow,
-    is_valid_id,
-)
+from image_pipeline.ledger import process_alive
+from image_pipeline.models import PromptRow, is_valid_id
 
 log = logging.getLogger("image_pipeline.sheets")
 

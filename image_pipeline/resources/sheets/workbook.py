@@ -13,11 +13,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ...errors import PipelineError, QueueFormatError
-from ...files import atomic_write
-from ...preflight import Check, fail, ok, warn
-from .queue import PromptSheet
-from .table import SHEETS, CellWrite, TableBackend, _trim
+from image_pipeline.errors import PipelineError, QueueFormatError
+from image_pipeline.files import atomic_write
+from image_pipeline.preflight import Check, fail, ok, warn
+from image_pipeline.resources.sheets.queue import PromptSheet
+from image_pipeline.resources.sheets.table import SHEETS, CellWrite, TableBackend, _trim
 
 
 class WorkbookBackend(TableBackend):
