@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from image_pipeline.config import resources_from, settings_from
 from image_pipeline.defs.assets import ASSETS
 from image_pipeline.defs.jobs import preflight_job, process_prompts_job, resume_spending_job
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
-from image_pipeline.redact import install_log_redaction
+from image_pipeline.domain.redact import install_log_redaction
+from image_pipeline.settings import resources_from, settings_from
 
 
 def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:

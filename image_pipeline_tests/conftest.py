@@ -11,11 +11,11 @@ import dagster as dg
 import pytest
 
 from image_pipeline.defs.assets import ASSETS
-from image_pipeline.io_managers import PartitionFileIOManager
-from image_pipeline.ledger import PostLedger
-from image_pipeline.resources.images import OfflinePreviewGenerator
-from image_pipeline.resources.publisher import LocalOutbox
-from image_pipeline.resources.sheets import LocalWorkbook
+from image_pipeline.defs.io_manager import PartitionFileIOManager
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.preview import OfflinePreviewGenerator
+from image_pipeline.services.publisher.outbox import LocalOutbox
+from image_pipeline.services.sheets import LocalWorkbook
 
 PIPELINE_ENV = (
     "TELEGRAM_TOKEN",
@@ -238,7 +238,7 @@ def pass_gate(defs: dg.Definitions | dict[str, object]) -> None:
     schedule or sensor records it: what a run launched minutes later finds. Tests of a service that
     starts refusing *after* the gate passed (a token revoked mid-day, a fault in the middle of a batch)
     call this before they inject the fault."""
-    from image_pipeline.preflight import gate
+    from image_pipeline.lifecycle.gate import gate
 
     resources = defs.resources if isinstance(defs, dg.Definitions) else defs
     names = ("prompt_sheet", "image_generator", "publisher", "ledger")

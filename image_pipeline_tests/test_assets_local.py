@@ -9,8 +9,8 @@ import dagster as dg
 from PIL import Image
 
 from image_pipeline.defs.assets import ASSETS, done_entry, generate_and_post, prompt_record
-from image_pipeline.models import INVALID, SUCCESS
-from image_pipeline.resources.sheets import LocalWorkbook
+from image_pipeline.domain.statuses import INVALID, SUCCESS
+from image_pipeline.services.sheets import LocalWorkbook
 
 from .conftest import materializations, read_csv, run_partitions, write_csv
 

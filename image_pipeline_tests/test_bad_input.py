@@ -24,9 +24,10 @@ import pytest
 from PIL import Image
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.errors import PromptRejected, QueueFormatError
-from image_pipeline.models import DONE_COLUMNS, clean_text
-from image_pipeline.resources.publisher import TelegramPublisher
+from image_pipeline.domain.done_entries import DONE_COLUMNS
+from image_pipeline.domain.errors import PromptRejected, QueueFormatError
+from image_pipeline.domain.rows import clean_text
+from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.testing.emulators.base import GARBAGE, RESET, TIMEOUT, TRUNCATE, Fault, Request
 from image_pipeline.testing.emulators.google import GoogleEmulator
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN

@@ -18,10 +18,10 @@ from image_pipeline.cli import main as cli_main
 from image_pipeline.defs.jobs import resume_spending_job
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
-from image_pipeline.errors import CreditsDepleted, TransientError
-from image_pipeline.ledger import PostLedger, utc_day
-from image_pipeline.models import GenerationRequest
-from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.domain.errors import CreditsDepleted, TransientError
+from image_pipeline.domain.rows import GenerationRequest
+from image_pipeline.lifecycle.ledger import PostLedger, utc_day
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import queue_prompts as queue

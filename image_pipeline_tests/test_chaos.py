@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from image_pipeline.ledger import UNCERTAIN, Ledger
-from image_pipeline.models import caption_for
+from image_pipeline.domain.captions import caption_for
+from image_pipeline.domain.statuses import UNCERTAIN
+from image_pipeline.lifecycle.ledger import Ledger
 from image_pipeline.testing.chaos import (
     KILL_KINDS,
     RESULT_KEYS,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from image_pipeline.content_checks import (
+from image_pipeline.domain.content_checks import (
     BLANK_MAX_SPAN,
     CAPTION_WITHIN_LIMIT,
     CHECK_NAMES,
@@ -23,7 +23,8 @@ from image_pipeline.content_checks import (
     run_all,
     utf16_units,
 )
-from image_pipeline.resources.publisher import _cut_utf16, prepare_upload
+from image_pipeline.domain.uploads import prepare_upload
+from image_pipeline.services.publisher.telegram import _cut_utf16
 
 SIDE = 1024
 
@@ -231,7 +232,8 @@ def test_caption_is_counted_in_characters(caption: str, passes: bool) -> None:
 
 def test_a_caption_cut_by_caption_for_or_by_the_publishers_retry_passes() -> None:
     # what the pipeline actually sends: caption_for's cut, or the publisher's UTF-16 cut on a refusal
-    from image_pipeline.models import PromptRow, caption_for
+    from image_pipeline.domain.captions import caption_for
+    from image_pipeline.domain.rows import PromptRow
 
     long_prompt = "😀" * 3000
     assert check_caption(caption_for(PromptRow(2, long_prompt, "p1"))).passed

@@ -8,9 +8,11 @@ from pathlib import Path
 import dagster as dg
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.resources.images import HuggingFaceGenerator, OfflinePreviewGenerator
-from image_pipeline.resources.publisher import LocalOutbox, TelegramPublisher
-from image_pipeline.resources.sheets import GoogleSheet, LocalWorkbook
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
+from image_pipeline.services.images.preview import OfflinePreviewGenerator
+from image_pipeline.services.publisher.outbox import LocalOutbox
+from image_pipeline.services.publisher.telegram import TelegramPublisher
+from image_pipeline.services.sheets import GoogleSheet, LocalWorkbook
 
 ROOT = Path(__file__).resolve().parents[1]
 

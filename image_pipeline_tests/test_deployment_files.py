@@ -28,8 +28,8 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 from dotenv import dotenv_values
 
-from image_pipeline.config import prompt_sheet_from, settings_from
 from image_pipeline.defs.batching import RANGE_END, RANGE_START
+from image_pipeline.settings import prompt_sheet_from, settings_from
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.testing.sandbox import Sandbox
 

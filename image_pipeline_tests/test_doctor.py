@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline import preflight
 from image_pipeline.cli import main
-from image_pipeline.config import resources_from
 from image_pipeline.defs.jobs import preflight_job
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
+from image_pipeline.lifecycle import gate as preflight
+from image_pipeline.settings import resources_from
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.testing.sandbox import HF_MODEL, Sandbox
 

@@ -8,10 +8,11 @@ import time
 import dagster as dg
 
 from image_pipeline.defs.assets import ASSETS, generate_and_post, prompt_record
-from image_pipeline.ledger import POSTED, POSTING, Ledger, owner_token
-from image_pipeline.models import DoneEntry
-from image_pipeline.resources.images import HuggingFaceGenerator
-from image_pipeline.resources.sheets import LocalWorkbook
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.statuses import POSTED, POSTING
+from image_pipeline.lifecycle.ledger import Ledger, owner_token
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
+from image_pipeline.services.sheets import LocalWorkbook
 from image_pipeline.testing.emulators.base import GARBAGE
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
@@ -182,7 +183,7 @@ def test_two_runs_never_take_the_same_prompt(hf_emulator, local_resources, insta
 
 
 def test_claims_of_dead_processes_and_finished_runs_are_taken_over(tmp_path, instance) -> None:
-    from image_pipeline.ledger import stale_owner_check
+    from image_pipeline.lifecycle.ledger import stale_owner_check
 
     book = Ledger(tmp_path / "l.sqlite")
     is_stale = stale_owner_check(instance)

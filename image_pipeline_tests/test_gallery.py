@@ -8,9 +8,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
-from image_pipeline import gallery
-from image_pipeline.resources.images import encode_png, render_preview
-from image_pipeline.resources.publisher import LocalOutbox
+from image_pipeline.services.images.interface import encode_png
+from image_pipeline.services.images.preview import render_preview
+from image_pipeline.services.publisher import gallery
+from image_pipeline.services.publisher.outbox import LocalOutbox
 
 from .ui_browser_support import chromium
 

@@ -1,7 +1,7 @@
 """Google's refusals as the real service sends them, through gspread + google-auth against the emulator:
 protected ranges, the cell limit, disabled APIs, Drive's rate limit, the token endpoint's invalid_grant
 texts, 5xx after a committed write, worksheet titles matched case-insensitively; and what the product
-does with each (image_pipeline.refusals.google)."""
+does with each (image_pipeline.services.sheets.refusals)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,18 @@ import pytest
 from google.auth.exceptions import RefreshError
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.errors import ServiceBlocked, TransientError, WriteOutcomeUnknown
-from image_pipeline.ledger import REMOVED
-from image_pipeline.models import DoneEntry
-from image_pipeline.preflight import FAIL, OK
-from image_pipeline.refusals import Refusal, refusal_of
-from image_pipeline.refusals.google import API_RULES, TOKEN_RULES, GoogleAnswer, classify_api, is_rows_moved
+from image_pipeline.domain.checks import FAIL, OK
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.errors import ServiceBlocked, TransientError, WriteOutcomeUnknown
+from image_pipeline.domain.refusals import Refusal, refusal_of
+from image_pipeline.domain.statuses import REMOVED
+from image_pipeline.services.sheets.refusals import (
+    API_RULES,
+    TOKEN_RULES,
+    GoogleAnswer,
+    classify_api,
+    is_rows_moved,
+)
 from image_pipeline.testing.emulators.base import COMMITTED_503
 from image_pipeline.testing.emulators.google import (
     NAMED_FAULTS,
@@ -317,7 +323,7 @@ def test_doctor_fails_a_disabled_drive_api_and_retries_its_rate_limit(
 def test_doctor_says_fix_the_clock_or_replace_a_deleted_account(
     google_emulator: GoogleEmulator, sid: str, tmp_path: Path
 ) -> None:
-    from image_pipeline.resources.sheets import google as sheets_module
+    from image_pipeline.services.sheets import google as sheets_module
 
     sheets_module._CLIENTS.clear()  # a fresh process: no access token held yet
     sheet = sheet_for(google_emulator, tmp_path, spreadsheet_key=sid)

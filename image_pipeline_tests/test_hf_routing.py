@@ -19,10 +19,10 @@ from huggingface_hub.inference._providers._common import _fetch_inference_provid
 from huggingface_hub.inference._providers.hf_inference import _check_supported_task
 from PIL import Image
 
-from image_pipeline.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.models import GenerationRequest
-from image_pipeline.preflight import FAIL, OK, WARN
-from image_pipeline.resources.images import HuggingFaceGenerator, install_http_client
+from image_pipeline.domain.checks import FAIL, OK, WARN
+from image_pipeline.domain.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.domain.rows import GenerationRequest
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator, install_http_client
 from image_pipeline.testing.emulators.base import GARBAGE, TIMEOUT
 from image_pipeline.testing.emulators.huggingface import (
     DEFAULT_TOKEN,

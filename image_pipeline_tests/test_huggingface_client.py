@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from image_pipeline.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.models import GenerationRequest
-from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.domain.errors import CreditsDepleted, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.domain.rows import GenerationRequest
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.testing.emulators.base import GARBAGE, TIMEOUT
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN
 

@@ -19,7 +19,7 @@ import dagster as dg
 
 from image_pipeline.definitions import build_definitions
 from image_pipeline.defs.sensors import DEFAULT_SHEET_CHECK_S
-from image_pipeline.resources.sheets import SHEET_IDS_TTL_S
+from image_pipeline.services.sheets import SHEET_IDS_TTL_S
 
 from .conftest import emulated_env, sensor_tick
 

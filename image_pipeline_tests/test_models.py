@@ -1,16 +1,9 @@
 import pytest
 
-from image_pipeline.models import (
-    ELLIPSIS,
-    TELEGRAM_CAPTION_LIMIT,
-    DoneEntry,
-    PromptRow,
-    build_request,
-    caption_for,
-    is_valid_id,
-    new_prompt_id,
-    validate_prompt,
-)
+from image_pipeline.domain.captions import ELLIPSIS, caption_for
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.rows import PromptRow, build_request, is_valid_id, new_prompt_id, validate_prompt
+from image_pipeline.domain.telegram_limits import TELEGRAM_CAPTION_LIMIT
 
 
 @pytest.mark.parametrize("prompt", ["", " ", "\t\n ", "\x00\x00", "\u200b"[:0]])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from image_pipeline.resources.images import HuggingFaceGenerator
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.testing.emulators.telegram import TelegramEmulator
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from image_pipeline.pacing import ChatPacer
-from image_pipeline.resources.publisher import TelegramPublisher
+from image_pipeline.services.publisher.pacing import ChatPacer
+from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN, TelegramEmulator
 
 
@@ -87,7 +87,7 @@ def _post_many(emulator: TelegramEmulator, per_minute: float, count: int) -> Non
 
 
 def _safe_publish(pub: TelegramPublisher, pid: str) -> None:
-    from image_pipeline.errors import TransientError
+    from image_pipeline.domain.errors import TransientError
 
     with contextlib.suppress(TransientError):  # a 429 after the single attempt: counted by the emulator
         pub.publish(prompt_id=pid, png=png(), caption=pid)

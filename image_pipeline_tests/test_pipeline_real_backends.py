@@ -280,7 +280,7 @@ def test_every_done_row_and_post_carries_what_it_takes_to_generate_the_image_aga
     the same bytes."""
     import hashlib
 
-    from image_pipeline.models import GenerationRequest
+    from image_pipeline.domain.rows import GenerationRequest
 
     telegram_emulator.add_chat(-1009990001, type="channel", title="Gallery", username="pipeline_gallery")
     monkeypatch.setenv("TELEGRAM_CHAT_ID", "@pipeline_gallery")

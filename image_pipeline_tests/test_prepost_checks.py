@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from image_pipeline.content_checks import CHECK_NAMES
-from image_pipeline.resources.images import HuggingFaceGenerator
-from image_pipeline.resources.publisher import LocalOutbox
+from image_pipeline.domain.content_checks import CHECK_NAMES
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
+from image_pipeline.services.publisher.outbox import LocalOutbox
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import queue_prompts as queue
@@ -81,7 +81,7 @@ def test_every_check_passes_and_is_reported_for_a_normal_run(local_resources, in
 
 
 def test_banned_words_come_from_the_environment(tmp_path, monkeypatch) -> None:
-    from image_pipeline.config import resources_from
+    from image_pipeline.settings import resources_from
 
     monkeypatch.setenv("IMAGE_PIPELINE_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("IMAGE_PIPELINE_BANNED_WORDS", "gore, blood moon")

@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from image_pipeline import progress
-from image_pipeline.progress import BatchLogged, PromptFinished, RunProgress
+from image_pipeline.lifecycle import progress
+from image_pipeline.lifecycle.progress import BatchLogged, PromptFinished, RunProgress
 
 from .test_cli import ROOT, _env
 

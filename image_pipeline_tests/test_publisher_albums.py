@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from image_pipeline.errors import TransientError
-from image_pipeline.resources.publisher import (
-    DeliveryUncertain,
-    LocalOutbox,
-    TelegramPublisher,
-    receipt_dict,
-)
+from image_pipeline.domain.errors import TransientError
+from image_pipeline.domain.records import receipt_dict
+from image_pipeline.services.publisher.outbox import LocalOutbox
+from image_pipeline.services.publisher.telegram import DeliveryUncertain, TelegramPublisher
 from image_pipeline.testing.emulators.base import TRUNCATE
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 from image_pipeline_tests.test_gallery import parse

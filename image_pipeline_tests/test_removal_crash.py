@@ -21,16 +21,16 @@ from typing import Any
 import gspread
 import pytest
 
-from image_pipeline.ledger import Ledger
-from image_pipeline.resources.sheets import REMOVED, REMOVED_ROWS_WORKSHEET, GoogleSheet
+from image_pipeline.lifecycle.ledger import Ledger
+from image_pipeline.services.sheets import REMOVED, REMOVED_ROWS_WORKSHEET, GoogleSheet
 
 PROCESS = "Process"
 
 # The worker: one removal with the ledger as its journal, as done_entry makes it.
 WORKER = """
 import json, sys
-from image_pipeline.ledger import Ledger
-from image_pipeline.resources.sheets import GoogleSheet
+from image_pipeline.lifecycle.ledger import Ledger
+from image_pipeline.services.sheets import GoogleSheet
 fields, ledger, expected = json.loads(sys.argv[1])
 GoogleSheet(**fields).remove_rows(expected, journal=Ledger(ledger))
 print("the removal returned: the kill came too late", flush=True)
@@ -211,7 +211,7 @@ def test_single_reference_formulas_are_live_and_copies_re_base_them(
 
 
 def _routed(emulator: Any) -> type:
-    from image_pipeline.resources.sheets.google import _http_client_class
+    from image_pipeline.services.sheets.google import _http_client_class
 
     return _http_client_class(emulator.base_url, emulator.base_url)
 

@@ -29,7 +29,7 @@ from dagster._serdes import serialize_value
 from PIL import Image
 
 from image_pipeline.definitions import build_definitions
-from image_pipeline.ledger import PostLedger
+from image_pipeline.lifecycle.ledger import PostLedger
 from image_pipeline.testing.emulators.base import TIMEOUT
 from image_pipeline.testing.emulators.google import GoogleEmulator
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN

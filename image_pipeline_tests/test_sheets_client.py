@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from image_pipeline.errors import QueueFormatError, ServiceBlocked
-from image_pipeline.models import DoneEntry
-from image_pipeline.resources.sheets import CHANGED, REMOVED, VANISHED, GoogleSheet
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.errors import QueueFormatError, ServiceBlocked
+from image_pipeline.services.sheets import CHANGED, REMOVED, VANISHED, GoogleSheet
 
 ANCESTOR_DONE_HEADER = ["Prompt", "Status", "Info", "Timestamp"]
 

@@ -8,8 +8,9 @@ import logging
 import pytest
 from PIL import Image
 
-from image_pipeline.errors import PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher, receipt_dict
+from image_pipeline.domain.errors import PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.domain.records import receipt_dict
+from image_pipeline.services.publisher.telegram import DeliveryUncertain, TelegramPublisher
 from image_pipeline.testing.emulators.base import RESET, TIMEOUT, TRUNCATE
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
 

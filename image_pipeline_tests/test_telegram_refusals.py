@@ -11,10 +11,10 @@ import pytest
 import requests
 from PIL import Image
 
-from image_pipeline.errors import PromptRejected, ServiceBlocked, ServiceWait, TransientError
-from image_pipeline.refusals import Refusal, refusal_of
-from image_pipeline.refusals.telegram import Answer, PhotoRefused, classify
-from image_pipeline.resources.publisher import DeliveryUncertain, TelegramPublisher
+from image_pipeline.domain.errors import PromptRejected, ServiceBlocked, ServiceWait, TransientError
+from image_pipeline.domain.refusals import Refusal, refusal_of
+from image_pipeline.services.publisher.refusals import Answer, PhotoRefused, classify
+from image_pipeline.services.publisher.telegram import DeliveryUncertain, TelegramPublisher
 from image_pipeline.testing.emulators.base import RESET
 from image_pipeline.testing.emulators.telegram import (
     ALERTS_CHANNEL_ID,

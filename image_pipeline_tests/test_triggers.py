@@ -13,10 +13,10 @@ from image_pipeline.definitions import build_definitions
 from image_pipeline.defs.batching import RANGE_END, RANGE_START
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
-from image_pipeline.ledger import PostLedger
-from image_pipeline.resources.images import OfflinePreviewGenerator
-from image_pipeline.resources.publisher import LocalOutbox
-from image_pipeline.resources.sheets import LocalWorkbook
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.preview import OfflinePreviewGenerator
+from image_pipeline.services.publisher.outbox import LocalOutbox
+from image_pipeline.services.sheets import LocalWorkbook
 
 from .conftest import read_csv, write_csv
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from image_pipeline.errors import QueueFormatError
-from image_pipeline.models import DoneEntry
-from image_pipeline.resources.sheets import CHANGED, REMOVED, VANISHED, LocalWorkbook
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.errors import QueueFormatError
+from image_pipeline.services.sheets import CHANGED, REMOVED, VANISHED, LocalWorkbook
 
 from .conftest import read_csv, write_csv
 

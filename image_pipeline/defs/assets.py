@@ -12,65 +12,68 @@ from typing import Any
 
 import dagster as dg
 
-from image_pipeline.approval import HELD, POST, PREVIEW_ONLY, UNCERTAIN_HINT, delivery_uncertain, plan_for
-from image_pipeline.content_checks import CHECK_NAMES
+from image_pipeline.defs.io_manager import PartitionFileIOManager
 from image_pipeline.defs.partitions import prompt_partitions
-from image_pipeline.errors import (
+from image_pipeline.domain.content_checks import CHECK_NAMES
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.errors import (
     CreditsDepleted,
     ServiceBlocked,
     ServiceWait,
     TransientError,
     WriteOutcomeUnknown,
 )
-from image_pipeline.io_managers import ByPartition, ImageOutcome, PartitionFileIOManager
-from image_pipeline.ledger import (
-    LOGGED,
-    LOGGING,
-    POSTED,
-    POSTING,
-    REMOVED,
-    UNCERTAIN,
-    Ledger,
-    PostLedger,
-    owner_token,
-    stale_owner_check,
-)
-from image_pipeline.lifecycle.claims import transient_outcome
-from image_pipeline.lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
-from image_pipeline.lifecycle.generation import generate_to_disk, plan_generation
-from image_pipeline.lifecycle.posting import notify, post_one
-from image_pipeline.lifecycle.records import (
-    BUSY,
-    CAPPED,
-    GENERATED_IMAGE,
-    GONE,
-    HELD_STATUS,
-    QUARANTINED,
-    READY,
-    RETRY,
-    in_queue_order,
-)
-from image_pipeline.models import (
-    AWAITING_APPROVAL,
-    CHECK_CHANNEL,
-    FAILED,
-    GENERATING,
-    INVALID,
-    QUEUED,
-    DoneEntry,
+from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.redact import redact
+from image_pipeline.domain.rows import (
     GenerationRequest,
     build_request,
     clean_text,
     validate_prompt,
     variations_of,
 )
-from image_pipeline.next_prompt import Suspects
-from image_pipeline.preflight import RUN_SECOND_LOOK_S, gate
-from image_pipeline.progress import RunProgress, batch_logged
-from image_pipeline.redact import redact
-from image_pipeline.resources.images import PREVIEW_LABEL, ImageGenerator
-from image_pipeline.resources.publisher import Publisher
-from image_pipeline.resources.sheets import PromptSheet
+from image_pipeline.domain.statuses import (
+    AWAITING_APPROVAL,
+    BUSY,
+    CAPPED,
+    CHECK_CHANNEL,
+    FAILED,
+    GENERATING,
+    GONE,
+    HELD_STATUS,
+    INVALID,
+    LOGGED,
+    LOGGING,
+    POSTED,
+    POSTING,
+    QUARANTINED,
+    QUEUED,
+    READY,
+    REMOVED,
+    RETRY,
+    UNCERTAIN,
+)
+from image_pipeline.lifecycle.approval import (
+    HELD,
+    POST,
+    PREVIEW_ONLY,
+    UNCERTAIN_HINT,
+    delivery_uncertain,
+    plan_for,
+)
+from image_pipeline.lifecycle.claims import transient_outcome
+from image_pipeline.lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
+from image_pipeline.lifecycle.gate import RUN_SECOND_LOOK_S, gate
+from image_pipeline.lifecycle.generation import generate_to_disk, plan_generation
+from image_pipeline.lifecycle.ledger import Ledger, PostLedger, owner_token, stale_owner_check
+from image_pipeline.lifecycle.posting import notify, post_one
+from image_pipeline.lifecycle.progress import RunProgress, batch_logged
+from image_pipeline.lifecycle.records import GENERATED_IMAGE, in_queue_order
+from image_pipeline.lifecycle.suspects import Suspects
+from image_pipeline.services.images.interface import ImageGenerator
+from image_pipeline.services.images.preview import PREVIEW_LABEL
+from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.sheets import PromptSheet
 
 GROUP = "image_pipeline"
 IO = "pipeline_io_manager"

@@ -3,11 +3,12 @@
 import dagster as dg
 
 from image_pipeline.defs.assets import GROUP
-from image_pipeline.ledger import PostLedger
-from image_pipeline.preflight import FAIL, WARN, render_markdown, render_table, run_preflight
-from image_pipeline.resources.images import ImageGenerator
-from image_pipeline.resources.publisher import Publisher
-from image_pipeline.resources.sheets import PromptSheet
+from image_pipeline.domain.checks import FAIL, WARN, render_markdown, render_table
+from image_pipeline.lifecycle.gate import run_preflight
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.interface import ImageGenerator
+from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.sheets import PromptSheet
 
 process_prompts_job = dg.define_asset_job(
     "process_prompts_job",

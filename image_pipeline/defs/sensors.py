@@ -16,13 +16,13 @@ import dagster as dg
 from image_pipeline.defs.batching import RANGE_END, RANGE_START, batches, run_request
 from image_pipeline.defs.jobs import process_prompts_job
 from image_pipeline.defs.partitions import prompt_partitions
-from image_pipeline.errors import PipelineError
-from image_pipeline.ledger import PostLedger
-from image_pipeline.models import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
-from image_pipeline.preflight import gate
-from image_pipeline.resources.images import ImageGenerator
-from image_pipeline.resources.publisher import Publisher
-from image_pipeline.resources.sheets import PromptSheet
+from image_pipeline.domain.errors import PipelineError
+from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
+from image_pipeline.lifecycle.gate import gate
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.interface import ImageGenerator
+from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.sheets import PromptSheet
 
 DEFAULT_SHEET_CHECK_S = 60.0
 

@@ -1,2 +1,3 @@
 """The exactly-once protocol of one prompt, apart from Dagster's wiring: claim -> intent -> receipt -> log ->
-remove, each step guarded by the ledger (``image_pipeline.ledger``). The assets in ``assets.py`` call these."""
+remove, each step guarded by the ledger (``ledger.py``), and the only code that decides a prompt's next step
+(``approval.py``, ``suspects.py``, ``claims.py``). The assets in ``defs/assets.py`` call these."""

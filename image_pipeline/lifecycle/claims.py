@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from image_pipeline.ledger import Ledger, PostLedger
-from image_pipeline.lifecycle.records import RETRY
-from image_pipeline.models import FAILED, clean_text
+from image_pipeline.domain.rows import clean_text
+from image_pipeline.domain.statuses import FAILED, RETRY
+from image_pipeline.lifecycle.ledger import Ledger, PostLedger
 
 
 def hold(

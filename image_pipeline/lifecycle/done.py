@@ -3,12 +3,27 @@
 import json
 from typing import Any
 
-from image_pipeline.io_managers import ImageOutcome
-from image_pipeline.ledger import LOGGED, POSTED, UNCERTAIN, Entry, Ledger
-from image_pipeline.lifecycle.records import BUSY, CAPPED, GONE, HELD_STATUS, QUARANTINED, RETRY
-from image_pipeline.models import AWAITING_APPROVAL, FAILED, INVALID, SUCCESS, DoneEntry, clean_text
-from image_pipeline.redact import redact
-from image_pipeline.resources.sheets import PromptSheet
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.records import ImageOutcome
+from image_pipeline.domain.redact import redact
+from image_pipeline.domain.rows import clean_text
+from image_pipeline.domain.statuses import (
+    AWAITING_APPROVAL,
+    BUSY,
+    CAPPED,
+    FAILED,
+    GONE,
+    HELD_STATUS,
+    INVALID,
+    LOGGED,
+    POSTED,
+    QUARANTINED,
+    RETRY,
+    SUCCESS,
+    UNCERTAIN,
+)
+from image_pipeline.lifecycle.ledger import Entry, Ledger
+from image_pipeline.services.sheets import PromptSheet
 
 
 def read_done_index(

@@ -8,16 +8,18 @@ from typing import Any
 
 from PIL import Image
 
-from image_pipeline.approval import APPROVED, approved_outcome, variation_seeds
-from image_pipeline.content_checks import check_image
-from image_pipeline.errors import PromptRejected, TransientError
-from image_pipeline.io_managers import ByPartition, ImageOutcome, PartitionFileStore
-from image_pipeline.ledger import Ledger, PostLedger
+from image_pipeline.domain.content_checks import check_image
+from image_pipeline.domain.errors import PromptRejected, TransientError
+from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.refusals import signature
+from image_pipeline.domain.rows import GenerationRequest
+from image_pipeline.domain.statuses import BUSY, FAILED, READY
+from image_pipeline.lifecycle.approval import APPROVED, approved_outcome, variation_seeds
 from image_pipeline.lifecycle.claims import hold, transient_outcome
-from image_pipeline.lifecycle.records import BUSY, GENERATED_IMAGE, READY, check_dict, in_queue_order
-from image_pipeline.models import FAILED, GenerationRequest
-from image_pipeline.refusals import signature
-from image_pipeline.resources.images import ImageGenerator
+from image_pipeline.lifecycle.ledger import Ledger, PostLedger
+from image_pipeline.lifecycle.records import GENERATED_IMAGE, check_dict, in_queue_order
+from image_pipeline.services.images.interface import ImageGenerator
+from image_pipeline.services.storage import PartitionFileStore
 
 
 def plan_generation(

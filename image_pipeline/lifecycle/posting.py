@@ -9,7 +9,30 @@ from typing import Any
 
 import dagster as dg
 
-from image_pipeline.approval import (
+from image_pipeline.domain.captions import caption_for
+from image_pipeline.domain.content_checks import (
+    CHECK_NAMES,
+    CheckOutcome,
+    check_image,
+    first_failure,
+    run_all,
+)
+from image_pipeline.domain.errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
+from image_pipeline.domain.records import ImageOutcome, receipt_dict
+from image_pipeline.domain.redact import redact
+from image_pipeline.domain.refusals import signature
+from image_pipeline.domain.statuses import (
+    AWAITING_APPROVAL,
+    BUSY,
+    CAPPED,
+    FAILED,
+    POSTED,
+    POSTING,
+    PREVIEWED,
+    READY,
+    UNCERTAIN,
+)
+from image_pipeline.lifecycle.approval import (
     APPROVAL_HINT,
     PREVIEW_ONLY,
     UNCERTAIN_HINT,
@@ -17,17 +40,12 @@ from image_pipeline.approval import (
     keep_preview,
     outcome_pngs,
 )
-from image_pipeline.content_checks import CHECK_NAMES, CheckOutcome, check_image, first_failure, run_all
-from image_pipeline.errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.io_managers import ImageOutcome
-from image_pipeline.ledger import POSTED, POSTING, PREVIEWED, UNCERTAIN, Entry, Ledger, PostLedger
 from image_pipeline.lifecycle.claims import hold, transient_outcome
-from image_pipeline.lifecycle.records import BUSY, CAPPED, READY, check_dict, row_from_record
-from image_pipeline.models import AWAITING_APPROVAL, FAILED, caption_for
-from image_pipeline.redact import redact
-from image_pipeline.refusals import signature
-from image_pipeline.resources.images import PREVIEW_LABEL
-from image_pipeline.resources.publisher import DeliveryUncertain, Publisher, receipt_dict
+from image_pipeline.lifecycle.ledger import Entry, Ledger, PostLedger
+from image_pipeline.lifecycle.records import check_dict, row_from_record
+from image_pipeline.services.images.preview import PREVIEW_LABEL
+from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.publisher.telegram import DeliveryUncertain
 
 
 def post_one(

@@ -1,26 +1,15 @@
-"""A prompt record as the run carries it: the statuses prompt_record gives, queue order, the row it came from."""
+"""A prompt record as the run carries it: queue order, the row it came from, check outcomes as data."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from image_pipeline.content_checks import CheckOutcome
-from image_pipeline.io_managers import ByPartition
-from image_pipeline.models import PromptRow
+from image_pipeline.domain.content_checks import CheckOutcome
+from image_pipeline.domain.records import ByPartition
+from image_pipeline.domain.rows import PromptRow
 
 # the asset whose files hold the images (also the folder of the PNGs)
 GENERATED_IMAGE = "generated_image"
-
-# prompt_record statuses
-READY = "READY"
-GONE = "GONE"  # no row carries the id any more: deleted by a person, or already processed and removed
-BUSY = "BUSY"  # another live run holds the claim
-HELD_STATUS = "HELD"  # a person holds it (HOLD) or it waits for APPROVE: stays queued, nothing done
-QUARANTINED = "QUARANTINED"  # failed transiently in too many runs: gets a FAILED Done row
-# outcome of a transient failure that did not use up the attempts: the prompt stays queued
-RETRY = "RETRY"
-# today's cap of images or posts is used up: the prompt stays queued for another day, no attempt counted
-CAPPED = "CAPPED"
 
 
 def in_queue_order(records: ByPartition) -> list[tuple[str, dict[str, Any]]]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from image_pipeline.models import DONE_COLUMNS
+from image_pipeline.domain.done_entries import DONE_COLUMNS
 from image_pipeline.testing.emulators.google import GoogleEmulator
 from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator

@@ -1,0 +1,223 @@
+"""``image-pipeline run``: every pending prompt through the Dagster job, in batches, in this process.
+
+Runs are recorded in the local instance, so they show in the UI later. Runs a killed command left
+behind are reaped first, so their prompts are not stuck as "started" forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from image_pipeline.cli.environment import load_env
+from image_pipeline.cli.progress import ConsoleProgress
+
+SAMPLES = Path(__file__).parents[1] / "samples"  # the package's sample queue for the embedded default
+
+
+def _seed_workbook(folder: Path) -> bool:
+    """On the embedded default, start from the shipped sample queue when there is no workbook yet."""
+    if (folder / "process.csv").exists():
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLES / "process.csv", folder / "process.csv")
+    return True
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    load_env()
+    import dagster as dg
+
+    from image_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    # Resolved copies: fields bound with EnvVar (tokens, chat id, key JSON) only have values once built.
+    with dg.build_resources({k: v for k, v in defs.resources.items() if k != "pipeline_io_manager"}) as built:
+        resources = {
+            "prompt_sheet": built.prompt_sheet,
+            "image_generator": built.image_generator,
+            "publisher": built.publisher,
+            "ledger": built.ledger,
+            "pipeline_io_manager": defs.resources["pipeline_io_manager"],
+        }
+        return _run(args, defs, resources)
+
+
+def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
+    import dagster as dg
+
+    from image_pipeline.defs.batching import RANGE_END, RANGE_START, batches
+    from image_pipeline.defs.partitions import prompt_partitions
+    from image_pipeline.domain.errors import PipelineError
+    from image_pipeline.lifecycle.gate import RUN_SECOND_LOOK_S, gate
+    from image_pipeline.lifecycle.progress import listening
+    from image_pipeline.services.sheets import LocalWorkbook
+
+    # these lines are the progress display: through a pipe (`make run | tee`) they must not wait in a buffer
+    if callable(reconfigure := getattr(sys.stdout, "reconfigure", None)):
+        reconfigure(line_buffering=True)
+    sheet = resources["prompt_sheet"]
+    if isinstance(sheet, LocalWorkbook) and _seed_workbook(Path(sheet.folder)):
+        print(f"copied the sample queue into {sheet.folder}/process.csv")
+    print(f"queue:     {sheet.describe()}")
+    print(f"generator: {resources['image_generator'].describe()}")
+    print(f"publisher: {resources['publisher'].describe()}")
+    # the schedule's and sensor's gate, before the first queue write (ids) and the first paid request
+    book = resources["ledger"].open() if "ledger" in resources else None
+    pause = book.pause_state() if book is not None else None
+    trio = [sheet, resources["image_generator"], resources["publisher"]]
+    refused = (
+        pause.message() if pause is not None else gate(trio, store=book, second_look_s=RUN_SECOND_LOOK_S)
+    )
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
+    try:
+        if book is not None:  # rows an interrupted run deleted by mistake, put back before anything else
+            sheet.recover_removals(book)
+        snapshot = sheet.ensure_ids()
+    except PipelineError as exc:
+        print(f"error: cannot read the queue: {exc}", file=sys.stderr)
+        return 2
+    ids = [row.prompt_id for row in snapshot.rows]
+    if args.limit:
+        ids = ids[: args.limit]
+    if not ids:
+        print("the queue is empty: nothing to do")
+        _print_locations(resources)
+        return 0
+    instance = dg.DagsterInstance.get()
+    reaped = reap_dead_runs(instance)
+    if reaped:
+        print(f"marked {reaped} run(s) of a killed earlier `run` as failed and freed their pool slots")
+    known = set(instance.get_dynamic_partitions(prompt_partitions.name))
+    new = [pid for pid in ids if pid not in known]
+    if new:
+        instance.add_dynamic_partitions(prompt_partitions.name, new)
+    job = defs.resolve_job_def("process_prompts_job")
+    counts: dict[str, int] = {}
+    exit_code = 0
+    order = instance.get_dynamic_partitions(prompt_partitions.name)
+    planned = batches(ids, order, _batch_size(args))
+    console = ConsoleProgress(ids)
+    console.begin(len(planned))
+    for batch in planned:
+        # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
+        tags = {"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        if len(batch) == 1:
+            range_args: dict[str, Any] = {"partition_key": batch[0]}
+        else:
+            tags.update({RANGE_START: batch[0], RANGE_END: batch[-1]})
+            range_args = {}
+        # our own run id, so the lines printed come from this run only
+        console.run_id = str(uuid.uuid4())
+        with listening(console.on_event):
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                tags=tags,
+                run_id=console.run_id,
+                # the progress lines are the console output; the full log stays in the instance
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                **range_args,
+            )
+        done = result.output_for_node("done_entry") if result.success else {}
+        failure = ""
+        if not result.success:
+            event = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+            failure = _failure_text(event)
+        for pid in [p for p in ids if p in set(batch)]:
+            if result.success:
+                # the Done row's status: what the final count reports
+                entry = done.get(pid, {})
+                status = entry.get("status", "?")
+                if pid not in console.seen:  # not reported while running (should not happen): say it now
+                    console.line(pid, status, entry.get("information") or entry.get("reason", ""))
+            elif pid in console.seen:
+                # it got its outcome (posted, failed, ...) before the run stopped; no Done row yet
+                status = console.seen[pid]
+            else:
+                status = "RUN FAILED"
+                console.line(pid, status, failure)
+            counts[status] = counts.get(status, 0) + 1
+        if not result.success:
+            print(
+                "stopping: fix the problem above and run again; the remaining prompts stay queued",
+                file=sys.stderr,
+            )
+            exit_code = 1
+            break
+    print("done: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    _print_locations(resources)
+    return exit_code
+
+
+HOST_TAG = "image_pipeline/host"
+PID_TAG = "image_pipeline/pid"
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    from image_pipeline.settings import settings_from
+
+    return max(1, args.batch_size or settings_from(os.environ).batch_size)
+
+
+def reap_dead_runs(instance: Any) -> int:
+    """Fail the unfinished runs of an earlier ``run`` whose process is gone, and free their pool slots.
+
+    ``run`` executes in process, without the daemon whose run monitoring would do this: a killed process
+    leaves its run STARTED holding a sheets_api/hf_api/telegram_api slot, and every later run would wait
+    for that slot forever.
+    """
+    import dagster as dg
+
+    from image_pipeline.services.hosts import process_alive
+
+    host = socket.gethostname()
+    unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    reaped = 0
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: host})):
+        try:
+            pid = int(run.tags.get(PID_TAG, ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        instance.report_run_failed(run, message=f"the `image-pipeline run` process {pid} is gone")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped += 1
+    return reaped
+
+
+def _failure_text(event: object) -> str:
+    if event is None:
+        return ""
+    data = getattr(event, "step_failure_data", None)
+    if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
+        return str(data.user_failure_data.description)
+    if data is not None and data.error is not None:
+        return data.error.message.strip().splitlines()[-1]
+    return str(getattr(event, "message", ""))
+
+
+def _print_locations(resources: dict) -> None:
+    from image_pipeline.services.publisher.outbox import LocalOutbox
+    from image_pipeline.services.sheets import LocalWorkbook
+
+    sheet, publisher = resources["prompt_sheet"], resources["publisher"]
+    io = resources["pipeline_io_manager"]
+    print(f"images:    {Path(io.base_dir) / 'generated_image'}")
+    if isinstance(publisher, LocalOutbox):
+        print(f"gallery:   {Path(publisher.folder) / 'index.html'}")
+    if isinstance(sheet, LocalWorkbook):
+        print(f"done log:  {Path(sheet.folder) / 'done.csv'}")
+    else:
+        print(f"done log:  worksheet {sheet.done_worksheet!r} of {sheet.describe()}")
+    print(f"runs:      `make dev`, then http://127.0.0.1:3000 (instance in {os.environ.get('DAGSTER_HOME')})")

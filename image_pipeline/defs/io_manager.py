@@ -1,0 +1,48 @@
+"""Asset storage as plain files, one per partition: PNG for images, JSON for records.
+
+Assets exchange ``ByPartition`` maps (partition key -> value) so that one run may carry one partition
+or many with the same code. Images are real ``.png`` files anyone can open, never pickles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from image_pipeline.domain.records import ByPartition
+from image_pipeline.services.storage import PartitionFileStore
+
+
+class PartitionFileIOManager(dg.ConfigurableIOManager):
+    """Stores each partition of each asset as its own file under ``base_dir``."""
+
+    base_dir: str = Field(description="Folder for asset values (images as .png, records as .json).")
+
+    def store(self, run_id: str = "") -> PartitionFileStore:
+        """Direct access for a step that writes files as it goes (images, before the step ends)."""
+        return PartitionFileStore(self.base_dir, run_id)
+
+    @staticmethod
+    def _asset(context: dg.OutputContext | dg.InputContext) -> str:
+        return "__".join(context.asset_key.path)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, ByPartition):
+            raise TypeError(f"{self._asset(context)} must return ByPartition, got {type(obj).__name__}")
+        expected = set(context.asset_partition_keys) if context.has_asset_partitions else {"__all__"}
+        unknown = set(obj) - expected
+        if unknown:
+            raise ValueError(f"values for partitions outside this run: {sorted(unknown)[:5]}")
+        store = self.store(context.run_id)
+        for key, value in obj.items():
+            store.write(self._asset(context), key, value)
+
+    def load_input(self, context: dg.InputContext) -> ByPartition:
+        keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
+        store = self.store(context.step_context.run_id)
+        asset = self._asset(context)
+        return ByPartition({key: store.read(asset, key) for key in keys})

@@ -1,0 +1,178 @@
+"""Which backend each external system uses, chosen from the environment once, when definitions load.
+
+Secrets are bound with ``dg.EnvVar`` so the UI shows only the variable's name; everything else is a
+plain resource field, so the UI shows the backends and settings in use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from image_pipeline.defs.io_manager import PartitionFileIOManager
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.huggingface import HuggingFaceGenerator
+from image_pipeline.services.images.interface import DEFAULT_MODEL, ImageGenerator
+from image_pipeline.services.images.preview import OfflinePreviewGenerator
+from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.publisher.outbox import LocalOutbox
+from image_pipeline.services.publisher.telegram import TelegramPublisher
+from image_pipeline.services.sheets import GoogleSheet, LocalWorkbook, PromptSheet
+
+DEFAULT_KEY_FILE = "chatbot_key.json"  # the ancestor's key file name
+
+
+@dataclass(frozen=True)
+class Settings:
+    workbook: Path
+    outbox: Path
+    data: Path
+    schedule_cron: str
+    schedule_timezone: str
+    prompts_per_tick: int
+    instant: bool
+    sensor_interval_s: int
+    batch_size: int
+    sheet_check_s: float = 60.0
+
+
+def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return (env.get(name) or "").strip() or default
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return _get(env, name).lower() in ("1", "true", "yes", "on")
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    data = Path(_get(env, "IMAGE_PIPELINE_DATA", "data")).resolve()
+    return Settings(
+        workbook=Path(_get(env, "IMAGE_PIPELINE_WORKBOOK", str(data / "workbook"))).resolve(),
+        outbox=Path(_get(env, "IMAGE_PIPELINE_OUTBOX", str(data / "outbox"))).resolve(),
+        data=data,
+        schedule_cron=_get(env, "IMAGE_PIPELINE_SCHEDULE_CRON", "0 7 * * *"),
+        schedule_timezone=_get(env, "IMAGE_PIPELINE_SCHEDULE_TIMEZONE", "UTC"),
+        prompts_per_tick=int(_get(env, "IMAGE_PIPELINE_PROMPTS_PER_TICK", "1")),
+        instant=_flag(env, "IMAGE_PIPELINE_INSTANT"),
+        sensor_interval_s=int(_get(env, "IMAGE_PIPELINE_SENSOR_INTERVAL_S", "60")),
+        # prompts per run for `run`, the sensor and the schedule: a burst pays one run, one queue read,
+        # one Done append and one removal per batch
+        batch_size=max(1, int(_get(env, "IMAGE_PIPELINE_BATCH_SIZE", "200"))),
+        # Drive's change token trails Sheets edits by minutes: the sensor also reads the queue's
+        # prompt and status columns this often (one Sheets read); 0 leaves it to Drive's token
+        sheet_check_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SHEET_CHECK_S", "60"))),
+    )
+
+
+def _retry_fields(env: Mapping[str, str]) -> dict[str, object]:
+    """Optional overrides of every resource's retry settings (the chaos harness and impatient users)."""
+    out: dict[str, object] = {}
+    if _get(env, "IMAGE_PIPELINE_RETRY_ATTEMPTS"):
+        out["retry_attempts"] = int(_get(env, "IMAGE_PIPELINE_RETRY_ATTEMPTS"))
+    if _get(env, "IMAGE_PIPELINE_RETRY_BASE_DELAY_S"):
+        out["retry_base_delay_s"] = float(_get(env, "IMAGE_PIPELINE_RETRY_BASE_DELAY_S"))
+    return out
+
+
+def _timeout(env: Mapping[str, str]) -> float | None:
+    value = _get(env, "IMAGE_PIPELINE_HTTP_TIMEOUT_S")
+    return float(value) if value else None
+
+
+def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet:
+    common: dict[str, object] = {
+        "process_worksheet": _get(env, "GOOGLE_PROCESS_WORKSHEET", "Process"),
+        "done_worksheet": _get(env, "GOOGLE_DONE_WORKSHEET", "Done"),
+        **_retry_fields(env),
+    }
+    key_file = _get(env, "GOOGLE_SERVICE_ACCOUNT_FILE")
+    has_json = bool(_get(env, "GOOGLE_SERVICE_ACCOUNT_JSON"))
+    if not key_file and not has_json and Path(DEFAULT_KEY_FILE).is_file():
+        key_file = str(Path(DEFAULT_KEY_FILE).resolve())
+    if not key_file and not has_json:
+        return LocalWorkbook(folder=str(settings.workbook), **common)  # type: ignore[arg-type]
+    return GoogleSheet(
+        service_account_file=key_file or None,
+        service_account_json=dg.EnvVar("GOOGLE_SERVICE_ACCOUNT_JSON") if has_json else None,
+        spreadsheet_key=_get(env, "GOOGLE_SHEET_KEY") or None,
+        spreadsheet_title=_get(env, "GOOGLE_SHEET_TITLE", "Image Prompt"),
+        sheets_api_base_url=_get(env, "GOOGLE_SHEETS_API_BASE_URL") or None,
+        drive_api_base_url=_get(env, "GOOGLE_DRIVE_API_BASE_URL") or None,
+        **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
+        **(
+            {"quota_retry_s": float(_get(env, "GOOGLE_QUOTA_RETRY_S"))}
+            if _get(env, "GOOGLE_QUOTA_RETRY_S")
+            else {}
+        ),
+        **common,
+    )
+
+
+def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
+    base_url = _get(env, "HF_INFERENCE_BASE_URL")
+    if not _get(env, "HF_TOKEN") and not base_url:
+        return OfflinePreviewGenerator(**_retry_fields(env))
+    return HuggingFaceGenerator(
+        token=dg.EnvVar("HF_TOKEN") if _get(env, "HF_TOKEN") else None,
+        model=_get(env, "HF_MODEL", DEFAULT_MODEL),
+        provider=_get(env, "HF_PROVIDER", "auto"),
+        base_url=base_url or None,
+        hub_url=_get(env, "HF_ENDPOINT") or None,
+        concurrency=int(_get(env, "HF_CONCURRENCY", "1")),
+        **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
+        **_retry_fields(env),
+    )
+
+
+def _content_policy(env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "banned_words": _get(env, "IMAGE_PIPELINE_BANNED_WORDS"),
+        "banned_words_file": _get(env, "IMAGE_PIPELINE_BANNED_WORDS_FILE"),
+    }
+
+
+def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
+    if not (_get(env, "TELEGRAM_TOKEN") and _get(env, "TELEGRAM_CHAT_ID")):
+        return LocalOutbox(folder=str(settings.outbox), **_retry_fields(env), **_content_policy(env))
+    timeout = _timeout(env)
+    return TelegramPublisher(
+        token=dg.EnvVar("TELEGRAM_TOKEN"),
+        chat_id=dg.EnvVar("TELEGRAM_CHAT_ID"),
+        alert_chat_id=dg.EnvVar("TELEGRAM_ALERT_CHAT_ID") if _get(env, "TELEGRAM_ALERT_CHAT_ID") else None,
+        api_base_url=_get(env, "TELEGRAM_API_BASE_URL", "https://api.telegram.org"),
+        **({"read_timeout_s": timeout, "connect_timeout_s": timeout} if timeout else {}),
+        posts_per_minute=float(_get(env, "TELEGRAM_POSTS_PER_MINUTE", "20")),
+        pacing_state_path=str(settings.data / "telegram_pacing.json"),
+        **_retry_fields(env),
+        **_content_policy(env),
+    )
+
+
+def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    env = os.environ if env is None else env
+    settings = settings_from(env)
+    return {
+        "prompt_sheet": prompt_sheet_from(env, settings),
+        "image_generator": image_generator_from(env),
+        "publisher": publisher_from(env, settings),
+        "pipeline_io_manager": PartitionFileIOManager(base_dir=str(settings.data / "assets")),
+        "ledger": PostLedger(
+            path=str(settings.data / "ledger.sqlite"),
+            **(
+                {"lease_s": float(_get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S"))}
+                if _get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S")
+                else {}
+            ),
+            **(
+                {"max_attempts": int(_get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS"))}
+                if _get(env, "IMAGE_PIPELINE_MAX_ATTEMPTS")
+                else {}
+            ),
+            daily_image_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_IMAGE_CAP", "0") or 0),
+            daily_post_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_POST_CAP", "0") or 0),
+        ),
+    }
