@@ -1,0 +1,335 @@
+"""The ``generated_image`` + ``telegram_post`` multi-asset: each claimed prompt's image generated (in parallel,
+within the budget), checked, and posted exactly once through the ledger, with its asset checks."""
+
+# no `from __future__ import annotations` here: Dagster reads the `context` annotation as a real type
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dagster as dg
+
+from image_pipeline.defs.assets.common import (
+    GROUP,
+    IO,
+    TELEGRAM_POST,
+    _ledger_context,
+    _per_partition,
+    _single,
+    _stop,
+)
+from image_pipeline.defs.io_manager import PartitionFileIOManager
+from image_pipeline.defs.partitions import prompt_partitions
+from image_pipeline.domain.content_checks import CHECK_NAMES
+from image_pipeline.domain.errors import (
+    ServiceBlocked,
+)
+from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.redact import redact
+from image_pipeline.domain.rows import (
+    GenerationRequest,
+)
+from image_pipeline.domain.statuses import (
+    BUSY,
+    CAPPED,
+    READY,
+)
+from image_pipeline.lifecycle.claims import transient_outcome
+from image_pipeline.lifecycle.generation import generate_to_disk, plan_generation
+from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.lifecycle.posting import post_one
+from image_pipeline.lifecycle.progress import RunProgress
+from image_pipeline.lifecycle.records import GENERATED_IMAGE, in_queue_order
+from image_pipeline.lifecycle.suspects import Suspects
+from image_pipeline.services.images.interface import ImageGenerator
+from image_pipeline.services.images.preview import PREVIEW_LABEL
+from image_pipeline.services.publisher.interface import Publisher
+
+CHECK_DESCRIPTIONS = (
+    "The image decodes (a truncated or non-image body never reaches the channel).",
+    "The image is not blank or a single colour (what providers send when their safety filter fires).",
+    "The image is within Telegram's photo limits after the publisher's recompression (or goes as a document).",
+    "The caption is within Telegram's 1024 characters.",
+    "The prompt holds none of the banned words (IMAGE_PIPELINE_BANNED_WORDS / _FILE).",
+)
+
+
+@dg.multi_asset(
+    name="generate_and_post",
+    outs={
+        GENERATED_IMAGE: dg.AssetOut(
+            io_manager_key=IO,
+            kinds={"huggingface"},
+            group_name=GROUP,
+            code_version="3",
+            description="The image generated for the prompt, stored as a PNG file, with a preview in the UI.",
+        ),
+        TELEGRAM_POST: dg.AssetOut(
+            io_manager_key=IO,
+            kinds={"telegram"},
+            group_name=GROUP,
+            code_version="3",
+            description="The post of the image to the channel, with the chat id and message id Telegram gave it.",
+        ),
+    },
+    internal_asset_deps={
+        GENERATED_IMAGE: {dg.AssetKey("prompt_record")},
+        TELEGRAM_POST: {dg.AssetKey("prompt_record"), dg.AssetKey(GENERATED_IMAGE)},
+    },
+    partitions_def=prompt_partitions,
+    pool="hf_api",
+    check_specs=[
+        dg.AssetCheckSpec(name, asset=GENERATED_IMAGE, blocking=True, description=description)
+        for name, description in zip(CHECK_NAMES, CHECK_DESCRIPTIONS, strict=True)
+    ],
+)
+def generate_and_post(
+    context: dg.AssetExecutionContext,
+    prompt_record: ByPartition,
+    image_generator: ImageGenerator,
+    publisher: Publisher,
+    ledger: PostLedger,
+    pipeline_io_manager: dg.ResourceParam[PartitionFileIOManager],
+) -> Iterator[dg.Output[ByPartition]]:
+    """Generate the batch's images and post each one as soon as it and the ones before it are ready.
+
+    One step, so that generation (the provider's latency, ``concurrency`` requests at a time) and posting
+    (Telegram's pace) overlap instead of waiting for each other; posts still leave in queue order. Images
+    go to disk as they are made. A service refusing us stops the step: posts already made are in the
+    ledger, and the next run logs them without posting again.
+    """
+    context.log.info(f"image generator backend: {image_generator.describe()}")
+    context.log.info(f"publisher backend: {publisher.describe()}")
+    book, owner, is_stale = _ledger_context(context, ledger)
+    store = pipeline_io_manager.store(context.run.run_id)
+    previews = store.base / "previews"  # what APPROVE posts: kept apart from files a later run rewrites
+    outcomes, todo = plan_generation(prompt_record, book, owner, is_stale, ledger)
+    posts = ByPartition()
+    batch = _single(context) is None
+    progress = RunProgress(context.run.run_id, len(prompt_record), context.log.info)
+    progress.start()
+    # More threads than request slots: an image is decoded, encoded and written while the next
+    # requests are already in flight (the generator holds a slot only for the request itself).
+    refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
+    awaiting_post: set[str] = set()  # generation started, post not done yet (the daily post cap)
+
+    def capped(key: str, count: int) -> tuple[ImageOutcome, str] | None:
+        """The daily caps, decided in queue order before the requests start (so they start in queue
+        order too). Units of the image cap are reserved here and given back if nothing is made."""
+        if ledger.daily_post_cap > 0:
+            # images of this batch not posted yet count: generation runs ahead of posting
+            if book.used_today("posts") + len(awaiting_post) >= ledger.daily_post_cap:
+                reason = (
+                    f"the daily cap of {ledger.daily_post_cap} posts is reached; not generated, stays queued"
+                )
+                return ImageOutcome(CAPPED, {"reason": reason}), reason
+            awaiting_post.add(key)
+        if ledger.daily_image_cap > 0:
+            taken = 0
+            while taken < count and book.reserve("images", ledger.daily_image_cap):
+                taken += 1
+            if taken < count:
+                for _ in range(taken):
+                    book.unreserve("images")
+                awaiting_post.discard(key)
+                reason = f"the daily cap of {ledger.daily_image_cap} images is reached; stays queued"
+                return ImageOutcome(CAPPED, {"reason": reason}), reason
+        return None
+
+    def generate(key: str, fp: str, req: GenerationRequest, count: int) -> tuple[ImageOutcome, str]:
+        if refused:
+            raise refused[0]
+        try:
+            outcome, note = generate_to_disk(image_generator, store, book, ledger, key, fp, req, count)
+        except ServiceBlocked as exc:
+            refused.append(exc)
+            give_back(count)
+            raise
+        except BaseException:
+            give_back(count)
+            raise
+        if not outcome.ok:
+            give_back(count)  # only images that exist count against the cap
+        return outcome, note
+
+    def give_back(count: int) -> None:
+        if ledger.daily_image_cap > 0:
+            for _ in range(count):
+                book.unreserve("images")
+
+    suspects = Suspects()  # prompts refused with an answer no rule explains (next_prompt.py)
+
+    def finished(key: str, record: dict[str, Any]) -> None:
+        progress.finished(key, *_progress_status(record, posts[key]))
+        if batch:
+            # attached as each prompt finishes, while the next images are still being made
+            context.add_asset_metadata(
+                _image_partition_metadata(key, outcomes[key]), asset_key=GENERATED_IMAGE, partition_key=key
+            )
+            context.add_asset_metadata(
+                _post_partition_metadata(posts[key]), asset_key=TELEGRAM_POST, partition_key=key
+            )
+
+    with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
+        futures = {}
+        counts = {key: n for key, _fp, _req, n in todo}
+        for key, fp, req, n in todo:
+            over = capped(key, n)
+            if over is not None:
+                outcomes[key] = over[0]
+                context.log.warning(f"{key}: {over[1]}")
+            else:
+                futures[key] = pool.submit(generate, key, fp, req, n)
+        try:
+            for key, record in in_queue_order(prompt_record):
+                if refused:
+                    # credits, token or permission: nothing more leaves, whichever prompt heard it first
+                    raise refused[0]
+                if key in futures:
+                    outcome, note = futures[key].result()
+                    (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
+                    outcomes[key] = outcome
+                    _witness(suspects, key, "images", outcome.ok, outcome.meta)
+                if refused:
+                    raise refused[0]
+                posts[key] = post_one(
+                    context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
+                )
+                awaiting_post.discard(key)
+                _witness(suspects, key, "telegram", posts[key]["status"] == "POSTED", posts[key])
+                if key not in suspects.pending:  # a suspect's outcome is known once the batch is through
+                    finished(key, record)
+            for key, fails in suspects.verdicts().items():
+                if not fails:
+                    fp = prompt_record[key]["fingerprint"]
+                    why = outcomes[key].meta.get("reason") or posts[key].get("reason", "")
+                    status, reason = transient_outcome(
+                        book,
+                        ledger,
+                        key,
+                        fp,
+                        "an answer no rule explains, and no other prompt to compare",
+                        why,
+                    )
+                    posts[key] = {"status": status, "reason": reason}
+                    if not outcomes[key].ok:
+                        outcomes[key] = ImageOutcome(status, {"reason": reason})
+                finished(key, prompt_record[key])
+        except ServiceBlocked as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for key, future in futures.items():
+                if future.cancelled():  # never started: its reserved share of the image cap goes back
+                    give_back(counts[key])
+            raise _stop(context, publisher, exc, book) from None
+    yield dg.Output(
+        outcomes,
+        output_name=GENERATED_IMAGE,
+        metadata=_per_partition(context, GENERATED_IMAGE, outcomes, _image_partition_metadata, added=batch),
+    )
+    yield dg.Output(
+        posts,
+        output_name=TELEGRAM_POST,
+        metadata=_per_partition(
+            context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post), added=batch
+        ),
+    )
+    yield from _check_results(posts)
+
+
+def _witness(suspects: Suspects, key: str, service: str, accepted: bool, result: dict[str, Any]) -> None:
+    """What this prompt's answer tells about the service (``next_prompt.py``)."""
+    if accepted:
+        suspects.accepted(service)
+    elif result.get("unknown_answer"):
+        suspects.refused(key, service, result["unknown_answer"], str(result.get("reason", "")))
+
+
+def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
+    """One result per pre-post check for the run's prompts. Each prompt that failed one was not posted
+    (the step blocks it) and gets a FAILED Done row naming the check; the result is a warning, so the
+    batch's other prompts and its Done log go on."""
+    for name in CHECK_NAMES:
+        checked = 0
+        blocked: list[dict[str, str]] = []
+        for key, post in posts.items():
+            for outcome in post.get("checks", []):
+                if outcome["name"] != name:
+                    continue
+                checked += 1
+                if not outcome["passed"]:
+                    blocked.append({"prompt_id": key, "detail": outcome["detail"]})
+        yield dg.AssetCheckResult(
+            asset_key=GENERATED_IMAGE,
+            check_name=name,
+            passed=not blocked,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "prompts_checked": checked,
+                "prompts_blocked": len(blocked),
+                "blocked": dg.MetadataValue.json(blocked[:50]),
+            },
+        )
+
+
+def _progress_status(record: dict[str, Any], post: dict[str, Any]) -> tuple[str, str]:
+    if post["status"] == "POSTED":
+        note = f" ({post['note']})" if post.get("note") else ""
+        return "POSTED", f"message {post['message_id']} in chat {post['chat_id']}{note}"
+    # a prompt that never got to the post: its record says why (INVALID, GONE, LOGGED, ...)
+    status = post["status"] if record["status"] in (READY, BUSY) else record["status"]
+    return status, redact(post.get("reason", ""))
+
+
+def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]:
+    if not outcome.ok:
+        return {"status": outcome.status, "reason": outcome.meta.get("reason", "")}
+    m = outcome.meta
+    metadata: dict[str, Any] = {
+        "status": "OK",
+        "size": f"{m['width']}x{m['height']}",
+        "width": m["width"],
+        "height": m["height"],
+        "model": m["model"],
+        "provider": m["provider"],
+        "seed": m["seed"] if m["seed"] is not None else "",
+        "negative_prompt": dg.MetadataValue.text(str(m.get("negative_prompt", ""))),
+        "generation_s": dg.MetadataValue.float(float(m["generation_s"])),
+        "bytes": m["bytes"],
+        "sha256": m["sha256"],
+    }
+    if outcome.thumbnail:
+        metadata["preview"] = dg.MetadataValue.md(outcome.thumbnail)
+    if outcome.path:
+        metadata["path"] = dg.MetadataValue.path(outcome.path)
+    if m.get("preview"):
+        metadata["offline_preview"] = dg.MetadataValue.text(PREVIEW_LABEL)
+    return metadata
+
+
+def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"status": post["status"]}
+    if post["status"] == "POSTED":
+        metadata.update(
+            chat_id=post["chat_id"],
+            message_id=post["message_id"],
+            method=post.get("method", ""),
+            image_sha256=post.get("image_sha256", ""),
+        )
+        if post.get("link"):
+            metadata["link"] = dg.MetadataValue.url(post["link"])
+        if post.get("note"):
+            metadata["note"] = post["note"]
+        # the reproducibility record: with these the image can be traced and generated again
+        meta = post.get("image_meta") or {}
+        if meta.get("sha256"):
+            metadata.update(
+                model=str(meta.get("model", "")),
+                provider=str(meta.get("provider", "")),
+                seed=str(meta["seed"]) if meta.get("seed") is not None else "",
+                size=f"{meta['width']}x{meta['height']}",
+                negative_prompt=dg.MetadataValue.text(str(meta.get("negative_prompt", ""))),
+                generation_s=dg.MetadataValue.float(float(meta.get("generation_s") or 0.0)),
+            )
+    else:
+        metadata["reason"] = post.get("reason", "")
+    return metadata
