@@ -42,7 +42,7 @@ chaos: setup
 	$(BIN)/python -m image_pipeline.testing.chaos $(ARGS)
 
 # Speed, Sheets requests, 429s and memory against emulators with a fixed latency, beside the ancestor's
-# one-process-per-prompt baseline (see image_pipeline/testing/bench.py): make bench ARGS="--only B100-gen --json b.json"
+# one-process-per-prompt baseline (see image_pipeline/testing/bench/__init__.py): make bench ARGS="--only B100-gen --json b.json"
 bench: setup
 	$(BIN)/python -m image_pipeline.testing.bench $(ARGS)
 

@@ -41,7 +41,7 @@ def test_the_check_sees_relative_and_function_level_imports(tmp_path: Path) -> N
     assert "image_pipeline.errors" in _imports(probe)
     assert "image_pipeline.resources.publisher" in _imports(PACKAGE / "defs" / "assets.py")
     assert "image_pipeline.lifecycle.posting" in _imports(PACKAGE / "defs" / "assets.py")
-    assert "image_pipeline.testing.sandbox" in _imports(PACKAGE / "testing" / "chaos.py")
+    assert "image_pipeline.testing.sandbox" in _imports(PACKAGE / "testing" / "chaos" / "run.py")
 
 
 def _importers_of(prefix: str, allowed: tuple[str, ...]) -> dict[str, list[str]]:
