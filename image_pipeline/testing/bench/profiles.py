@@ -1,0 +1,61 @@
+"""The scenarios' names and profiles: what the emulators do in each, and how the product paces itself.
+
+``Profile`` holds a scenario's prompts, image side, emulated latencies, caps and the product's knobs, and
+its ``bound_s`` (the emulated waits on the critical path with perfect overlap); ``default_profiles`` gives
+each scenario of the package docstring its own. ``JSON_KEYS`` are the figures every scenario reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SCENARIOS = ("B100-gen", "B100-post", "B1000-mem", "sensor")
+BASELINE = "baseline-B100-gen"
+ALL_NAMES = (*SCENARIOS, BASELINE)
+JSON_KEYS = (
+    "wall_s",
+    "bound_s",
+    "efficiency",
+    "sheets_requests_per_prompt",
+    "telegram_429",
+    "peak_rss_mb",
+    "overhead_ms_per_prompt",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the emulators do, and how the product is told to pace itself."""
+
+    prompts: int
+    side: int | None  # width/height columns in the queue; None: the product's default size
+    sheets_s: float = 0.05  # per Sheets API request
+    hf_s: float = 1.0  # per image, inside the concurrency cap
+    hf_max_concurrent: int | None = 4
+    telegram_s: float = 0.1  # per Bot API call
+    telegram_per_chat_per_minute: int | None = None  # the emulator's flood control; None: lifted
+    posts_per_minute: int = 0  # TELEGRAM_POSTS_PER_MINUTE for the product
+    hf_concurrency: int = 4  # HF_CONCURRENCY for the product
+    hf_default_side: int = 512  # what the emulated endpoint makes when a request names no size
+
+    def without_latency(self) -> Profile:
+        return replace(self, sheets_s=0.0, hf_s=0.0, telegram_s=0.0)
+
+    def bound_s(self) -> float | None:
+        """The emulated waits on the critical path with perfect overlap; None when nothing is emulated."""
+        parts = [self.prompts * self.hf_s / max(1, min(self.hf_concurrency, self.hf_max_concurrent or 10**6))]
+        if self.telegram_per_chat_per_minute:
+            parts.append(self.prompts * 60.0 / self.telegram_per_chat_per_minute)
+        bound = max(parts)
+        return round(bound, 3) if bound > 0 else None
+
+
+def default_profiles(side: int) -> dict[str, Profile]:
+    return {
+        "B100-gen": Profile(prompts=100, side=side),
+        "B100-post": Profile(prompts=100, side=side, telegram_per_chat_per_minute=20, posts_per_minute=20),
+        "B1000-mem": Profile(prompts=1000, side=None, sheets_s=0.0, hf_s=0.0, telegram_s=0.0),
+        "sensor": Profile(prompts=1, side=side),
+        # the ancestor never asked for a size: it gets the endpoint's default, the B100 size
+        BASELINE: Profile(prompts=100, side=None, hf_default_side=side),
+    }
