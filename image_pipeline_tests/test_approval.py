@@ -144,7 +144,7 @@ def test_hold_keeps_the_row_queued_and_skipped(env, google_emulator, telegram_em
     result = defs.resolve_job_def("process_prompts_job").execute_in_process(
         partition_key=pid, instance=instance, run_config=QUIET
     )
-    assert result.success and result.output_for_node("done_entry")[pid]["status"] == "HELD"
+    assert result.success and result.output_for_node("done_entry")[pid].status == "HELD"
     # the person clears HOLD: the sensor runs it
     sheet.type_status("a held heron", "")
     released = tick(defs, instance, first.cursor)
@@ -262,7 +262,7 @@ def test_an_uncertain_post_is_held_until_repost_and_a_repost_is_used_once(
 
     pass_gate(defs)
     telegram_emulator.fail_next(502, endpoints=["sendPhoto"])  # a bad gateway: was it posted?
-    assert run().output_for_node("done_entry")[pid]["status"] == "UNCERTAIN"
+    assert run().output_for_node("done_entry")[pid].status == "UNCERTAIN"
     assert sheet.status_of("a quiet harbour") == "CHECK CHANNEL" and sheet.rows("Done") == []
     sent = telegram_emulator.count("sendphoto")
     run()  # held: nothing is sent while nobody has looked
@@ -279,5 +279,5 @@ def test_an_uncertain_post_is_held_until_repost_and_a_repost_is_used_once(
     assert sheet.status_of("a quiet harbour") == "repost"
     google_emulator.set_faults(None)
     before = posts()
-    assert run().output_for_node("done_entry")[pid]["status"] == "SUCCESS"
+    assert run().output_for_node("done_entry")[pid].status == "SUCCESS"
     assert posts() == before + 1 and [r["status"] for r in sheet.rows("Done")] == ["SUCCESS"]

@@ -30,7 +30,7 @@ def test_one_partition_end_to_end(local_resources, instance, workbook_dir: Path,
     assert result.success
 
     record = result.output_for_node("prompt_record")[pid]
-    assert record["status"] == "READY" and record["request"]["seed"] == 7
+    assert record.status == "READY" and record.request is not None and record.request.seed == 7
 
     png = tmp_path / "assets" / "generated_image" / f"{pid}.png"
     with Image.open(png) as im:
@@ -73,7 +73,7 @@ def test_several_partitions_in_one_run_post_in_queue_order(
     result = run_partitions(local_resources, instance, ids)
     assert result.success
     done = result.output_for_node("done_entry")
-    assert set(done) == set(ids) and all(d["status"] == SUCCESS for d in done.values())
+    assert set(done) == set(ids) and all(d.status == SUCCESS for d in done.values())
     posts = local_resources["publisher"].posts()
     assert [p["caption"].split("\n")[0] for p in posts] == prompts
     assert [p["message_id"] for p in posts] == ["1", "2", "3", "4", "5"]
@@ -92,7 +92,7 @@ def test_each_partition_separately_and_rematerializing_does_not_repost(
     # the row is gone now: running the partition again writes nothing and posts nothing
     again = run_partitions(local_resources, instance, [ids[0]])
     assert again.success
-    assert again.output_for_node("done_entry")[ids[0]]["status"] == "GONE"
+    assert again.output_for_node("done_entry")[ids[0]].status == "GONE"
     assert len(local_resources["publisher"].posts()) == 2
     assert len(local_resources["prompt_sheet"].read_done()) == 2
 

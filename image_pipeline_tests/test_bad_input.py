@@ -547,15 +547,15 @@ def test_case_ends_in_its_defined_status(corpus: Corpus, case: Case) -> None:
         outcome = corpus.outcomes[pid]
         if case.expect in STAYS:
             assert pid not in corpus.done, "a prompt that stays queued gets no Done row yet"
-            assert outcome["status"] == case.expect
-            assert case.info in outcome["reason"]
-            assert_clean(outcome["reason"])
+            assert outcome.status == case.expect
+            assert case.info in outcome.reason
+            assert_clean(outcome.reason)
             continue
         row = corpus.done[pid]
         assert row["status"] == case.expect, row
         assert case.info in row["information"], row["information"]
         assert_clean(row["information"])
-        assert outcome["queue_row"] == "removed"
+        assert outcome.queue_row == "removed"
         # the prompt as the sheet held it, cleaned of control characters, never cut and never evaluated
         expected_prompt = clean_text(case.sent if case.typed and case.sent else formatted(case.prompt))
         assert row["prompt"] == expected_prompt
@@ -852,7 +852,7 @@ def test_non_image_bytes_in_every_run_end_quarantined_as_failed(scene, world: Wo
         assert result.success, failure_messages(result)
         outcome = result.output_for_node("done_entry")[pid]
         if attempt < 3:
-            assert outcome["status"] == RETRY and f"attempt {attempt} of 3" in outcome["reason"]
+            assert outcome.status == RETRY and f"attempt {attempt} of 3" in outcome.reason
             assert scene.process() == scene.before and scene.done() == []
     [row] = scene.done()
     assert row["status"] == FAILED and "failed 3 times (quarantined)" in row["information"]

@@ -70,7 +70,7 @@ def test_interrupted_post_is_never_repeated_blindly(local_resources, instance, w
     for _ in range(2):  # held, run after run, until a person decides; told once
         result = run_partitions(local_resources, instance, [pid])
         assert result.success
-        assert result.output_for_node("done_entry")[pid]["status"] == "UNCERTAIN"
+        assert result.output_for_node("done_entry")[pid].status == "UNCERTAIN"
         assert outbox.posts() == [] and local_resources["prompt_sheet"].read_done() == []
         assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"], ["a fox", pid]]
     [notice] = outbox.notices()
@@ -98,7 +98,7 @@ def test_an_uncertain_row_that_a_person_deletes_ends_there(local_resources, inst
     assert read_csv(workbook_dir / "process.csv")[1][2] == "CHECK CHANNEL"
     write_csv(workbook_dir / "process.csv", [["prompt", "id", "status"]])  # it was in the channel
     result = run_partitions(local_resources, instance, [pid])
-    assert result.success and result.output_for_node("done_entry")[pid]["status"] == "GONE"
+    assert result.success and result.output_for_node("done_entry")[pid].status == "GONE"
     assert local_resources["publisher"].posts() == [] and local_resources["prompt_sheet"].read_done() == []
 
 
@@ -113,7 +113,7 @@ def test_prompt_already_in_done_is_only_removed(local_resources, instance, workb
     assert local_resources["publisher"].posts() == []
     assert len(local_resources["prompt_sheet"].read_done()) == 1
     assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
-    assert result.output_for_node("done_entry")[pid]["status"] == "LOGGED"
+    assert result.output_for_node("done_entry")[pid].status == "LOGGED"
 
 
 def test_crash_mid_done_append_does_not_duplicate_the_row(local_resources, instance, workbook_dir) -> None:
@@ -174,7 +174,7 @@ def test_two_runs_never_take_the_same_prompt(hf_emulator, local_resources, insta
     run()  # the second run starts while the first one generates
     first.join(30)
     assert all(r.success for r in results) and len(results) == 2
-    statuses = sorted(r.output_for_node("done_entry")[pid]["status"] for r in results)
+    statuses = sorted(r.output_for_node("done_entry")[pid].status for r in results)
     assert statuses == ["BUSY", "SUCCESS"]
     assert len(local_resources["publisher"].posts()) == 1
     # one generation (a POST); the run gate's look-ups before it are GETs
@@ -217,7 +217,7 @@ def test_poison_prompt_is_quarantined_after_three_runs_and_the_queue_flows(
         hf_emulator.fail_next(GARBAGE, GARBAGE)  # every try of this run gets non-image bytes
         result = run_partitions(resources, instance, [ids[0]])
         assert result.success
-        status = result.output_for_node("done_entry")[ids[0]]["status"]
+        status = result.output_for_node("done_entry")[ids[0]].status
         if attempt < 3:
             assert status == "RETRY"
             assert [r[0] for r in read_csv(workbook_dir / "process.csv")[1:]] == [

@@ -44,7 +44,7 @@ def test_an_unexplained_400_for_the_only_prompt_keeps_it_queued_with_an_attempt(
     telegram_emulator.fail_next(400, endpoints=["sendPhoto"])
     result = run_partitions(resources, instance, [pid])
     assert result.success
-    assert result.output_for_node("done_entry")[pid]["status"] == "RETRY"
+    assert result.output_for_node("done_entry")[pid].status == "RETRY"
     assert _queued(workbook_dir) == ["a lighthouse"] and _done(workbook_dir) == []
     assert resources["ledger"].open().attempts([pid]) == {pid: 1}
     assert run_partitions(resources, instance, [pid]).success  # the answer does not come again
@@ -59,7 +59,7 @@ def test_an_unexplained_400_fails_the_prompt_when_the_next_one_is_posted(
     telegram_emulator.fail_next(400, None, endpoints=["sendPhoto"])
     result = run_partitions(resources, instance, ids)
     assert result.success
-    statuses = [result.output_for_node("done_entry")[pid]["status"] for pid in ids]
+    statuses = [result.output_for_node("done_entry")[pid].status for pid in ids]
     assert statuses == ["FAILED", "SUCCESS"]
     assert captions(telegram_emulator) == ["a fox"] and _queued(workbook_dir) == []
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from image_pipeline.domain.errors import TransientError
-from image_pipeline.domain.records import receipt_dict
+from image_pipeline.domain.records import PostOutcome
 from image_pipeline.services.publisher.outbox import LocalOutbox
 from image_pipeline.services.publisher.telegram import DeliveryUncertain, TelegramPublisher
 from image_pipeline.testing.emulators.base import TRUNCATE
@@ -80,7 +80,7 @@ def test_album_of_three_is_one_post_with_the_caption_on_the_first_image(telegram
     assert receipt.message_id == "1" and receipt.message_ids == ("1", "2", "3")
     assert receipt.chat_id == str(DEFAULT_CHANNEL_ID) and receipt.link == "https://t.me/image_pipeline_test/1"
     assert receipt.sent_bytes == sum(map(len, pngs))
-    assert receipt_dict(receipt)["message_ids"] == ["1", "2", "3"]
+    assert PostOutcome.posted(receipt).to_json()["message_ids"] == ("1", "2", "3")
     messages = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
     [(group, album)] = albums(messages).items()
     assert group is not None and len(album) == 3

@@ -287,10 +287,7 @@ def test_no_secret_reaches_any_output(
                 if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data
             ]
             if result.success:
-                said += [
-                    f"{v.get('status')}: {v.get('reason', v.get('information', ''))}"
-                    for v in result.output_for_node("done_entry").values()
-                ]
+                said += [f"{v.status}: {v.detail}" for v in result.output_for_node("done_entry").values()]
             texts.append((f"{name}: outcome", "\n".join(said)))
             assert result.success == success, (name, said)
             assert fragment in "\n".join(said), (name, said)

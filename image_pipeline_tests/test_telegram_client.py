@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from image_pipeline.domain.errors import PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.domain.records import receipt_dict
+from image_pipeline.domain.records import PostOutcome
 from image_pipeline.services.publisher.telegram import DeliveryUncertain, TelegramPublisher
 from image_pipeline.testing.emulators.base import RESET, TIMEOUT, TRUNCATE
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
@@ -39,7 +39,7 @@ def test_send_photo_records_chat_and_message_id(telegram_emulator) -> None:
     assert receipt.method == "sendPhoto" and receipt.chat_id == str(DEFAULT_CHANNEL_ID)
     assert receipt.message_id == "1" and receipt.message_ids == ("1",)
     assert receipt.link == "https://t.me/image_pipeline_test/1"
-    assert receipt_dict(receipt)["message_ids"] == ["1"]
+    assert PostOutcome.posted(receipt).to_json()["message_ids"] == ("1",)
     [message] = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
     assert message["caption"] == "a teal square" and (message["width"], message["height"]) == (64, 48)
 

@@ -135,10 +135,10 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         for pid in [p for p in ids if p in set(batch)]:
             if result.success:
                 # the Done row's status: what the final count reports
-                entry = done.get(pid, {})
-                status = entry.get("status", "?")
+                outcome = done.get(pid)
+                status = outcome.status if outcome is not None else "?"
                 if pid not in console.seen:  # not reported while running (should not happen): say it now
-                    console.line(pid, status, entry.get("information") or entry.get("reason", ""))
+                    console.line(pid, status, outcome.detail if outcome is not None else "")
             elif pid in console.seen:
                 # it got its outcome (posted, failed, ...) before the run stopped; no Done row yet
                 status = console.seen[pid]

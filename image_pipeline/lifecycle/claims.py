@@ -2,20 +2,19 @@
 
 from typing import Any
 
+from image_pipeline.domain.records import PromptRecord
 from image_pipeline.domain.rows import clean_text
 from image_pipeline.domain.statuses import FAILED, RETRY
 from image_pipeline.lifecycle.ledger import Ledger, PostLedger
 
 
-def hold(
-    book: Ledger, owner: str, is_stale: Any, ledger: PostLedger, key: str, record: dict[str, Any]
-) -> bool:
+def hold(book: Ledger, owner: str, is_stale: Any, ledger: PostLedger, key: str, record: PromptRecord) -> bool:
     """Renew this run's claim before an irreversible step; False when another live run took the prompt."""
     return book.claim(
         key,
-        record["fingerprint"],
+        record.fingerprint,
         owner=owner,
-        prompt=clean_text(record["prompt"]),
+        prompt=clean_text(record.prompt),
         lease_s=ledger.lease_s,
         is_stale=is_stale,
     )

@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from image_pipeline.domain.done_entries import DoneEntry
-from image_pipeline.domain.records import ImageOutcome
+from image_pipeline.domain.records import ImageOutcome, PostOutcome, PromptRecord
 from image_pipeline.domain.redact import redact
 from image_pipeline.domain.rows import clean_text
 from image_pipeline.domain.statuses import (
@@ -38,65 +38,72 @@ def read_done_index(
     return index
 
 
-def entry_for(
-    key: str, record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]
-) -> DoneEntry | None:
+def entry_for(key: str, record: PromptRecord, image: ImageOutcome, post: PostOutcome) -> DoneEntry | None:
     """The Done row for a prompt, or None when it stays queued (RETRY, BUSY) or is not ours (GONE)."""
-    status = record["status"]
+    status = record.status
     if (
         status in (GONE, BUSY, LOGGED, HELD_STATUS)
         or image.status in (RETRY, "BUSY", CAPPED)
-        or post.get("status") in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL, UNCERTAIN)
+        or post.status in (RETRY, "BUSY", CAPPED, AWAITING_APPROVAL, UNCERTAIN)
     ):
         return None
-    entry = DoneEntry(id=key, prompt=clean_text(record["prompt"]), status=SUCCESS, information="")
-    entry.model = record.get("request", {}).get("model", "")
+    fields: dict[str, str] = {"status": SUCCESS, "information": ""}
+    fields["model"] = record.request.model if record.request is not None else ""
     if status == INVALID:
-        entry.status, entry.information = INVALID, record["reason"]
+        fields.update(status=INVALID, information=record.reason)
     elif status == QUARANTINED:
-        entry.status, entry.information = FAILED, record["reason"]
-    elif post.get("status") == "POSTED":
-        entry.information = f"posted to chat {post['chat_id']} as message {post['message_id']}"
-        if post.get("note"):
-            entry.information += f" ({post['note']})"
-        entry.message_id, entry.chat_id = post["message_id"], post["chat_id"]
-        entry.message_link = post.get("link", "")
-        if len(post.get("message_ids") or []) > 1:
-            ids = post["message_ids"]
-            entry.information = (
-                f"posted an album of {len(ids)} to chat {post['chat_id']} as messages {ids[0]}-{ids[-1]}"
+        fields.update(status=FAILED, information=record.reason)
+    elif post.status == "POSTED":
+        information = f"posted to chat {post.chat_id} as message {post.message_id}"
+        if post.note:
+            information += f" ({post.note})"
+        if len(post.message_ids) > 1:
+            ids = post.message_ids
+            information = (
+                f"posted an album of {len(ids)} to chat {post.chat_id} as messages {ids[0]}-{ids[-1]}"
             )
+        fields.update(
+            information=information, message_id=post.message_id, chat_id=post.chat_id, message_link=post.link
+        )
     elif not image.ok and image.status == FAILED:
-        entry.status, entry.information = FAILED, image.meta.get("reason", "generation failed")
+        fields.update(status=FAILED, information=image.meta.get("reason", "generation failed"))
     else:
-        entry.status, entry.information = FAILED, post.get("reason", "posting failed")
-    meta = image.meta if image.ok else post.get("image_meta", {})
+        fields.update(status=FAILED, information=post.reason or "posting failed")
+    meta = image.meta if image.ok else post.image_meta
     if meta.get("sha256"):
-        entry.model = meta.get("model", entry.model)
-        entry.seed = str(meta["seed"] if meta.get("seed") is not None else "")
-        entry.size = f"{meta['width']}x{meta['height']}"
-        entry.generation_s = str(meta.get("generation_s", ""))
-        entry.image_sha256 = meta["sha256"]
-        entry.provider = str(meta.get("provider", ""))
-        entry.negative_prompt = str(meta.get("negative_prompt", ""))
-        if meta.get("variations"):
-            entry.seed = ";".join(str(v.get("seed", "")) for v in meta["variations"])
-            entry.image_sha256 = ";".join(str(v.get("sha256", "")) for v in meta["variations"])
+        fields.update(_image_fields(meta, fields["model"]))
         if meta.get("preview"):
-            entry.information += " [offline preview]"
-    entry.information = redact(entry.information)[:1000]
-    return entry
+            fields["information"] += " [offline preview]"
+    fields["information"] = redact(fields["information"])[:1000]
+    return DoneEntry(id=key, prompt=clean_text(record.prompt), **fields)
 
 
-def stays_as(record: dict[str, Any], image: ImageOutcome, post: dict[str, Any]) -> str:
+def _image_fields(meta: dict[str, Any], model: str) -> dict[str, str]:
+    """What Done records of the image(s): model, seed, size, hash...; one value per variation of an album."""
+    out = {
+        "model": meta.get("model", model),
+        "seed": str(meta["seed"] if meta.get("seed") is not None else ""),
+        "size": f"{meta['width']}x{meta['height']}",
+        "generation_s": str(meta.get("generation_s", "")),
+        "image_sha256": meta["sha256"],
+        "provider": str(meta.get("provider", "")),
+        "negative_prompt": str(meta.get("negative_prompt", "")),
+    }
+    if meta.get("variations"):
+        out["seed"] = ";".join(str(v.get("seed", "")) for v in meta["variations"])
+        out["image_sha256"] = ";".join(str(v.get("sha256", "")) for v in meta["variations"])
+    return out
+
+
+def stays_as(record: PromptRecord, image: ImageOutcome, post: PostOutcome) -> str:
     """Why a prompt without a Done row is still queued (or not ours)."""
-    if record.get("uncertain") or post.get("status") == UNCERTAIN:
+    if record.uncertain or post.status == UNCERTAIN:
         return UNCERTAIN
-    if record["status"] in (GONE, BUSY, HELD_STATUS):
-        return record["status"]
-    if post.get("status") == AWAITING_APPROVAL:
+    if record.status in (GONE, BUSY, HELD_STATUS):
+        return record.status
+    if post.status == AWAITING_APPROVAL:
         return AWAITING_APPROVAL
-    if CAPPED in (image.status, post.get("status")):
+    if CAPPED in (image.status, post.status):
         return CAPPED
     return RETRY
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from image_pipeline.domain.content_checks import check_image
 from image_pipeline.domain.errors import PromptRejected, TransientError
-from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.records import ByPartition, ImageOutcome, PromptRecord
 from image_pipeline.domain.refusals import signature
 from image_pipeline.domain.rows import GenerationRequest
 from image_pipeline.domain.statuses import BUSY, FAILED, READY
@@ -31,10 +31,9 @@ def plan_generation(
     with book.batch():
         todo_keys = plan_into(prompt_record, book, owner, is_stale, ledger, outcomes)
     for key in todo_keys:
-        record = prompt_record[key]
-        todo.append(
-            (key, record["fingerprint"], GenerationRequest(**record["request"]), record.get("count", 1))
-        )
+        record: PromptRecord = prompt_record[key]
+        assert record.request is not None  # READY records carry their request
+        todo.append((key, record.fingerprint, record.request, record.count))
     return outcomes, todo
 
 
@@ -48,11 +47,11 @@ def plan_into(
 ) -> list[str]:
     todo: list[str] = []
     for key, record in in_queue_order(prompt_record):
-        if record["status"] != READY:
-            status = BUSY if record["status"] == BUSY else "SKIPPED"
-            outcomes[key] = ImageOutcome(status, {"reason": record.get("reason", record["status"])})
+        if record.status != READY:
+            status = BUSY if record.status == BUSY else "SKIPPED"
+            outcomes[key] = ImageOutcome(status, {"reason": record.reason or record.status})
             continue
-        fingerprint = record["fingerprint"]
+        fingerprint = record.fingerprint
         entry = book.get(key, fingerprint)
         if entry is not None and entry.post_state is not None:
             # Posted (or maybe posted) in an earlier run: generating again would only spend credits.
@@ -61,7 +60,7 @@ def plan_into(
         if not hold(book, owner, is_stale, ledger, key, record):
             outcomes[key] = ImageOutcome("BUSY", {"reason": "another run took over this prompt"})
             continue
-        if record.get("mode") == APPROVED and entry is not None:
+        if record.mode == APPROVED and entry is not None:
             # exactly what the person approved: the previewed files, not a new generation
             outcomes[key] = approved_outcome(entry)
             continue

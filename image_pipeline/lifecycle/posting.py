@@ -18,7 +18,7 @@ from image_pipeline.domain.content_checks import (
     run_all,
 )
 from image_pipeline.domain.errors import PipelineError, PromptRejected, ServiceBlocked, TransientError
-from image_pipeline.domain.records import ImageOutcome, receipt_dict
+from image_pipeline.domain.records import ImageOutcome, PostOutcome, PromptRecord
 from image_pipeline.domain.redact import redact
 from image_pipeline.domain.refusals import signature
 from image_pipeline.domain.statuses import (
@@ -42,7 +42,7 @@ from image_pipeline.lifecycle.approval import (
 )
 from image_pipeline.lifecycle.claims import hold, transient_outcome
 from image_pipeline.lifecycle.ledger import Entry, Ledger, PostLedger
-from image_pipeline.lifecycle.records import check_dict, row_from_record
+from image_pipeline.lifecycle.records import check_dict
 from image_pipeline.services.images.preview import PREVIEW_LABEL
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.publisher.telegram import DeliveryUncertain
@@ -56,39 +56,39 @@ def post_one(
     ledger: PostLedger,
     publisher: Publisher,
     key: str,
-    record: dict[str, Any],
+    record: PromptRecord,
     image: ImageOutcome,
     previews: Path,
-) -> dict[str, Any]:
+) -> PostOutcome:
     """Post one prompt's image(s) unless the ledger says it was (or may have been) posted already; for a
     PREVIEW row, send them to the alert chat only and wait for APPROVE."""
-    if record["status"] != READY:
-        status = BUSY if record["status"] == BUSY else "SKIPPED"
-        return {"status": status, "reason": record.get("reason", record["status"])}
-    fingerprint = record["fingerprint"]
+    if record.status != READY:
+        status = BUSY if record.status == BUSY else "SKIPPED"
+        return PostOutcome(status, record.reason or record.status)
+    fingerprint = record.fingerprint
     entry = book.get(key, fingerprint)
     if entry is not None and entry.post_state == POSTED:
         context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
         return post_from_ledger(entry)
     if delivery_uncertain(entry):  # planned as HELD by prompt_record; never sent again blind
-        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {UNCERTAIN_HINT}"}
+        return PostOutcome(UNCERTAIN, f"delivery uncertain: {UNCERTAIN_HINT}")
     if not image.ok:
-        return {"status": image.status, "reason": image.meta.get("reason", image.status)}
+        return PostOutcome(image.status, image.meta.get("reason", image.status))
     if not hold(book, owner, is_stale, ledger, key, record):
-        return {"status": "BUSY", "reason": "another run took over this prompt"}
+        return PostOutcome("BUSY", "another run took over this prompt")
     suffix = PREVIEW_LABEL if image.meta.get("preview") else ""
-    preview_only = record.get("mode") == PREVIEW_ONLY
+    preview_only = record.mode == PREVIEW_ONLY
     if preview_only:
         suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
-    caption = caption_for(row_from_record(record), suffix=suffix)
+    caption = caption_for(record.row(), suffix=suffix)
     pngs = outcome_pngs(image)
-    checks = run_all(image_checks(image, pngs, key), caption, record["prompt"], publisher.content_policy())
+    checks = run_all(image_checks(image, pngs, key), caption, record.prompt, publisher.content_policy())
     checked = [check_dict(c) for c in checks]
     blocked = first_failure(checks)
     if blocked is not None:
         reason = f"blocked by the pre-post check {blocked.name}: {blocked.detail}"
         context.log.warning(f"{key}: {reason}")
-        return {"status": FAILED, "reason": reason, "check": blocked.name, "checks": checked}
+        return PostOutcome(FAILED, reason, check=blocked.name, checks=checked)
     if preview_only:
         return send_preview(
             context, book, ledger, publisher, key, fingerprint, image, pngs, caption, previews, checked
@@ -96,7 +96,7 @@ def post_one(
     if not book.reserve("posts", ledger.daily_post_cap):
         reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
         context.log.warning(f"{key}: {reason}")
-        return {"status": CAPPED, "reason": reason, "checks": checked}
+        return PostOutcome(CAPPED, reason, checks=checked)
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
     book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
     try:
@@ -109,7 +109,7 @@ def post_one(
         book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
         context.log.warning(f"{key}: {exc}")
         notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {redact(str(exc))}; {UNCERTAIN_HINT}")
-        return {"status": UNCERTAIN, "reason": f"delivery uncertain: {exc}; {UNCERTAIN_HINT}"}
+        return PostOutcome(UNCERTAIN, f"delivery uncertain: {exc}; {UNCERTAIN_HINT}")
     except ServiceBlocked:
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
@@ -118,16 +118,15 @@ def post_one(
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
         context.log.warning(f"{key}: posting failed: {exc}")
-        failed = {"status": FAILED, "reason": f"posting failed: {exc}"}
-        if exc.unknown:
-            failed["unknown_answer"] = signature(exc)
-        return failed
+        return PostOutcome(
+            FAILED, f"posting failed: {exc}", unknown_answer=signature(exc) if exc.unknown else ""
+        )
     except TransientError as exc:
         book.update(key, fingerprint, post_state=None)
         book.unreserve("posts")
         status, reason = transient_outcome(book, ledger, key, fingerprint, "posting", exc)
         context.log.warning(f"{key}: {reason}")
-        return {"status": status, "reason": reason}
+        return PostOutcome(status, reason)
     # The one write that closes the duplicate window: Telegram's message id, recorded at once.
     book.update(
         key,
@@ -140,14 +139,13 @@ def post_one(
         method=receipt.method,
     )
     context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
-    return {
-        "status": "POSTED",
-        "image_sha256": image.meta.get("sha256", ""),
-        "caption": caption,
-        "image_meta": image.meta,
-        "checks": checked,
-        **receipt_dict(receipt),
-    }
+    return PostOutcome.posted(
+        receipt,
+        image_sha256=image.meta.get("sha256", ""),
+        caption=caption,
+        image_meta=image.meta,
+        checks=checked,
+    )
 
 
 def send_preview(
@@ -162,15 +160,15 @@ def send_preview(
     caption: str,
     previews: Path,
     checked: list[dict[str, Any]],
-) -> dict[str, Any]:
+) -> PostOutcome:
     """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""
     try:
         receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption)
     except PromptRejected as exc:
-        return {"status": FAILED, "reason": f"preview failed: {exc}", "checks": checked}
+        return PostOutcome(FAILED, f"preview failed: {exc}", checks=checked)
     except TransientError as exc:
         status, reason = transient_outcome(book, ledger, key, fingerprint, "preview", exc)
-        return {"status": status, "reason": reason, "checks": checked}
+        return PostOutcome(status, reason, checks=checked)
     book.update(
         key,
         fingerprint,
@@ -180,27 +178,25 @@ def send_preview(
     )
     where = "the alert chat" if receipt is not None else f"{previews} (no alert chat is set)"
     context.log.info(f"{key}: preview of {len(pngs)} image(s) sent to {where}; awaiting approval")
-    return {
-        "status": AWAITING_APPROVAL,
-        "reason": f"preview sent to {where}; {APPROVAL_HINT}",
-        "checks": checked,
-        "image_meta": image.meta,
-    }
+    return PostOutcome(
+        AWAITING_APPROVAL, f"preview sent to {where}; {APPROVAL_HINT}", checks=checked, image_meta=image.meta
+    )
 
 
-def post_from_ledger(entry: Entry) -> dict[str, Any]:
+def post_from_ledger(entry: Entry) -> PostOutcome:
     meta = json.loads(entry.image_meta) if entry.image_meta else {}
-    return {
-        "status": "POSTED",
-        "image_sha256": meta.get("sha256", ""),
-        "chat_id": entry.chat_id,
-        "message_id": entry.message_id,
-        "method": entry.method,
-        "link": entry.link,
-        "sent_bytes": 0,
-        "note": "posted in an earlier run",
-        "image_meta": meta,
-    }
+    return PostOutcome(
+        "POSTED",
+        image_sha256=meta.get("sha256", ""),
+        chat_id=entry.chat_id,
+        message_id=entry.message_id,
+        message_ids=(entry.message_id,) if entry.message_id else (),
+        method=entry.method,
+        link=entry.link,
+        sent_bytes=0,
+        note="posted in an earlier run",
+        image_meta=meta,
+    )
 
 
 def image_checks(image: ImageOutcome, pngs: list[bytes], key: str) -> list[CheckOutcome]:

@@ -1,26 +1,19 @@
-"""A prompt record as the run carries it: queue order, the row it came from, check outcomes as data."""
+"""A run's prompt records in queue order, and check outcomes as plain data for the records and metadata."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from image_pipeline.domain.content_checks import CheckOutcome
-from image_pipeline.domain.records import ByPartition
-from image_pipeline.domain.rows import PromptRow
+from image_pipeline.domain.records import ByPartition, PromptRecord
 
 # the asset whose files hold the images (also the folder of the PNGs)
 GENERATED_IMAGE = "generated_image"
 
 
-def in_queue_order(records: ByPartition) -> list[tuple[str, dict[str, Any]]]:
+def in_queue_order(records: ByPartition) -> list[tuple[str, PromptRecord]]:
     """Oldest first, as the queue lists them: a batch posts in the order a person queued."""
-    return sorted(records.items(), key=lambda kv: (int(kv[1].get("row_number") or 0), kv[0]))
-
-
-def row_from_record(record: dict[str, Any]) -> PromptRow:
-    return PromptRow(
-        int(record.get("row_number") or 0), record["prompt"], record["id"], dict(record.get("params", {}))
-    )
+    return sorted(records.items(), key=lambda kv: (kv[1].row_number, kv[0]))
 
 
 def check_dict(outcome: CheckOutcome) -> dict[str, Any]:

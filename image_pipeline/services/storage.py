@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from image_pipeline.domain.records import ImageOutcome, is_noop
+from image_pipeline.domain.records import ImageOutcome, StoredRecord, is_noop, record_from_json
 from image_pipeline.services.files import atomic_write
 
 
@@ -47,6 +47,8 @@ class PartitionFileStore:
                 "meta": value.meta,
                 "thumbnail": value.thumbnail,
             }
+        elif isinstance(value, StoredRecord):
+            record = value.to_json()
         else:
             record = value
         path = self.run_local_path(asset, key) if is_noop(value) else self.json_path(asset, key)
@@ -68,4 +70,4 @@ class PartitionFileStore:
                 str(png_path) if found else None,
                 record.get("thumbnail", ""),
             )
-        return record
+        return record_from_json(asset, record)

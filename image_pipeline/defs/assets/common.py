@@ -12,7 +12,7 @@ from image_pipeline.domain.errors import (
     ServiceBlocked,
     ServiceWait,
 )
-from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.records import ByPartition
 from image_pipeline.domain.redact import redact
 from image_pipeline.lifecycle.ledger import Ledger, PostLedger, owner_token, stale_owner_check
 from image_pipeline.lifecycle.posting import notify
@@ -90,7 +90,5 @@ def _per_partition(
     if per_prompt and not added:
         for key, value in values.items():
             context.add_asset_metadata(describe(key, value), asset_key=asset, partition_key=key)
-    statuses = _count(
-        v.status if isinstance(v, ImageOutcome) else v.get("status", "") for v in values.values()
-    )
+    statuses = _count(v.status for v in values.values())
     return {"batch_partitions": len(values), "batch_statuses": dg.MetadataValue.json(statuses)}

@@ -15,7 +15,7 @@ from image_pipeline.domain.errors import (
     TransientError,
     WriteOutcomeUnknown,
 )
-from image_pipeline.domain.records import ByPartition
+from image_pipeline.domain.records import ByPartition, DoneOutcome
 from image_pipeline.domain.statuses import (
     AWAITING_APPROVAL,
     CAPPED,
@@ -62,21 +62,14 @@ def done_entry(
     to_remove: dict[str, str] = {}
     needs_done_check = False
     for key, record in in_queue_order(prompt_record):
-        fingerprint = record.get("fingerprint")
+        fingerprint = record.fingerprint
         entry = entry_for(key, record, generated_image[key], telegram_post[key])
-        if record["status"] == LOGGED:
+        if record.status == LOGGED:
             to_remove[key] = fingerprint
-            results[key] = {"status": "LOGGED", "reason": record["reason"]}
+            results[key] = DoneOutcome("LOGGED", record.reason)
         elif entry is None:
-            reason = (
-                record.get("reason")
-                or generated_image[key].meta.get("reason")
-                or telegram_post[key].get("reason", "")
-            )
-            results[key] = {
-                "status": stays_as(record, generated_image[key], telegram_post[key]),
-                "reason": reason,
-            }
+            reason = record.reason or generated_image[key].reason or telegram_post[key].reason
+            results[key] = DoneOutcome(stays_as(record, generated_image[key], telegram_post[key]), reason)
         else:
             to_log.append((key, fingerprint, entry))
             to_remove[key] = fingerprint
@@ -91,7 +84,7 @@ def done_entry(
             (key, e.fingerprint, row)
             for key, record in prompt_record.items()
             for e, row in (
-                orphan_posts(book, key, record.get("fingerprint"), done_index) if needs_done_check else []
+                orphan_posts(book, key, record.fingerprint or None, done_index) if needs_done_check else []
             )
         ]
         rows = to_log + orphans
@@ -124,10 +117,10 @@ def done_entry(
             if removal.get(key) == "removed":
                 book.update(key, fingerprint, queue_state=REMOVED)
         for key, record in prompt_record.items():
-            if record.get("fingerprint"):
-                book.release(key, record["fingerprint"], owner)
+            if record.fingerprint:
+                book.release(key, record.fingerprint, owner)
     for key, _fingerprint, entry in to_log:
-        results[key] = {**entry.as_dict(), "queue_row": removal.get(key, "")}
+        results[key] = DoneOutcome(entry.status, entry=entry, queue_row=removal.get(key, ""))
         if entry.status == FAILED:
             notify(publisher, f"image-pipeline: prompt {key} FAILED: {entry.information}")
     for key in to_remove:
@@ -135,17 +128,17 @@ def done_entry(
             context.log.warning(
                 f"{key}: the row was {removal.get(key)} in the queue meanwhile; nothing was deleted"
             )
-        results[key]["queue_row"] = removal.get(key, "")
+        results[key] = results[key].but(queue_row=removal.get(key, ""))
     # rows that stay queued show why in their status cell (only where the sheet has that column)
     words = {AWAITING_APPROVAL: AWAITING_APPROVAL, UNCERTAIN: CHECK_CHANNEL, RETRY: QUEUED, CAPPED: QUEUED}
     stay = {
-        key: words[res["status"]]
+        key: words[res.status]
         for key, res in results.items()
-        if res.get("status") in words and not prompt_record[key].get("keep_word")
+        if res.status in words and not prompt_record[key].keep_word
     }
     if stay:
         prompt_sheet.write_statuses(stay)
-    statuses = _count(r.get("status", "") for r in results.values())
+    statuses = _count(r.status for r in results.values())
     batch_logged(context.run.run_id, len(to_log), statuses, context.log.info)
     metadata = _per_partition(
         context, "done_entry", results, lambda _key, res: _done_partition_metadata(res), per_prompt=False
@@ -154,10 +147,10 @@ def done_entry(
     return dg.Output(results, metadata=metadata)
 
 
-def _done_partition_metadata(res: dict[str, Any]) -> dict[str, Any]:
+def _done_partition_metadata(res: DoneOutcome) -> dict[str, Any]:
     return {
-        "status": res.get("status", ""),
-        "information": res.get("information", res.get("reason", "")),
-        "queue_row": res.get("queue_row", ""),
-        "message_id": res.get("message_id", ""),
+        "status": res.status,
+        "information": res.detail,
+        "queue_row": res.queue_row,
+        "message_id": res.entry.message_id if res.entry is not None else "",
     }

@@ -24,7 +24,7 @@ from image_pipeline.domain.content_checks import CHECK_NAMES
 from image_pipeline.domain.errors import (
     ServiceBlocked,
 )
-from image_pipeline.domain.records import ByPartition, ImageOutcome
+from image_pipeline.domain.records import ByPartition, ImageOutcome, PostOutcome, PromptRecord
 from image_pipeline.domain.redact import redact
 from image_pipeline.domain.rows import (
     GenerationRequest,
@@ -159,7 +159,7 @@ def generate_and_post(
 
     suspects = Suspects()  # prompts refused with an answer no rule explains (next_prompt.py)
 
-    def finished(key: str, record: dict[str, Any]) -> None:
+    def finished(key: str, record: PromptRecord) -> None:
         progress.finished(key, *_progress_status(record, posts[key]))
         if batch:
             # attached as each prompt finishes, while the next images are still being made
@@ -189,20 +189,28 @@ def generate_and_post(
                     outcome, note = futures[key].result()
                     (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
                     outcomes[key] = outcome
-                    _witness(suspects, key, "images", outcome.ok, outcome.meta)
+                    _witness(
+                        suspects,
+                        key,
+                        "images",
+                        outcome.ok,
+                        outcome.meta.get("unknown_answer"),
+                        outcome.reason,
+                    )
                 if refused:
                     raise refused[0]
                 posts[key] = post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
                 )
                 awaiting_post.discard(key)
-                _witness(suspects, key, "telegram", posts[key]["status"] == "POSTED", posts[key])
+                post = posts[key]
+                _witness(suspects, key, "telegram", post.status == "POSTED", post.unknown_answer, post.reason)
                 if key not in suspects.pending:  # a suspect's outcome is known once the batch is through
                     finished(key, record)
             for key, fails in suspects.verdicts().items():
                 if not fails:
-                    fp = prompt_record[key]["fingerprint"]
-                    why = outcomes[key].meta.get("reason") or posts[key].get("reason", "")
+                    fp = prompt_record[key].fingerprint
+                    why = outcomes[key].reason or posts[key].reason
                     status, reason = transient_outcome(
                         book,
                         ledger,
@@ -211,7 +219,7 @@ def generate_and_post(
                         "an answer no rule explains, and no other prompt to compare",
                         why,
                     )
-                    posts[key] = {"status": status, "reason": reason}
+                    posts[key] = PostOutcome(status, reason)
                     if not outcomes[key].ok:
                         outcomes[key] = ImageOutcome(status, {"reason": reason})
                 finished(key, prompt_record[key])
@@ -236,12 +244,14 @@ def generate_and_post(
     yield from _check_results(posts)
 
 
-def _witness(suspects: Suspects, key: str, service: str, accepted: bool, result: dict[str, Any]) -> None:
-    """What this prompt's answer tells about the service (``next_prompt.py``)."""
+def _witness(
+    suspects: Suspects, key: str, service: str, accepted: bool, unknown_answer: str | None, reason: str
+) -> None:
+    """What this prompt's answer tells about the service (``lifecycle/suspects.py``)."""
     if accepted:
         suspects.accepted(service)
-    elif result.get("unknown_answer"):
-        suspects.refused(key, service, result["unknown_answer"], str(result.get("reason", "")))
+    elif unknown_answer:
+        suspects.refused(key, service, unknown_answer, reason)
 
 
 def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
@@ -252,7 +262,7 @@ def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
         checked = 0
         blocked: list[dict[str, str]] = []
         for key, post in posts.items():
-            for outcome in post.get("checks", []):
+            for outcome in post.checks:
                 if outcome["name"] != name:
                     continue
                 checked += 1
@@ -271,13 +281,13 @@ def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
         )
 
 
-def _progress_status(record: dict[str, Any], post: dict[str, Any]) -> tuple[str, str]:
-    if post["status"] == "POSTED":
-        note = f" ({post['note']})" if post.get("note") else ""
-        return "POSTED", f"message {post['message_id']} in chat {post['chat_id']}{note}"
+def _progress_status(record: PromptRecord, post: PostOutcome) -> tuple[str, str]:
+    if post.status == "POSTED":
+        note = f" ({post.note})" if post.note else ""
+        return "POSTED", f"message {post.message_id} in chat {post.chat_id}{note}"
     # a prompt that never got to the post: its record says why (INVALID, GONE, LOGGED, ...)
-    status = post["status"] if record["status"] in (READY, BUSY) else record["status"]
-    return status, redact(post.get("reason", ""))
+    status = post.status if record.status in (READY, BUSY) else record.status
+    return status, redact(post.reason)
 
 
 def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]:
@@ -306,21 +316,21 @@ def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]
     return metadata
 
 
-def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"status": post["status"]}
-    if post["status"] == "POSTED":
+def _post_partition_metadata(post: PostOutcome) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"status": post.status}
+    if post.status == "POSTED":
         metadata.update(
-            chat_id=post["chat_id"],
-            message_id=post["message_id"],
-            method=post.get("method", ""),
-            image_sha256=post.get("image_sha256", ""),
+            chat_id=post.chat_id,
+            message_id=post.message_id,
+            method=post.method,
+            image_sha256=post.image_sha256,
         )
-        if post.get("link"):
-            metadata["link"] = dg.MetadataValue.url(post["link"])
-        if post.get("note"):
-            metadata["note"] = post["note"]
+        if post.link:
+            metadata["link"] = dg.MetadataValue.url(post.link)
+        if post.note:
+            metadata["note"] = post.note
         # the reproducibility record: with these the image can be traced and generated again
-        meta = post.get("image_meta") or {}
+        meta = post.image_meta
         if meta.get("sha256"):
             metadata.update(
                 model=str(meta.get("model", "")),
@@ -331,5 +341,5 @@ def _post_partition_metadata(post: dict[str, Any]) -> dict[str, Any]:
                 generation_s=dg.MetadataValue.float(float(meta.get("generation_s") or 0.0)),
             )
     else:
-        metadata["reason"] = post.get("reason", "")
+        metadata["reason"] = post.reason
     return metadata

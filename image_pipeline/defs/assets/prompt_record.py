@@ -14,7 +14,7 @@ from image_pipeline.domain.errors import (
     ServiceBlocked,
     TransientError,
 )
-from image_pipeline.domain.records import ByPartition
+from image_pipeline.domain.records import ByPartition, PromptRecord
 from image_pipeline.domain.rows import (
     build_request,
     clean_text,
@@ -97,18 +97,18 @@ def prompt_record(
         for key in keys:
             row = rows.get(key)
             if row is None:
-                records[key] = {"id": key, "status": GONE, "reason": "no row in the queue carries this id"}
+                records[key] = PromptRecord(key, GONE, "no row in the queue carries this id")
                 context.log.warning(f"{key}: no row in the queue carries this id; nothing to do")
                 continue
             fingerprint = row.fingerprint()
-            record: dict[str, Any] = {
-                "id": key,
-                "row_number": row.row_number,
-                "prompt": row.prompt,
-                "params": row.params,
-                "fingerprint": fingerprint,
-            }
-            records[key] = record
+            found = PromptRecord(
+                key,
+                "",
+                row_number=row.row_number,
+                prompt=row.prompt,
+                params=dict(row.params),
+                fingerprint=fingerprint,
+            )
             if not book.claim(
                 key,
                 fingerprint,
@@ -117,14 +117,14 @@ def prompt_record(
                 lease_s=ledger.lease_s,
                 is_stale=is_stale,
             ):
-                record.update(status=BUSY, reason="another run is working on this prompt")
+                records[key] = found.but(status=BUSY, reason="another run is working on this prompt")
                 context.log.warning(f"{key}: another run is working on this prompt; skipped")
                 continue
             entry = book.get(key, fingerprint)
             assert entry is not None
             logged = done.get((key, clean_text(row.prompt)))
             if entry.done_state == LOGGED or logged:
-                record.update(
+                records[key] = found.but(
                     status=LOGGED, reason=f"already in Done ({logged or entry.final_status}); only removed"
                 )
                 if entry.done_state != LOGGED:
@@ -132,7 +132,7 @@ def prompt_record(
                 continue
             check = validate_prompt(row.prompt)
             if not check.ok:
-                record.update(status=INVALID, reason=check.reason)
+                records[key] = found.but(status=INVALID, reason=check.reason)
                 continue
             try:
                 req = build_request(
@@ -142,46 +142,46 @@ def prompt_record(
                     default_height=image_generator.height,
                 )
             except ValueError as exc:
-                record.update(status=INVALID, reason=str(exc))
+                records[key] = found.but(status=INVALID, reason=str(exc))
                 continue
-            record.update(status=READY, reason="", request=req.__dict__, attempts=entry.attempts)
             mode, why = plan_for(row, entry)
-            record.update(mode=mode, count=variations_of(row))
+            ready = found.but(
+                status=READY, request=req, attempts=entry.attempts, mode=mode, count=variations_of(row)
+            )
+            records[key] = ready
             uncertain = delivery_uncertain(entry)
             if mode == HELD and (entry.post_state is None or uncertain):
-                record.update(status=HELD_STATUS, reason=why, uncertain=uncertain)
+                records[key] = ready.but(status=HELD_STATUS, reason=why, uncertain=uncertain)
                 if entry.post_state == POSTING:
                     # a process died during the send: from now on a person decides, told once
                     book.update(key, fingerprint, post_state=UNCERTAIN)
                     newly_uncertain.append(key)
                 continue
             if uncertain:  # REPOST: a person checked the channel and found the post missing
-                record["repost"] = True
+                records[key] = ready = ready.but(repost=True)
             if why:
                 context.log.info(f"{key}: {why}")
             if entry.attempts >= ledger.max_attempts and entry.post_state is None:
-                record.update(
+                records[key] = ready.but(
                     status=QUARANTINED,
                     reason=f"quarantined after {entry.attempts} failed attempts; last error: {entry.last_error}",
                 )
     for key in newly_uncertain:
         notify(publisher, f"image-pipeline: prompt {key} CHECK CHANNEL: {UNCERTAIN_HINT}")
     working = {
-        k: GENERATING
-        for k, r in records.items()
-        if r["status"] == READY and r.get("mode") in (POST, PREVIEW_ONLY)
+        k: GENERATING for k, r in records.items() if r.status == READY and r.mode in (POST, PREVIEW_ONLY)
     }
     # what a person sees in the status column while the batch runs (only where the sheet has one)
     shown = prompt_sheet.write_statuses(working, snapshot) if working else {}
-    for key, record in records.items():
-        if not record.get("repost"):
+    for key, record in list(records.items()):
+        if not record.repost:
             continue
         if shown.get(key) == GENERATING:
             # the REPOST is used up: the cell no longer says it, so a second uncertain send is held again
-            book.update(key, record["fingerprint"], post_state=None)
+            book.update(key, record.fingerprint, post_state=None)
         else:
             # a REPOST left in the cell could send blind once more after another uncertain send
-            record.update(
+            records[key] = record.but(
                 status=HELD_STATUS,
                 uncertain=True,
                 reason="REPOST seen, but the status cell could not be changed yet; sent at the next run",
@@ -192,10 +192,10 @@ def prompt_record(
     return dg.Output(records, metadata=metadata)
 
 
-def _record_metadata(_key: str, rec: dict[str, Any]) -> dict[str, Any]:
+def _record_metadata(_key: str, rec: PromptRecord) -> dict[str, Any]:
     return {
-        "status": rec["status"],
-        "prompt": dg.MetadataValue.text(clean_text(rec.get("prompt", ""))[:500]),
-        "reason": rec.get("reason", ""),
-        "row_number": int(rec.get("row_number") or 0),
+        "status": rec.status,
+        "prompt": dg.MetadataValue.text(clean_text(rec.prompt)[:500]),
+        "reason": rec.reason,
+        "row_number": rec.row_number,
     }
