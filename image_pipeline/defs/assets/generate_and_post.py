@@ -26,16 +26,12 @@ from image_pipeline.domain.errors import (
 )
 from image_pipeline.domain.records import ByPartition, ImageOutcome, PostOutcome, PromptRecord
 from image_pipeline.domain.redact import redact
-from image_pipeline.domain.rows import (
-    GenerationRequest,
-)
 from image_pipeline.domain.statuses import (
     BUSY,
-    CAPPED,
     READY,
 )
-from image_pipeline.lifecycle.claims import transient_outcome
-from image_pipeline.lifecycle.generation import generate_to_disk, plan_generation
+from image_pipeline.lifecycle.batch import BatchGeneration, settle_suspects, witness
+from image_pipeline.lifecycle.generation import plan_generation
 from image_pipeline.lifecycle.ledger import PostLedger
 from image_pipeline.lifecycle.posting import post_one
 from image_pipeline.lifecycle.progress import RunProgress
@@ -108,56 +104,8 @@ def generate_and_post(
     batch = _single(context) is None
     progress = RunProgress(context.run.run_id, len(prompt_record), context.log.info)
     progress.start()
-    # More threads than request slots: an image is decoded, encoded and written while the next
-    # requests are already in flight (the generator holds a slot only for the request itself).
-    refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
-    awaiting_post: set[str] = set()  # generation started, post not done yet (the daily post cap)
-
-    def capped(key: str, count: int) -> tuple[ImageOutcome, str] | None:
-        """The daily caps, decided in queue order before the requests start (so they start in queue
-        order too). Units of the image cap are reserved here and given back if nothing is made."""
-        if ledger.daily_post_cap > 0:
-            # images of this batch not posted yet count: generation runs ahead of posting
-            if book.used_today("posts") + len(awaiting_post) >= ledger.daily_post_cap:
-                reason = (
-                    f"the daily cap of {ledger.daily_post_cap} posts is reached; not generated, stays queued"
-                )
-                return ImageOutcome(CAPPED, {"reason": reason}), reason
-            awaiting_post.add(key)
-        if ledger.daily_image_cap > 0:
-            taken = 0
-            while taken < count and book.reserve("images", ledger.daily_image_cap):
-                taken += 1
-            if taken < count:
-                for _ in range(taken):
-                    book.unreserve("images")
-                awaiting_post.discard(key)
-                reason = f"the daily cap of {ledger.daily_image_cap} images is reached; stays queued"
-                return ImageOutcome(CAPPED, {"reason": reason}), reason
-        return None
-
-    def generate(key: str, fp: str, req: GenerationRequest, count: int) -> tuple[ImageOutcome, str]:
-        if refused:
-            raise refused[0]
-        try:
-            outcome, note = generate_to_disk(image_generator, store, book, ledger, key, fp, req, count)
-        except ServiceBlocked as exc:
-            refused.append(exc)
-            give_back(count)
-            raise
-        except BaseException:
-            give_back(count)
-            raise
-        if not outcome.ok:
-            give_back(count)  # only images that exist count against the cap
-        return outcome, note
-
-    def give_back(count: int) -> None:
-        if ledger.daily_image_cap > 0:
-            for _ in range(count):
-                book.unreserve("images")
-
-    suspects = Suspects()  # prompts refused with an answer no rule explains (next_prompt.py)
+    generation = BatchGeneration(image_generator, store, book, ledger)
+    suspects = Suspects()  # prompts refused with an answer no rule explains (lifecycle/suspects.py)
 
     def finished(key: str, record: PromptRecord) -> None:
         progress.finished(key, *_progress_status(record, posts[key]))
@@ -170,26 +118,26 @@ def generate_and_post(
                 _post_partition_metadata(posts[key]), asset_key=TELEGRAM_POST, partition_key=key
             )
 
+    # More threads than request slots: an image is decoded, encoded and written while the next
+    # requests are already in flight (the generator holds a slot only for the request itself).
     with ThreadPoolExecutor(max_workers=max(1, image_generator.concurrency) + 2) as pool:
         futures = {}
         counts = {key: n for key, _fp, _req, n in todo}
         for key, fp, req, n in todo:
-            over = capped(key, n)
+            over = generation.capped(key, n)
             if over is not None:
                 outcomes[key] = over[0]
                 context.log.warning(f"{key}: {over[1]}")
             else:
-                futures[key] = pool.submit(generate, key, fp, req, n)
+                futures[key] = pool.submit(generation.generate, key, fp, req, n)
         try:
             for key, record in in_queue_order(prompt_record):
-                if refused:
-                    # credits, token or permission: nothing more leaves, whichever prompt heard it first
-                    raise refused[0]
+                generation.stop_if_refused()
                 if key in futures:
                     outcome, note = futures[key].result()
                     (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
                     outcomes[key] = outcome
-                    _witness(
+                    witness(
                         suspects,
                         key,
                         "images",
@@ -197,37 +145,22 @@ def generate_and_post(
                         outcome.meta.get("unknown_answer"),
                         outcome.reason,
                     )
-                if refused:
-                    raise refused[0]
-                posts[key] = post_one(
+                generation.stop_if_refused()
+                post = posts[key] = post_one(
                     context, book, owner, is_stale, ledger, publisher, key, record, outcomes[key], previews
                 )
-                awaiting_post.discard(key)
-                post = posts[key]
-                _witness(suspects, key, "telegram", post.status == "POSTED", post.unknown_answer, post.reason)
+                generation.posted(key)
+                witness(suspects, key, "telegram", post.status == "POSTED", post.unknown_answer, post.reason)
                 if key not in suspects.pending:  # a suspect's outcome is known once the batch is through
                     finished(key, record)
-            for key, fails in suspects.verdicts().items():
-                if not fails:
-                    fp = prompt_record[key].fingerprint
-                    why = outcomes[key].reason or posts[key].reason
-                    status, reason = transient_outcome(
-                        book,
-                        ledger,
-                        key,
-                        fp,
-                        "an answer no rule explains, and no other prompt to compare",
-                        why,
-                    )
-                    posts[key] = PostOutcome(status, reason)
-                    if not outcomes[key].ok:
-                        outcomes[key] = ImageOutcome(status, {"reason": reason})
+            fingerprints = {key: record.fingerprint for key, record in prompt_record.items()}
+            for key in settle_suspects(suspects, fingerprints, outcomes, posts, book, ledger):
                 finished(key, prompt_record[key])
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
             for key, future in futures.items():
                 if future.cancelled():  # never started: its reserved share of the image cap goes back
-                    give_back(counts[key])
+                    generation.give_back(counts[key])
             raise _stop(context, publisher, exc, book) from None
     yield dg.Output(
         outcomes,
@@ -242,16 +175,6 @@ def generate_and_post(
         ),
     )
     yield from _check_results(posts)
-
-
-def _witness(
-    suspects: Suspects, key: str, service: str, accepted: bool, unknown_answer: str | None, reason: str
-) -> None:
-    """What this prompt's answer tells about the service (``lifecycle/suspects.py``)."""
-    if accepted:
-        suspects.accepted(service)
-    elif unknown_answer:
-        suspects.refused(key, service, unknown_answer, reason)
 
 
 def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:

@@ -1,0 +1,125 @@
+"""The Done step of a batch: which prompts get a Done row and which stay queued (and why), the rows appended
+with the ledger's LOGGING -> LOGGED around the one append, the finished rows removed from the queue, and the
+claims released. The Done row itself is made by ``done.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from image_pipeline.domain.done_entries import DoneEntry
+from image_pipeline.domain.records import ByPartition, DoneOutcome
+from image_pipeline.domain.statuses import (
+    AWAITING_APPROVAL,
+    CAPPED,
+    CHECK_CHANNEL,
+    LOGGED,
+    LOGGING,
+    POSTED,
+    QUEUED,
+    REMOVED,
+    RETRY,
+    UNCERTAIN,
+)
+from image_pipeline.lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
+from image_pipeline.lifecycle.ledger import Ledger
+from image_pipeline.lifecycle.records import in_queue_order
+from image_pipeline.services.sheets import PromptSheet
+
+
+@dataclass
+class DonePlan:
+    results: ByPartition = field(default_factory=ByPartition)  # the prompts that get no Done row now
+    to_log: list[tuple[str, str, DoneEntry]] = field(default_factory=list)  # (id, fingerprint, row)
+    to_remove: dict[str, str] = field(default_factory=dict)  # id -> fingerprint
+    needs_done_check: bool = False  # an earlier version of a row was posted and never logged
+
+
+def plan_done(
+    prompt_record: ByPartition, generated_image: ByPartition, telegram_post: ByPartition, book: Ledger
+) -> DonePlan:
+    """Each prompt's Done row, or why it stays queued, from what its run did."""
+    plan = DonePlan()
+    results, to_log, to_remove = plan.results, plan.to_log, plan.to_remove
+    for key, record in in_queue_order(prompt_record):
+        fingerprint = record.fingerprint
+        entry = entry_for(key, record, generated_image[key], telegram_post[key])
+        if record.status == LOGGED:
+            to_remove[key] = fingerprint
+            results[key] = DoneOutcome("LOGGED", record.reason)
+        elif entry is None:
+            reason = record.reason or generated_image[key].reason or telegram_post[key].reason
+            results[key] = DoneOutcome(stays_as(record, generated_image[key], telegram_post[key]), reason)
+        else:
+            to_log.append((key, fingerprint, entry))
+            to_remove[key] = fingerprint
+        if any(
+            e.post_state == POSTED and e.done_state != LOGGED and e.fingerprint != fingerprint
+            for e in book.entries_for(key)
+        ):
+            plan.needs_done_check = True
+    return plan
+
+
+def log_and_remove(
+    plan: DonePlan, prompt_record: ByPartition, prompt_sheet: PromptSheet, book: Ledger
+) -> tuple[dict[str, str], int]:
+    """Append the Done rows (and those of orphan posts), then remove the finished rows from the queue.
+    Returns what became of each queue row, and how many orphan posts were logged. Raises the sheet's
+    typed errors: the ledger already holds what a later run needs to read back."""
+    to_log, to_remove, needs_done_check = plan.to_log, plan.to_remove, plan.needs_done_check
+    done_index = read_done_index(prompt_sheet) if needs_done_check else {}
+    orphans = [
+        (key, e.fingerprint, row)
+        for key, record in prompt_record.items()
+        for e, row in (
+            orphan_posts(book, key, record.fingerprint or None, done_index) if needs_done_check else []
+        )
+    ]
+    rows = to_log + orphans
+    # one read for the Done header and the queue the removal starts from
+    before = prompt_sheet.read_before_logging() if rows and to_remove else None
+    if rows:
+        with book.batch():  # durable, all of it, before the append
+            for key, fingerprint, _row in rows:
+                book.update(key, fingerprint, done_state=LOGGING)
+        prompt_sheet.append_done([row for _, _, row in rows], header=before[1] if before else None)
+        with book.batch():
+            for key, fingerprint, row in rows:
+                book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
+    removal = (
+        prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None, journal=book)
+        if to_remove
+        else {}
+    )
+    return removal, len(orphans)
+
+
+def settle_done(
+    plan: DonePlan, prompt_record: ByPartition, removal: dict[str, str], book: Ledger, owner: str
+) -> ByPartition:
+    """The ledger told what was removed, the batch's claims released; each prompt's Done outcome."""
+    to_remove, results = plan.to_remove, plan.results
+    with book.batch():
+        for key, fingerprint in to_remove.items():
+            if removal.get(key) == "removed":
+                book.update(key, fingerprint, queue_state=REMOVED)
+        for key, record in prompt_record.items():
+            if record.fingerprint:
+                book.release(key, record.fingerprint, owner)
+    for key, _fingerprint, entry in plan.to_log:
+        results[key] = DoneOutcome(entry.status, entry=entry, queue_row=removal.get(key, ""))
+    for key in to_remove:
+        results[key] = results[key].but(queue_row=removal.get(key, ""))
+    return results
+
+
+_STAYS_WORDS = {AWAITING_APPROVAL: AWAITING_APPROVAL, UNCERTAIN: CHECK_CHANNEL, RETRY: QUEUED, CAPPED: QUEUED}
+
+
+def status_words(results: ByPartition, prompt_record: ByPartition) -> dict[str, str]:
+    """The word in the status cell of each row that stays queued (a person's REPOST left where it is)."""
+    return {
+        key: _STAYS_WORDS[res.status]
+        for key, res in results.items()
+        if res.status in _STAYS_WORDS and not prompt_record[key].keep_word
+    }
