@@ -1,5 +1,5 @@
 """An answer no rule explains fails a prompt only when the service took another prompt of the run; the same
-answer for two prompts stops the run (next_prompt.py). Real publisher and InferenceClient against the
+answer for two prompts stops the run (lifecycle/suspects.py). Real publisher and InferenceClient against the
 emulators, whole runs through Dagster."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ commits each one with a full WAL sync; on this kind of machine that is 6-8 ms pe
 100 prompts writes about 800 events (planned + materialized, per asset and prompt). This storage keeps a
 few connections open (per run shard, least recently used first out) and commits with
 ``synchronous=NORMAL`` in WAL mode, which SQLite documents as safe from corruption: a power cut can lose
-the last events, never the database. The exactly-once record is the post ledger (``ledger.py``, with full
+the last events, never the database. The exactly-once record is the post ledger (``lifecycle/ledger.py``, with full
 syncs), not the event log, so nothing the pipeline relies on for safety changes.
 
 Selected in ``dagster.yaml``::

@@ -19,7 +19,7 @@ GENERATING = "GENERATING"
 AWAITING_APPROVAL = "AWAITING APPROVAL"
 # The photo may or may not be in the channel: the answer to the send was lost, a 5xx came back, or the
 # process died during the send. Not the prompt's fault, and never sent again blind, since bots have no
-# idempotency key and cannot read a channel back (refusals/telegram.py). The row stays queued, held,
+# idempotency key and cannot read a channel back (services/publisher/refusals.py). The row stays queued, held,
 # until a person looks: REPOST sends it, deleting the row (it is there) ends it.
 CHECK_CHANNEL = "CHECK CHANNEL"
 

@@ -109,7 +109,7 @@ class PromptSheet(PositionSafeRemoval, dg.ConfigurableResource):
         return snapshot
 
     def preflight(self) -> list[Check]:
-        """The cheapest real calls showing the queue can be read, logged to and edited (see preflight.py)."""
+        """The cheapest real calls showing the queue can be read, logged to and edited (see lifecycle/gate.py)."""
         raise NotImplementedError
 
     def _header_check(self, process_header: Sequence[str], done_header: Sequence[str] | None) -> Check:

@@ -113,7 +113,7 @@ def uncertain_deliveries(ledger_path: Path) -> dict[tuple[str, str], tuple[str, 
 
 
 def queue_rows(grid: list[list[str]]) -> tuple[list[str], list[PromptRow]]:
-    """The queue as the pipeline parses it (resources/sheets/queue.py ``_parse``): the header's names, and the
+    """The queue as the pipeline parses it (services/sheets/queue.py ``_parse``): the header's names, and the
     rows with id, params and status, so the fingerprint and caption are the pipeline's own."""
     names = [normalize_header(h) for h in grid[0]] if grid else []
     id_col = names.index(ID_COLUMN) if ID_COLUMN in names else None
