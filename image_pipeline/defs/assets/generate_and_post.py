@@ -18,9 +18,9 @@ from image_pipeline.defs.assets.common import (
     _single,
     _stop,
 )
+from image_pipeline.defs.checks import pre_post_check_results, pre_post_check_specs
 from image_pipeline.defs.io_manager import PartitionFileIOManager
 from image_pipeline.defs.partitions import prompt_partitions
-from image_pipeline.domain.content_checks import CHECK_NAMES
 from image_pipeline.domain.errors import (
     ServiceBlocked,
 )
@@ -40,14 +40,6 @@ from image_pipeline.lifecycle.suspects import Suspects
 from image_pipeline.services.images.interface import ImageGenerator
 from image_pipeline.services.images.preview import PREVIEW_LABEL
 from image_pipeline.services.publisher.interface import Publisher
-
-CHECK_DESCRIPTIONS = (
-    "The image decodes (a truncated or non-image body never reaches the channel).",
-    "The image is not blank or a single colour (what providers send when their safety filter fires).",
-    "The image is within Telegram's photo limits after the publisher's recompression (or goes as a document).",
-    "The caption is within Telegram's 1024 characters.",
-    "The prompt holds none of the banned words (IMAGE_PIPELINE_BANNED_WORDS / _FILE).",
-)
 
 
 @dg.multi_asset(
@@ -74,10 +66,7 @@ CHECK_DESCRIPTIONS = (
     },
     partitions_def=prompt_partitions,
     pool="hf_api",
-    check_specs=[
-        dg.AssetCheckSpec(name, asset=GENERATED_IMAGE, blocking=True, description=description)
-        for name, description in zip(CHECK_NAMES, CHECK_DESCRIPTIONS, strict=True)
-    ],
+    check_specs=pre_post_check_specs(),
 )
 def generate_and_post(
     context: dg.AssetExecutionContext,
@@ -174,34 +163,7 @@ def generate_and_post(
             context, TELEGRAM_POST, posts, lambda _key, post: _post_partition_metadata(post), added=batch
         ),
     )
-    yield from _check_results(posts)
-
-
-def _check_results(posts: ByPartition) -> Iterator[dg.AssetCheckResult]:
-    """One result per pre-post check for the run's prompts. Each prompt that failed one was not posted
-    (the step blocks it) and gets a FAILED Done row naming the check; the result is a warning, so the
-    batch's other prompts and its Done log go on."""
-    for name in CHECK_NAMES:
-        checked = 0
-        blocked: list[dict[str, str]] = []
-        for key, post in posts.items():
-            for outcome in post.checks:
-                if outcome["name"] != name:
-                    continue
-                checked += 1
-                if not outcome["passed"]:
-                    blocked.append({"prompt_id": key, "detail": outcome["detail"]})
-        yield dg.AssetCheckResult(
-            asset_key=GENERATED_IMAGE,
-            check_name=name,
-            passed=not blocked,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "prompts_checked": checked,
-                "prompts_blocked": len(blocked),
-                "blocked": dg.MetadataValue.json(blocked[:50]),
-            },
-        )
+    yield from pre_post_check_results(posts)
 
 
 def _progress_status(record: PromptRecord, post: PostOutcome) -> tuple[str, str]:
