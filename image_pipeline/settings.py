@@ -22,6 +22,7 @@ from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.publisher.outbox import LocalOutbox
 from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.services.sheets import GoogleSheet, LocalWorkbook, PromptSheet
+from image_pipeline.services.storage import is_object_store
 
 DEFAULT_KEY_FILE = "chatbot_key.json"  # the ancestor's key file name
 
@@ -38,6 +39,7 @@ class Settings:
     sensor_interval_s: int
     batch_size: int
     sheet_check_s: float = 60.0
+    assets: str = ""  # the asset files' folder or object-store URL; "": <data>/assets
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -49,7 +51,11 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:
-    data = Path(_get(env, "IMAGE_PIPELINE_DATA", "data")).resolve()
+    location = _get(env, "IMAGE_PIPELINE_DATA", "data")
+    # An object-store URL takes the images, previews and records; what stays local (the SQLite ledger,
+    # pacing state, the local workbook and outbox) keeps the default folder.
+    remote = is_object_store(location)
+    data = Path("data" if remote else location).resolve()
     return Settings(
         workbook=Path(_get(env, "IMAGE_PIPELINE_WORKBOOK", str(data / "workbook"))).resolve(),
         outbox=Path(_get(env, "IMAGE_PIPELINE_OUTBOX", str(data / "outbox"))).resolve(),
@@ -65,6 +71,7 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         # Drive's change token trails Sheets edits by minutes: the sensor also reads the queue's
         # prompt and status columns this often (one Sheets read); 0 leaves it to Drive's token
         sheet_check_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SHEET_CHECK_S", "60"))),
+        assets=f"{location.rstrip('/')}/assets" if remote else str(data / "assets"),
     )
 
 
@@ -159,9 +166,13 @@ def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
         "prompt_sheet": prompt_sheet_from(env, settings),
         "image_generator": image_generator_from(env),
         "publisher": publisher_from(env, settings),
-        "pipeline_io_manager": PartitionFileIOManager(base_dir=str(settings.data / "assets")),
+        "pipeline_io_manager": PartitionFileIOManager(
+            base_dir=settings.assets or str(settings.data / "assets"),
+            s3_endpoint_url=_get(env, "IMAGE_PIPELINE_S3_ENDPOINT_URL") or None,
+        ),
         "ledger": PostLedger(
             path=str(settings.data / "ledger.sqlite"),
+            url=dg.EnvVar("IMAGE_PIPELINE_LEDGER_URL") if _get(env, "IMAGE_PIPELINE_LEDGER_URL") else "",
             **(
                 {"lease_s": float(_get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S"))}
                 if _get(env, "IMAGE_PIPELINE_CLAIM_LEASE_S")

@@ -32,7 +32,7 @@ def test_one_partition_end_to_end(local_resources, instance, workbook_dir: Path,
     record = result.output_for_node("prompt_record")[pid]
     assert record.status == "READY" and record.request is not None and record.request.seed == 7
 
-    png = tmp_path / "assets" / "generated_image" / f"{pid}.png"
+    [png] = (tmp_path / "assets" / "generated_image").glob(f"{pid}-*.png")  # write-once: named by its hash
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (320, 200)
     image_md = materializations(result, "generated_image")[0].metadata
@@ -148,3 +148,28 @@ def test_thumbnail_is_a_valid_small_jpeg(local_resources, instance, workbook_dir
     data = base64.b64decode(preview.split("base64,", 1)[1].rstrip(")"))
     with Image.open(io.BytesIO(data)) as im:
         assert im.format == "JPEG" and max(im.size) <= 256
+
+
+def test_the_done_step_re_executed_alone_takes_over_the_finished_runs_claims(
+    local_resources, instance, workbook_dir: Path
+) -> None:
+    # The UI can materialize done_entry alone, in a new run: the run that claimed the prompt is over, so its
+    # claims are stale and the Done step takes them over (the ledger's writes after the post are fenced).
+    [pid] = queue(workbook_dir, [["a harbour at noon"]])
+    instance.add_dynamic_partitions("prompts", [pid])
+    first = dg.materialize(
+        ASSETS,
+        selection=[prompt_record, generate_and_post],
+        partition_key=pid,
+        instance=instance,
+        resources=local_resources,
+    )
+    assert first.success and len(local_resources["publisher"].posts()) == 1
+    second = dg.materialize(
+        ASSETS, selection=[done_entry], partition_key=pid, instance=instance, resources=local_resources
+    )
+    assert second.success
+    assert second.output_for_node("done_entry")[pid].status == SUCCESS
+    assert [r["id"] for r in local_resources["prompt_sheet"].read_done()] == [pid]
+    assert read_csv(workbook_dir / "process.csv") == [["prompt", "id"]]
+    assert len(local_resources["publisher"].posts()) == 1

@@ -309,7 +309,8 @@ def test_every_done_row_and_post_carries_what_it_takes_to_generate_the_image_aga
     assert done["seed"].isdigit()  # no seed in the row: one was chosen, and recorded
     assert float(done["generation_s"]) > 0
     assert done["message_link"] == f"https://t.me/pipeline_gallery/{post['message_id']}"
-    png = (Path(real_env["IMAGE_PIPELINE_DATA"]) / "assets" / "generated_image" / f"{pid}.png").read_bytes()
+    [png_file] = (Path(real_env["IMAGE_PIPELINE_DATA"]) / "assets" / "generated_image").glob(f"{pid}-*.png")
+    png = png_file.read_bytes()
     assert done["image_sha256"] == hashlib.sha256(png).hexdigest()
 
     [mat] = materializations(result, "telegram_post")

@@ -213,7 +213,7 @@ def _print_locations(resources: dict) -> None:
 
     sheet, publisher = resources["prompt_sheet"], resources["publisher"]
     io = resources["pipeline_io_manager"]
-    print(f"images:    {Path(io.base_dir) / 'generated_image'}")
+    print(f"images:    {io.base_dir.rstrip('/')}/generated_image")
     if isinstance(publisher, LocalOutbox):
         print(f"gallery:   {Path(publisher.folder) / 'index.html'}")
     if isinstance(sheet, LocalWorkbook):

@@ -1,7 +1,13 @@
 """Asset storage as plain files, one per partition: PNG for images, JSON for records.
 
 Assets exchange ``ByPartition`` maps (partition key -> value) so that one run may carry one partition
-or many with the same code. Images are real ``.png`` files anyone can open, never pickles.
+or many with the same code. Images are real ``.png`` files anyone can open, never pickles. The folder may
+be an object-store prefix (``s3://bucket/prefix``), so that runs on several nodes share nothing else.
+
+Not Dagster's ``UPathIOManager``: it derives a file's path from the partition alone, before it sees the
+value, while a no-op value here goes to its run's own folder (``.runs/<run id>/``) so that it never
+replaces what the run that did the work stored; and it hands a one-partition input over bare, where the
+assets always take a ``ByPartition``. The store underneath is on ``UPath`` all the same.
 """
 
 from __future__ import annotations
@@ -18,11 +24,19 @@ from image_pipeline.services.storage import PartitionFileStore
 class PartitionFileIOManager(dg.ConfigurableIOManager):
     """Stores each partition of each asset as its own file under ``base_dir``."""
 
-    base_dir: str = Field(description="Folder for asset values (images as .png, records as .json).")
+    base_dir: str = Field(
+        description="Folder or object-store URL (s3://bucket/prefix) for asset values (images as .png, "
+        "records as .json)."
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="An S3-compatible server for s3:// folders (MinIO, Ceph); unset: AWS, or the endpoint "
+        "the standard AWS configuration names. Credentials come from the standard AWS chain only.",
+    )
 
     def store(self, run_id: str = "") -> PartitionFileStore:
         """Direct access for a step that writes files as it goes (images, before the step ends)."""
-        return PartitionFileStore(self.base_dir, run_id)
+        return PartitionFileStore(self.base_dir, run_id, s3_endpoint_url=self.s3_endpoint_url)
 
     @staticmethod
     def _asset(context: dg.OutputContext | dg.InputContext) -> str:

@@ -56,6 +56,13 @@ class WriteOutcomeUnknown(PipelineError):
     """A write that is not safe to repeat lost its answer; the caller re-reads to find out."""
 
 
+class ClaimLost(PipelineError):
+    """Another worker holds this prompt's claim now (ours ran out and was taken over): this worker must not
+    record, post or log anything more for it; the holder reconciles from the ledger."""
+
+    service = "ledger"
+
+
 class PromptRejected(PipelineError):
     """Permanent for this prompt."""
 

@@ -3,7 +3,7 @@ outcome (with its receipt) and the Done outcome. All frozen: a step makes a new 
 one it was given.
 
 ``ByPartition`` maps partition keys to these, so one run may carry one prompt or many with the same code.
-They are stored as plain JSON (``services/storage.py``), readable by a person and by the UI, and read back
+They are stored as plain JSON (``services/storage/``), readable by a person and by the UI, and read back
 into these types, also from files an older version wrote (the same keys, without the type tag).
 """
 
@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Self
+
+from upath import UPath
 
 from image_pipeline.domain.done_entries import DoneEntry
 from image_pipeline.domain.rows import GenerationRequest, PromptRow
@@ -104,7 +105,7 @@ class ImageOutcome(StoredRecord):
     def read_png(self) -> bytes:
         if self.path is None:
             raise FileNotFoundError("no image was stored for this outcome")
-        return Path(self.path).read_bytes()
+        return UPath(self.path).read_bytes()  # a local path or an object-store URL (s3://...)
 
 
 @dataclass(frozen=True)

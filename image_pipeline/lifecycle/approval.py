@@ -9,9 +9,9 @@ edited since its preview is previewed again.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
+
+from upath import UPath
 
 from image_pipeline.domain.records import ImageOutcome
 from image_pipeline.domain.rows import PromptRow
@@ -27,6 +27,7 @@ from image_pipeline.domain.statuses import (
     UNCERTAIN,
 )
 from image_pipeline.lifecycle.ledger import Entry
+from image_pipeline.services.storage import as_path, digest, write_once
 
 # what a run does with a row
 POST = "post"  # generate and publish (no word, or a state the pipeline wrote)
@@ -89,17 +90,21 @@ def outcome_pngs(outcome: ImageOutcome) -> list[bytes]:
     variations = outcome.meta.get("variations") or []
     if not variations:
         return [outcome.read_png()]
-    return [Path(v["path"]).read_bytes() for v in variations]
+    return [as_path(v["path"]).read_bytes() for v in variations]
 
 
-def keep_preview(folder: Path, key: str, fingerprint: str, outcome: ImageOutcome) -> str:
-    """Copy the previewed images where no later run overwrites them; the JSON the ledger keeps."""
-    folder.mkdir(parents=True, exist_ok=True)
+def keep_preview(folder: UPath, key: str, fingerprint: str, outcome: ImageOutcome) -> str:
+    """Copy the previewed images where no later run overwrites them; the JSON the ledger keeps.
+
+    Written once, named by their bytes' hash: a second preview of the same text (a run that died before
+    the ledger recorded its preview, a worker that took the prompt over) gets files of its own, and the
+    ledger's entry names the ones APPROVE posts. ``folder`` may be local or in an object store."""
     variations = outcome.meta.get("variations") or [{**outcome.meta, "path": outcome.path}]
     kept: list[dict[str, Any]] = []
     for i, variation in enumerate(variations, start=1):
-        target = folder / f"{key}-{fingerprint}-{i}.png"
-        shutil.copyfile(variation["path"], target)
+        png = as_path(variation["path"]).read_bytes()
+        target = folder / f"{key}-{fingerprint}-{i}-{digest(png)}.png"
+        write_once(target, png)
         kept.append({**{k: v for k, v in variation.items() if k != "path"}, "path": str(target)})
     meta = {k: v for k, v in outcome.meta.items() if k != "variations"}
     return json.dumps({"meta": meta, "variations": kept, "thumbnail": outcome.thumbnail})

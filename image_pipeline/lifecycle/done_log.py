@@ -4,12 +4,14 @@ claims released. The Done row itself is made by ``done.py``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from image_pipeline.domain.done_entries import DoneEntry
-from image_pipeline.domain.records import ByPartition, DoneOutcome
+from image_pipeline.domain.records import ByPartition, DoneOutcome, PromptRecord
 from image_pipeline.domain.statuses import (
     AWAITING_APPROVAL,
+    BUSY,
     CAPPED,
     CHECK_CHANNEL,
     LOGGED,
@@ -35,13 +37,22 @@ class DonePlan:
 
 
 def plan_done(
-    prompt_record: ByPartition, generated_image: ByPartition, telegram_post: ByPartition, book: Ledger
+    prompt_record: ByPartition,
+    generated_image: ByPartition,
+    telegram_post: ByPartition,
+    book: Ledger,
+    held: Callable[[str, PromptRecord], bool] | None = None,
 ) -> DonePlan:
-    """Each prompt's Done row, or why it stays queued, from what its run did."""
+    """Each prompt's Done row, or why it stays queued, from what its run did. ``held``: whether this run
+    holds the prompt's claim now (renewed, or taken over from a finished run when the Done step is re-executed
+    alone); a prompt another live run holds is left to that run."""
     plan = DonePlan()
     results, to_log, to_remove = plan.results, plan.to_log, plan.to_remove
     for key, record in in_queue_order(prompt_record):
         fingerprint = record.fingerprint
+        if fingerprint and record.status != BUSY and held is not None and not held(key, record):
+            results[key] = DoneOutcome(BUSY, "another run is working on this prompt")
+            continue
         entry = entry_for(key, record, generated_image[key], telegram_post[key])
         if record.status == LOGGED:
             to_remove[key] = fingerprint
@@ -61,7 +72,11 @@ def plan_done(
 
 
 def log_and_remove(
-    plan: DonePlan, prompt_record: ByPartition, prompt_sheet: PromptSheet, book: Ledger
+    plan: DonePlan,
+    prompt_record: ByPartition,
+    prompt_sheet: PromptSheet,
+    book: Ledger,
+    owner: str | None = None,
 ) -> tuple[dict[str, str], int]:
     """Append the Done rows (and those of orphan posts), then remove the finished rows from the queue.
     Returns what became of each queue row, and how many orphan posts were logged. Raises the sheet's
@@ -79,13 +94,21 @@ def log_and_remove(
     # one read for the Done header and the queue the removal starts from
     before = prompt_sheet.read_before_logging() if rows and to_remove else None
     if rows:
+        # fenced by this run's claim (ClaimLost otherwise); an orphan post is under no claim of ours
+        fence = {(key, fp): owner for key, fp, _row in to_log}
         with book.batch():  # durable, all of it, before the append
             for key, fingerprint, _row in rows:
-                book.update(key, fingerprint, done_state=LOGGING)
+                book.update(key, fingerprint, owner=fence.get((key, fingerprint)), done_state=LOGGING)
         prompt_sheet.append_done([row for _, _, row in rows], header=before[1] if before else None)
         with book.batch():
             for key, fingerprint, row in rows:
-                book.update(key, fingerprint, done_state=LOGGED, final_status=row.status)
+                book.update(
+                    key,
+                    fingerprint,
+                    owner=fence.get((key, fingerprint)),
+                    done_state=LOGGED,
+                    final_status=row.status,
+                )
     removal = (
         prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None, journal=book)
         if to_remove
@@ -102,7 +125,7 @@ def settle_done(
     with book.batch():
         for key, fingerprint in to_remove.items():
             if removal.get(key) == "removed":
-                book.update(key, fingerprint, queue_state=REMOVED)
+                book.update(key, fingerprint, owner=owner, queue_state=REMOVED)
         for key, record in prompt_record.items():
             if record.fingerprint:
                 book.release(key, record.fingerprint, owner)

@@ -2,8 +2,9 @@
 
 One row per (prompt id, fingerprint): an edited row is a new prompt. The steps are recorded in order —
 the claim, the intent to post, Telegram's message id, the intent to log, the Done row, the removal — each
-as one durable SQLite write (WAL, synchronous=FULL), so a process killed at any moment leaves a record
-that the next run reconciles instead of repeating:
+as one durable write (SQLite in WAL with synchronous=FULL on one host, or PostgreSQL shared by several
+workers: ``ledger_schema.py``), so a process killed at any moment leaves a record that the next run
+reconciles instead of repeating:
 
 - message id recorded: never posted again, only logged and removed;
 - intent recorded but no message id: the post may or may not have reached the channel (the process died
@@ -12,15 +13,15 @@ that the next run reconciles instead of repeating:
   Telegram accepting it and the one write that records its message id;
 - intent to log recorded: the Done sheet is checked for the row before appending again.
 
-Claims keep two runs from working on the same prompt. A claim is stale when its lease ran out, when its
-process is gone (same host), or when its Dagster run has finished.
+Claims keep two runs from working on the same prompt. A claim is stale when its lease ran out (by the
+database's clock), when its Dagster run has finished, or when its process is gone on this kernel and in this
+PID namespace. The writes after an irreversible step (the message id, LOGGED, REMOVED) are fenced: they
+apply only while the writer still holds the claim, else ``ClaimLost``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -30,81 +31,32 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dagster as dg
+import sqlalchemy as sa
 from pydantic import Field
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
 
 from image_pipeline.domain.checks import Check, fail, ok, warn
-from image_pipeline.services.hosts import process_alive
+from image_pipeline.domain.errors import ClaimLost
+from image_pipeline.lifecycle.ledger_owners import owner_token, stale_owner_check
+from image_pipeline.lifecycle.ledger_schema import (
+    COLUMNS,
+    daily_counts,
+    db_now,
+    drop_engine,
+    engine_for,
+    migrate,
+    pauses,
+    preflight_passes,
+    prompts,
+    removals,
+    sqlite_url,
+)
+from image_pipeline.services.filesystems import network_filesystem
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS prompts (
-    prompt_id     TEXT NOT NULL,
-    fingerprint   TEXT NOT NULL,
-    prompt        TEXT NOT NULL DEFAULT '',
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    last_error    TEXT NOT NULL DEFAULT '',
-    post_state    TEXT,
-    chat_id       TEXT NOT NULL DEFAULT '',
-    message_id    TEXT NOT NULL DEFAULT '',
-    link          TEXT NOT NULL DEFAULT '',
-    method        TEXT NOT NULL DEFAULT '',
-    image_meta    TEXT NOT NULL DEFAULT '',
-    done_state    TEXT,
-    final_status  TEXT NOT NULL DEFAULT '',
-    queue_state   TEXT,
-    owner         TEXT NOT NULL DEFAULT '',
-    lease_until   REAL NOT NULL DEFAULT 0,
-    updated_at    REAL NOT NULL DEFAULT 0,
-    posted_at     REAL NOT NULL DEFAULT 0,
-    preview_state TEXT,
-    preview_images TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (prompt_id, fingerprint)
-);
-CREATE TABLE IF NOT EXISTS pauses (
-    service       TEXT PRIMARY KEY,
-    reason        TEXT NOT NULL,
-    since         REAL NOT NULL,
-    until         REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS preflight_passes (
-    config        TEXT PRIMARY KEY,
-    passed_at     REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS removals (
-    nonce         TEXT PRIMARY KEY,
-    owner         TEXT NOT NULL,
-    created       REAL NOT NULL,
-    body          TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS daily_counts (
-    day           TEXT NOT NULL,
-    kind          TEXT NOT NULL,
-    n             INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, kind)
-);
-"""
-
-_COLUMNS = [
-    "prompt_id",
-    "fingerprint",
-    "prompt",
-    "attempts",
-    "last_error",
-    "post_state",
-    "chat_id",
-    "message_id",
-    "link",
-    "method",
-    "image_meta",
-    "done_state",
-    "final_status",
-    "queue_state",
-    "owner",
-    "lease_until",
-    "updated_at",
-    "posted_at",
-    "preview_state",
-    "preview_images",
-]
+__all__ = ["Entry", "Ledger", "Pause", "PostLedger", "owner_token", "stale_owner_check", "utc_day"]
 
 
 @dataclass
@@ -164,124 +116,122 @@ def utc_day(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
-def owner_token(run_id: str) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+class UnsafeLedgerLocation(RuntimeError):
+    """A SQLite ledger on a network filesystem: its locks and WAL do not hold there (see filesystems.py)."""
+
+
+def refuse_network_filesystem(folder: Path, mountinfo: str | None = None) -> None:
+    """Refuse, before the first write, to keep a SQLite ledger where SQLite cannot lock it."""
+    reason = network_filesystem(folder, mountinfo)
+    if reason is not None:
+        raise UnsafeLedgerLocation(reason)
 
 
 class Ledger:
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+    """The ledger's reads and writes; each write is one durable transaction, or one of a ``batch()``.
+
+    ``url`` names a PostgreSQL ledger (``postgresql+psycopg2://...``); empty: the SQLite file at ``path``."""
+
+    def __init__(self, path: str | Path = "", *, url: str = "", busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._busy_ms = int(busy_timeout_s * 1000)
+        if not url:
+            if not path:
+                raise ValueError("the ledger needs a SQLite path or a database URL")
+            if sqlite3.sqlite_version_info < (3, 35):  # RETURNING
+                raise RuntimeError(
+                    f"the post ledger needs SQLite 3.35 or newer, not {sqlite3.sqlite_version}"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            refuse_network_filesystem(self.path.parent)
+            url = sqlite_url(self.path)
+        self.url = url
+        self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(prompts)")}
-            # ledgers from before a column existed
-            for column, ddl in (
-                ("posted_at", "REAL NOT NULL DEFAULT 0"),
-                ("preview_state", "TEXT"),
-                ("preview_images", "TEXT NOT NULL DEFAULT ''"),
-            ):
-                if column not in have:
-                    db.execute(f"ALTER TABLE prompts ADD COLUMN {column} {ddl}")
-            if "until" not in {row[1] for row in db.execute("PRAGMA table_info(pauses)")}:
-                db.execute("ALTER TABLE pauses ADD COLUMN until REAL NOT NULL DEFAULT 0")
+        engine = self._engine
+        self._dialect = engine.dialect.name
+        self._insert = pg_insert if self._dialect == "postgresql" else sqlite_insert
+        migrate(engine)
+
+    @property
+    def _engine(self) -> Engine:
+        # looked up each time: a forked child gets its own pool, never its parent's connections
+        return engine_for(self.url, self._busy_timeout_s)
+
+    def _now(self) -> ColumnElement[float]:
+        return db_now(self._dialect)
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One connection per thread, kept open: opening SQLite and setting it up costs more than the
-        # writes themselves, and a batch makes hundreds of them.
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid() or getattr(local, "db", None) is None:
-            db = sqlite3.connect(
-                self.path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=True
-            )
-            db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a recorded message id survives a power cut, not only a killed process
-            db.execute("PRAGMA synchronous=FULL")
-            local.db, local.pid, local.depth = db, os.getpid(), 0
-        yield local.db
+    def _tx(self) -> Iterator[Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite), or the open ``batch()`` of this thread."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            local = self._local
-            if local.depth > 0:  # inside batch(): one commit at its end
-                local.depth += 1
-                try:
-                    yield db
-                finally:
-                    local.depth -= 1
-                return
-            db.execute("BEGIN IMMEDIATE")
-            local.depth = 1
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                local.depth = 0
+    def _read(self) -> Iterator[Connection]:
+        # inside batch() a read must see the batch's own writes (a claim, then the entry it made)
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._engine.connect() as conn:
+            yield conn.execution_options(ledger_read=True)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Several writes of this thread as one transaction (one disk sync): for bookkeeping of a whole
         batch, never around an irreversible action, whose guard must be durable on its own."""
-        with self._tx():
+        if getattr(self._local, "conn", None) is not None:
             yield
+            return
+        with self._engine.begin() as conn:
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """Close this process's pooled connections to the ledger (another Ledger on it reopens them)."""
+        drop_engine(self.url)
 
     @staticmethod
-    def _entry(row: tuple[Any, ...] | None) -> Entry | None:
-        return Entry(**dict(zip(_COLUMNS, row, strict=True))) if row else None
+    def _key(prompt_id: str, fingerprint: str) -> ColumnElement[bool]:
+        return sa.and_(_P.prompt_id == prompt_id, _P.fingerprint == fingerprint)
 
     def get(self, prompt_id: str, fingerprint: str) -> Entry | None:
-        with self._connect() as db:
-            row = db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? AND fingerprint=?",
-                (prompt_id, fingerprint),
-            ).fetchone()
-        return self._entry(row)
+        with self._read() as db:
+            row = db.execute(sa.select(prompts).where(self._key(prompt_id, fingerprint))).first()
+        return Entry(**row._mapping) if row else None
 
     def entries_for(self, prompt_id: str) -> list[Entry]:
-        with self._connect() as db:
-            rows = db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM prompts WHERE prompt_id=? ORDER BY updated_at",
-                (prompt_id,),
-            ).fetchall()
-        return [e for e in (self._entry(r) for r in rows) if e is not None]
+        query = sa.select(prompts).where(_P.prompt_id == prompt_id).order_by(_P.updated_at, _P.fingerprint)
+        with self._read() as db:
+            return [Entry(**row._mapping) for row in db.execute(query)]
 
     def ids_seen(self, prompt_ids: list[str]) -> set[str]:
         """The ids any run has worked on (claimed at least once): a prompt not among them never ran."""
         seen: set[str] = set()
-        with self._connect() as db:
-            for start in range(0, len(prompt_ids), 500):  # SQLite's limit on bound parameters
-                chunk = prompt_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT DISTINCT prompt_id FROM prompts WHERE prompt_id IN ({marks})", chunk
-                ).fetchall()
-                seen.update(r[0] for r in rows)
+        with self._read() as db:
+            for chunk in _chunks(prompt_ids):
+                query = sa.select(_P.prompt_id).where(_P.prompt_id.in_(chunk)).distinct()
+                seen.update(str(r[0]) for r in db.execute(query))
         return seen
 
     def attempts(self, prompt_ids: list[str]) -> dict[str, int]:
-        if not prompt_ids:
-            return {}
-        with self._connect() as db:
-            marks = ",".join("?" * len(prompt_ids))
-            rows = db.execute(
-                f"SELECT prompt_id, MAX(attempts) FROM prompts WHERE prompt_id IN ({marks}) GROUP BY prompt_id",
-                prompt_ids,
-            ).fetchall()
-        return {pid: int(n or 0) for pid, n in rows}
+        out: dict[str, int] = {}
+        with self._read() as db:
+            for chunk in _chunks(prompt_ids):
+                query = (
+                    sa.select(_P.prompt_id, sa.func.max(_P.attempts))
+                    .where(_P.prompt_id.in_(chunk))
+                    .group_by(_P.prompt_id)
+                )
+                out.update({str(pid): int(n or 0) for pid, n in db.execute(query)})
+        return out
 
     def claim(
         self,
@@ -293,149 +243,172 @@ class Ledger:
         lease_s: float,
         is_stale: Callable[[str], bool],
     ) -> bool:
-        """Take the prompt for ``owner`` unless another live owner holds it. Idempotent for the same owner."""
-        now = time.time()
+        """Take the prompt for ``owner`` unless another live owner holds it. Idempotent for the same owner.
+
+        One conditional statement decides: the row is created, or taken when it is free, ours, or its
+        lease ran out by the database's clock. Only when another owner's lease still runs is that owner
+        asked about (its run finished, its process gone) and then taken by a compare-and-set on it, so of
+        two workers that both judged it stale exactly one wins."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT owner, lease_until FROM prompts WHERE prompt_id=? AND fingerprint=?",
-                (prompt_id, fingerprint),
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO prompts (prompt_id, fingerprint, prompt, owner, lease_until, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (prompt_id, fingerprint, prompt, owner, now + lease_s, now),
-                )
-                return True
-            current, lease_until = row
-            if current and current != owner and lease_until > now and not is_stale(current):
-                return False
-            db.execute(
-                "UPDATE prompts SET owner=?, lease_until=?, updated_at=? WHERE prompt_id=? AND fingerprint=?",
-                (owner, now + lease_s, now, prompt_id, fingerprint),
+            now = self._now()
+            until = now + lease_s
+            ins = self._insert(prompts).values(
+                prompt_id=prompt_id,
+                fingerprint=fingerprint,
+                prompt=prompt,
+                owner=owner,
+                lease_until=until,
+                updated_at=now,
             )
-            return True
+            taken = ins.on_conflict_do_update(
+                index_elements=[_P.prompt_id, _P.fingerprint],
+                set_={"owner": owner, "lease_until": until, "updated_at": now},
+                where=sa.or_(_P.owner == "", _P.owner == owner, _P.lease_until <= now),
+            ).returning(_P.owner)
+            if db.execute(taken).first() is not None:
+                return True
+            current = db.execute(sa.select(_P.owner).where(self._key(prompt_id, fingerprint))).scalar()
+            if current is None or not is_stale(str(current)):
+                return False
+            swap = (
+                sa.update(prompts)
+                .where(self._key(prompt_id, fingerprint), _P.owner == current)
+                .values(owner=owner, lease_until=until, updated_at=now)
+                .returning(_P.owner)
+            )
+            return db.execute(swap).first() is not None
 
     def release(self, prompt_id: str, fingerprint: str, owner: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE prompts SET owner='', lease_until=0 WHERE prompt_id=? AND fingerprint=? AND owner=?",
-                (prompt_id, fingerprint, owner),
+                sa.update(prompts)
+                .where(self._key(prompt_id, fingerprint), _P.owner == owner)
+                .values(owner="", lease_until=0)
             )
 
-    def update(self, prompt_id: str, fingerprint: str, **fields: Any) -> None:
-        """One durable write of some fields (the row must exist: it is created by ``claim``)."""
-        unknown = set(fields) - set(_COLUMNS)
+    def update(self, prompt_id: str, fingerprint: str, *, owner: str | None = None, **fields: Any) -> None:
+        """One durable write of some fields.
+
+        With ``owner`` (fencing, for the writes after an irreversible step) it applies only while that
+        owner holds the claim, in the same statement; otherwise ``ClaimLost`` and nothing is written.
+        Without it the row is created when missing (a record of something found, not a claim)."""
+        unknown = set(fields) - _SETTABLE
         if unknown:
             raise ValueError(f"unknown ledger fields: {sorted(unknown)}")
-        fields["updated_at"] = time.time()
-        assignments = ", ".join(f"{k}=?" for k in fields)
         with self._tx() as db:
-            cur = db.execute(
-                f"UPDATE prompts SET {assignments} WHERE prompt_id=? AND fingerprint=?",
-                (*fields.values(), prompt_id, fingerprint),
-            )
-            if cur.rowcount == 0:
-                db.execute(
-                    "INSERT INTO prompts (prompt_id, fingerprint, updated_at) VALUES (?, ?, ?)",
-                    (prompt_id, fingerprint, fields["updated_at"]),
+            values = {**fields, "updated_at": self._now()}
+            if owner is not None:
+                fenced = (
+                    sa.update(prompts)
+                    .where(self._key(prompt_id, fingerprint), _P.owner == owner)
+                    .values(**values)
+                    .returning(_P.owner)
                 )
-                db.execute(
-                    f"UPDATE prompts SET {assignments} WHERE prompt_id=? AND fingerprint=?",
-                    (*fields.values(), prompt_id, fingerprint),
-                )
+                if db.execute(fenced).first() is None:
+                    holder = db.execute(sa.select(_P.owner).where(self._key(prompt_id, fingerprint))).scalar()
+                    raise ClaimLost(_lost(prompt_id, owner, holder, fields))
+                return
+            ins = self._insert(prompts).values(prompt_id=prompt_id, fingerprint=fingerprint, **values)
+            db.execute(ins.on_conflict_do_update(index_elements=[_P.prompt_id, _P.fingerprint], set_=values))
 
     # ------------------------------------------------------------------ the budget guard
     def pause(self, service: str, reason: str, until: float = 0.0) -> bool:
         """Stop spending (until ``until``, or until resumed when 0); True only for the call that paused
-        it, so exactly one notice goes out. A later, longer wait of the same service extends it."""
-        now = time.time()
+        it, so exactly one notice goes out. A later, longer wait of the same service extends it.
+
+        Each step is one conditional statement on the service's row, so of workers pausing at once one
+        inserts it and the others find it (the insert waits for the first one's commit)."""
+        reason = reason[:500]
         with self._tx() as db:
-            db.execute("DELETE FROM pauses WHERE until > 0 AND until <= ?", (now,))
-            cur = db.execute(
-                "INSERT OR IGNORE INTO pauses (service, reason, since, until) VALUES (?, ?, ?, ?)",
-                (service, reason[:500], now, until),
+            now = self._now()
+            db.execute(sa.delete(pauses).where(_Q.until > 0, _Q.until <= now))
+            first = (
+                self._insert(pauses)
+                .values(service=service, reason=reason, since=now, until=until)
+                .on_conflict_do_nothing(index_elements=[_Q.service])
+                .returning(_Q.service)
             )
-            if cur.rowcount == 1:
+            if db.execute(first).first() is not None:
                 return True
             if until == 0:
                 # credits gone while the same service's timed wait runs: the wait must not end the pause
-                cur = db.execute(
-                    "UPDATE pauses SET until=0, reason=?, since=? WHERE service=? AND until > 0",
-                    (reason[:500], now, service),
+                untimed = (
+                    sa.update(pauses)
+                    .where(_Q.service == service, _Q.until > 0)
+                    .values(until=0, reason=reason, since=now)
+                    .returning(_Q.service)
                 )
-                return cur.rowcount == 1
-            if until > 0:
-                db.execute(
-                    "UPDATE pauses SET until=?, reason=? WHERE service=? AND until > 0 AND until < ?",
-                    (until, reason[:500], service, until),
-                )
+                return db.execute(untimed).first() is not None
+            db.execute(
+                sa.update(pauses)
+                .where(_Q.service == service, _Q.until > 0, _Q.until < until)
+                .values(until=until, reason=reason)
+            )
             return False
 
     def pause_state(self) -> Pause | None:
         """The pause in force: an untimed one first (it needs a person), else the wait that ends last."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT service, reason, since, until FROM pauses WHERE until = 0 OR until > ? "
-                "ORDER BY until = 0 DESC, until DESC LIMIT 1",
-                (time.time(),),
-            ).fetchone()
-        return Pause(*row) if row else None
+        query = (
+            sa.select(_Q.service, _Q.reason, _Q.since, _Q.until)
+            .where(sa.or_(_Q.until == 0, _Q.until > self._now()))
+            .order_by(sa.case((_Q.until == 0, 1), else_=0).desc(), _Q.until.desc())
+            .limit(1)
+        )
+        with self._read() as db:
+            row = db.execute(query).first()
+        return Pause(str(row[0]), str(row[1]), float(row[2]), float(row[3])) if row else None
 
     def resume(self) -> list[Pause]:
-        """Lift every pause; returns what was lifted."""
+        """Lift every pause; returns what was lifted (one statement: a pause made meanwhile is in it or stays)."""
         with self._tx() as db:
-            rows = db.execute("SELECT service, reason, since, until FROM pauses ORDER BY since").fetchall()
-            db.execute("DELETE FROM pauses")
-        return [Pause(*r) for r in rows]
+            rows = db.execute(sa.delete(pauses).returning(_Q.service, _Q.reason, _Q.since, _Q.until)).all()
+        return sorted(
+            (Pause(str(s), str(r), float(a), float(u)) for s, r, a, u in rows), key=lambda p: p.since
+        )
 
     # ------------------------------------------------------------------ the run gate's memory
     def preflight_passed_at(self, key: str) -> float | None:
-        with self._connect() as db:
-            row = db.execute("SELECT passed_at FROM preflight_passes WHERE config=?", (key,)).fetchone()
+        with self._read() as db:
+            row = db.execute(
+                sa.select(preflight_passes.c.passed_at).where(preflight_passes.c.config == key)
+            ).first()
         return float(row[0]) if row else None
 
     def record_preflight(self, key: str, passed: bool) -> None:
         with self._tx() as db:
             if passed:
-                db.execute(
-                    "INSERT INTO preflight_passes (config, passed_at) VALUES (?, ?) "
-                    "ON CONFLICT(config) DO UPDATE SET passed_at = excluded.passed_at",
-                    (key, time.time()),
-                )
+                now = self._now()
+                ins = self._insert(preflight_passes).values(config=key, passed_at=now)
+                db.execute(ins.on_conflict_do_update(index_elements=["config"], set_={"passed_at": now}))
             else:
-                db.execute("DELETE FROM preflight_passes WHERE config=?", (key,))
+                db.execute(sa.delete(preflight_passes).where(preflight_passes.c.config == key))
 
     def reserve(self, kind: str, cap: int | None, day: str | None = None) -> bool:
         """Count one more ``kind`` (images, posts) for today unless that would pass ``cap``.
 
-        Reserved before the request, in one transaction, so concurrent runs and threads never go past
-        the cap together; ``unreserve`` gives the unit back when nothing was spent after all."""
-        day = day or utc_day()
+        Reserved before the request, in one conditional statement (the count goes up only while under
+        the cap), so concurrent runs, threads and workers never go past the cap together; ``unreserve``
+        gives the unit back when nothing was spent after all."""
+        ins = self._insert(daily_counts).values(day=day or utc_day(), kind=kind, n=1)
+        under = _D.n < cap if cap is not None and cap > 0 else None
+        counted = ins.on_conflict_do_update(
+            index_elements=[_D.day, _D.kind], set_={"n": _D.n + 1}, where=under
+        ).returning(_D.n)
         with self._tx() as db:
-            row = db.execute("SELECT n FROM daily_counts WHERE day=? AND kind=?", (day, kind)).fetchone()
-            used = int(row[0]) if row else 0
-            if cap is not None and cap > 0 and used >= cap:
-                return False
-            db.execute(
-                "INSERT INTO daily_counts (day, kind, n) VALUES (?, ?, 1) "
-                "ON CONFLICT(day, kind) DO UPDATE SET n = n + 1",
-                (day, kind),
-            )
-            return True
+            return db.execute(counted).first() is not None
 
     def unreserve(self, kind: str, day: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE daily_counts SET n = MAX(0, n - 1) WHERE day=? AND kind=?", (day or utc_day(), kind)
+                sa.update(daily_counts)
+                .where(_D.day == (day or utc_day()), _D.kind == kind, _D.n > 0)
+                .values(n=_D.n - 1)
             )
 
     def used_today(self, kind: str, day: str | None = None) -> int:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT n FROM daily_counts WHERE day=? AND kind=?", (day or utc_day(), kind)
-            ).fetchone()
-        return int(row[0]) if row else 0
+        with self._read() as db:
+            n = db.execute(sa.select(_D.n).where(_D.day == (day or utc_day()), _D.kind == kind)).scalar()
+        return int(n or 0)
 
     # ------------------------------------------------------------------ deletes that copy what they remove
     def begin_removal(self, nonce: str, owner: str, body: str) -> None:
@@ -443,67 +416,90 @@ class Ledger:
         Durable before the request leaves, so a process killed before it read the copy back leaves
         the next run what it needs to put back rows that were not ours."""
         with self._tx() as db:
+            now = self._now()
+            ins = self._insert(removals).values(nonce=nonce, owner=owner, created=now, body=body)
             db.execute(
-                "INSERT OR REPLACE INTO removals (nonce, owner, created, body) VALUES (?, ?, ?, ?)",
-                (nonce, owner, time.time(), body),
+                ins.on_conflict_do_update(
+                    index_elements=[_R.nonce], set_={"owner": owner, "created": now, "body": body}
+                )
             )
 
     def open_removals(self) -> list[tuple[str, str, float, str]]:
         """Deletes whose copy was never checked: (nonce, owner, created, body), oldest first."""
-        with self._connect() as db:
-            rows = db.execute("SELECT nonce, owner, created, body FROM removals ORDER BY created").fetchall()
+        with self._read() as db:
+            rows = db.execute(sa.select(_R.nonce, _R.owner, _R.created, _R.body).order_by(_R.created)).all()
         return [(str(n), str(o), float(c), str(b)) for n, o, c, b in rows]
 
     def take_removal(self, nonce: str, owner: str, is_stale: Callable[[str, float], bool]) -> bool:
-        """Hand an unfinished removal to ``owner`` when its owner is gone; True when taken (one taker)."""
+        """Hand an unfinished removal to ``owner`` when its owner is gone; True when taken (one taker:
+        a compare-and-set on the owner that was judged gone)."""
         with self._tx() as db:
-            row = db.execute("SELECT owner, created FROM removals WHERE nonce=?", (nonce,)).fetchone()
-            if row is None or (row[0] != owner and not is_stale(str(row[0]), float(row[1]))):
+            row = db.execute(sa.select(_R.owner, _R.created).where(_R.nonce == nonce)).first()
+            if row is None:
                 return False
-            db.execute("UPDATE removals SET owner=? WHERE nonce=?", (owner, nonce))
-            return True
+            current = str(row[0])
+            if current != owner and not is_stale(current, float(row[1])):
+                return False
+            swap = (
+                sa.update(removals)
+                .where(_R.nonce == nonce, _R.owner == current)
+                .values(owner=owner)
+                .returning(_R.nonce)
+            )
+            return db.execute(swap).first() is not None
 
     def end_removal(self, nonce: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM removals WHERE nonce=?", (nonce,))
+            db.execute(sa.delete(removals).where(_R.nonce == nonce))
 
     def add_attempt(self, prompt_id: str, fingerprint: str, error: str) -> int:
         with self._tx() as db:
-            db.execute(
-                "UPDATE prompts SET attempts=attempts+1, last_error=?, updated_at=? WHERE prompt_id=? AND fingerprint=?",
-                (error[:500], time.time(), prompt_id, fingerprint),
-            )
-            row = db.execute(
-                "SELECT attempts FROM prompts WHERE prompt_id=? AND fingerprint=?", (prompt_id, fingerprint)
-            ).fetchone()
-        return int(row[0]) if row else 0
+            n = db.execute(
+                sa.update(prompts)
+                .where(self._key(prompt_id, fingerprint))
+                .values(attempts=_P.attempts + 1, last_error=error[:500], updated_at=self._now())
+                .returning(_P.attempts)
+            ).scalar()
+        return int(n or 0)
 
 
-def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bool]:
-    """A claim's owner is stale when its process is gone (same host) or its run has finished."""
-    host = socket.gethostname()
+_P, _Q, _D, _R = prompts.c, pauses.c, daily_counts.c, removals.c
+# the claim's own columns are written by claim() and release() only
+_SETTABLE = set(COLUMNS) - {"prompt_id", "fingerprint", "owner", "lease_until"}
 
-    def is_stale(owner: str) -> bool:
-        try:
-            owner_host, pid_text, run_id = owner.split(":", 2)
-            pid = int(pid_text)
-        except ValueError:
-            return True
-        if owner_host == host and not process_alive(pid):
-            return True
-        if instance is not None and run_id:
-            run = instance.get_run_by_id(run_id)
-            if run is None or run.is_finished:
-                return True
-        return False
 
-    return is_stale
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    # well under SQLite's and PostgreSQL's limits on bound parameters
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _lost(prompt_id: str, owner: str, holder: str | None, fields: dict[str, Any]) -> str:
+    """What a worker that lost its claim could not record: the ids are kept in the message (and the run's
+    log), so a person can still see, e.g., which message went out."""
+    kept = {
+        k: fields[k]
+        for k in ("post_state", "message_id", "chat_id", "done_state", "queue_state")
+        if k in fields
+    }
+    who = (
+        f"held by {holder}" if holder else "no longer held by anyone" if holder == "" else "not in the ledger"
+    )
+    return f"{prompt_id}: this worker ({owner}) lost its claim (now {who}); not recorded: {kept}"
 
 
 class PostLedger(dg.ConfigurableResource):
-    """Durable record of each prompt's progress (SQLite), so nothing is posted twice or lost."""
+    """Durable record of each prompt's progress (SQLite on one host, PostgreSQL across workers), so nothing
+    is posted twice or lost."""
 
-    path: str = Field(description="SQLite file of the ledger.")
+    path: str = Field(description="SQLite file of the ledger (the embedded default, one host only).")
+    url: str = Field(
+        default="",
+        description=(
+            "Database URL of a ledger shared by workers on several hosts, e.g. "
+            "postgresql+psycopg2://user:password@host/db (its own tables only; empty: the SQLite file)."
+        ),
+    )
     lease_s: float = Field(default=900.0, description="How long a claim holds without being renewed.")
     max_attempts: int = Field(
         default=3,
@@ -520,7 +516,10 @@ class PostLedger(dg.ConfigurableResource):
     )
 
     def open(self) -> Ledger:
-        return Ledger(self.path)
+        url = self.url
+        if isinstance(url, dg.EnvVar):  # a resource used unbuilt (image-pipeline resume): read it now
+            url = url.get_value() or ""
+        return Ledger(self.path, url=url)
 
     preflight_service: ClassVar[str] = "Budget"  # the service name when the check itself breaks
 

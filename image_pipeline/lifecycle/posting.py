@@ -4,10 +4,10 @@ send whose outcome is unknown never repeated blind; a PREVIEW row's images go to
 import contextlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from upath import UPath
 
 from image_pipeline.domain.captions import caption_for
 from image_pipeline.domain.content_checks import (
@@ -58,7 +58,7 @@ def post_one(
     key: str,
     record: PromptRecord,
     image: ImageOutcome,
-    previews: Path,
+    previews: UPath,
 ) -> PostOutcome:
     """Post one prompt's image(s) unless the ledger says it was (or may have been) posted already; for a
     PREVIEW row, send them to the alert chat only and wait for APPROVE."""
@@ -98,7 +98,7 @@ def post_one(
         context.log.warning(f"{key}: {reason}")
         return PostOutcome(CAPPED, reason, checks=checked)
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
-    book.update(key, fingerprint, post_state=POSTING, image_meta=json.dumps(image.meta))
+    book.update(key, fingerprint, owner=owner, post_state=POSTING, image_meta=json.dumps(image.meta))
     try:
         if len(pngs) == 1:
             receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption)
@@ -131,6 +131,7 @@ def post_one(
     book.update(
         key,
         fingerprint,
+        owner=owner,  # fenced: a worker whose claim was taken over records nothing (ClaimLost)
         post_state=POSTED,
         posted_at=time.time(),
         chat_id=receipt.chat_id,
@@ -158,7 +159,7 @@ def send_preview(
     image: ImageOutcome,
     pngs: list[bytes],
     caption: str,
-    previews: Path,
+    previews: UPath,
     checked: list[dict[str, Any]],
 ) -> PostOutcome:
     """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""

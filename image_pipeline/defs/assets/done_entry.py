@@ -14,10 +14,11 @@ from image_pipeline.domain.errors import (
     TransientError,
     WriteOutcomeUnknown,
 )
-from image_pipeline.domain.records import ByPartition, DoneOutcome
+from image_pipeline.domain.records import ByPartition, DoneOutcome, PromptRecord
 from image_pipeline.domain.statuses import (
     FAILED,
 )
+from image_pipeline.lifecycle.claims import hold
 from image_pipeline.lifecycle.done_log import log_and_remove, plan_done, settle_done, status_words
 from image_pipeline.lifecycle.ledger import PostLedger
 from image_pipeline.lifecycle.posting import notify
@@ -44,10 +45,14 @@ def done_entry(
     ledger: PostLedger,
 ) -> dg.Output[ByPartition]:
     """The audit row appended to "Done"; afterwards the prompt's row leaves "Process" (by id)."""
-    book, owner, _ = _ledger_context(context, ledger)
-    plan = plan_done(prompt_record, generated_image, telegram_post, book)
+    book, owner, is_stale = _ledger_context(context, ledger)
+
+    def held(key: str, record: PromptRecord) -> bool:
+        return hold(book, owner, is_stale, ledger, key, record)
+
+    plan = plan_done(prompt_record, generated_image, telegram_post, book, held)
     try:
-        removal, orphans = log_and_remove(plan, prompt_record, prompt_sheet, book)
+        removal, orphans = log_and_remove(plan, prompt_record, prompt_sheet, book, owner)
     except ServiceBlocked as exc:
         raise _stop(context, publisher, exc, book) from None
     except TransientError as exc:

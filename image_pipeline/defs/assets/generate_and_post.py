@@ -87,7 +87,7 @@ def generate_and_post(
     context.log.info(f"publisher backend: {publisher.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
     store = pipeline_io_manager.store(context.run.run_id)
-    previews = store.base / "previews"  # what APPROVE posts: kept apart from files a later run rewrites
+    previews = store.base / "previews"  # what APPROVE posts: kept apart from the run's own files
     outcomes, todo = plan_generation(prompt_record, book, owner, is_stale, ledger)
     posts = ByPartition()
     batch = _single(context) is None

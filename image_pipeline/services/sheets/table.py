@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from image_pipeline.domain.rows import PromptRow, is_valid_id
-from image_pipeline.services.hosts import process_alive
+from image_pipeline.services.hosts import node_id, process_alive
 
 log = logging.getLogger("image_pipeline.sheets")
 
@@ -181,21 +181,26 @@ _LIVE_REMOVALS: set[str] = set()
 
 
 def _removal_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    # host[/node]:pid:nonce, like the ledger's claims: the node (kernel + PID namespace) makes a PID check sound
+    node = node_id()
+    where = f"{socket.gethostname()}/{node}" if node else socket.gethostname()
+    return f"{where}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 def _removal_is_stale(owner: str, created: float) -> bool:
-    """Whether an unfinished removal was abandoned: its process is gone (same host), its call in this
-    process has returned, or it is older than any removal takes (another host)."""
+    """Whether an unfinished removal was abandoned: its call in this process has returned, its process is
+    gone (provably the same kernel and PID namespace), or it is older than any removal takes. ``created`` is
+    the ledger's clock (the database's on PostgreSQL): a host clock far off it only moves that last limit."""
     try:
-        host, pid_text, _ = owner.split(":", 2)
+        where, pid_text, _ = owner.split(":", 2)
         pid = int(pid_text)
     except ValueError:
         return True
     if time.time() - created > REMOVAL_LEASE_S:
         return True
-    if host != socket.gethostname():
-        return False
+    node = where.partition("/")[2]
+    if not node or node != node_id():
+        return False  # another kernel or namespace (or an older token): only the age decides
     if pid == os.getpid():
         return owner not in _LIVE_REMOVALS
     return not process_alive(pid)
