@@ -38,6 +38,7 @@ dev-sandbox: setup
 	set -a; . data/sandbox/sandbox.env; set +a; $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
 
 # Exactly-once under faults, kills and a concurrent editor (see README): make chaos ARGS="--prompts 100"
+# (across workers sharing only PostgreSQL and S3: ARGS="--prompts 100 --workers 3 --distributed")
 chaos: setup
 	$(BIN)/python -m image_pipeline.testing.chaos $(ARGS)
 

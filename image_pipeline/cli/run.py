@@ -17,6 +17,7 @@ from typing import Any
 
 from image_pipeline.cli.environment import load_env
 from image_pipeline.cli.progress import ConsoleProgress
+from image_pipeline.services.hosts import node_id
 
 SAMPLES = Path(__file__).parents[1] / "samples"  # the package's sample queue for the embedded default
 
@@ -109,7 +110,12 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     console.begin(len(planned))
     for batch in planned:
         # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
-        tags = {"trigger": "make run", HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        tags = {
+            "trigger": "make run",
+            HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()),
+            NODE_TAG: node_id(),
+        }
         if len(batch) == 1:
             range_args: dict[str, Any] = {"partition_key": batch[0]}
         else:
@@ -160,6 +166,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
 
 HOST_TAG = "image_pipeline/host"
 PID_TAG = "image_pipeline/pid"
+NODE_TAG = "image_pipeline/node"  # kernel boot id + PID namespace: where PID_TAG means something
 
 
 def _batch_size(args: argparse.Namespace) -> int:
@@ -179,13 +186,18 @@ def reap_dead_runs(instance: Any) -> int:
 
     from image_pipeline.services.hosts import process_alive
 
-    host = socket.gethostname()
+    host, node = socket.gethostname(), node_id()
     unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
     reaped = 0
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: host})):
         try:
             pid = int(run.tags.get(PID_TAG, ""))
         except ValueError:
+            continue
+        # A process id means something only in the kernel and PID namespace that tagged it: workers in
+        # containers share hostnames and repeat PIDs, and a live worker's run must never be failed here.
+        # A run tagged elsewhere is left to Dagster's run monitoring (or its own worker's next start).
+        if run.tags.get(NODE_TAG, node) != node:
             continue
         if pid == os.getpid() or process_alive(pid):
             continue

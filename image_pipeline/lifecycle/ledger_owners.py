@@ -25,8 +25,8 @@ def owner_token(run_id: str) -> str:
 
 
 def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bool]:
-    """Whether a claim's owner, whose lease still runs, is gone anyway: its Dagster run has finished (or
-    is unknown), or it is provably on this kernel and in this PID namespace and its process is gone.
+    """Whether a claim's owner, whose lease still runs, is gone anyway: its Dagster run has finished, or it
+    is provably on this kernel and in this PID namespace and its process is gone.
 
     A hostname alone proves nothing (containers share one, PID namespaces repeat ids), so an owner token
     without a node (older releases, non-Linux) gets no PID check: its lease and its run decide."""
@@ -42,8 +42,10 @@ def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bo
         if here and node == here and not process_alive(pid):
             return True
         if instance is not None and run_id:
+            # A run this instance does not know is not proof of anything: a worker with another Dagster
+            # instance (or a wiped one) may hold it alive. Only a finished run is; otherwise the lease decides.
             run = instance.get_run_by_id(run_id)
-            if run is None or run.is_finished:
+            if run is not None and run.is_finished:
                 return True
         return False
 

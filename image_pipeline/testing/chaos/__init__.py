@@ -1,7 +1,7 @@
 """Chaos harness: the real worker against faulty emulators, SIGKILLs at the worst moments and a person editing.
 
 ``python -m image_pipeline.testing.chaos [--prompts N] [--fault-rate F] [--kills K] [--writer/--no-writer]
-[--json PATH] [--seed S] [--timeout-s T]``
+[--json PATH] [--seed S] [--timeout-s T] [--workers N] [--distributed]``
 
 The pipeline runs exactly as in production (``image-pipeline run`` in a subprocess, real gspread,
 InferenceClient and requests) against the sandbox's loopback emulators, which fail a fraction of all
@@ -9,6 +9,12 @@ requests. A supervisor restarts the worker whenever it exits, the way the next s
 re-execution would, and kills it (SIGKILL, from inside the emulators) right where a crash hurts most:
 during generation, just after Telegram accepted a photo, while the Done row is being appended and while the
 queue row is being removed. Meanwhile a second thread plays the person curating the sheet.
+
+With ``--workers N`` N workers race over the one backlog, each in its own folder with its own Dagster home;
+a kill hits the worker whose request reached that point. ``--distributed`` shares nothing between them but
+a PostgreSQL ledger and an s3:// store, throwaway servers the harness starts on 127.0.0.1, and runs each
+worker in its own PID and UTS namespace with one hostname for all (``unshare``, where allowed). The
+figures ``workers`` and ``distributed`` say which run it was.
 
 Every prompt carries a marker (``#T00042``), so the verdict is computed from what the emulators hold at the
 end - the channel's captions, the Done worksheet, the Process worksheet - and never from the pipeline's own
@@ -47,9 +53,10 @@ files stay, with ``verdict.json``: the story of every prompt behind a non-zero f
 row deletion of the pipeline (which rows it hit, and whether the answer reached the worker).
 
 The package: ``truth`` (markers, prompt texts, what the person did), ``faults`` (fault plans and the
-emulators' set-up), ``workers`` (the worker process and its supervisor), ``kills`` (planned SIGKILLs fired
-from the emulators), ``person`` (the editor thread and the CHECK CHANNEL checker), ``audit`` (the verdict,
-the secret scan, the pass rule), ``run`` (one chaos run), ``cli`` (arguments, table, exit code); this file
+emulators' set-up), ``workers`` (the worker process and its supervisor), ``fleet`` (the workers' folders
+and the servers they share), ``books`` (reads of the ledger), ``kills`` (planned SIGKILLs fired from the
+emulators), ``person`` (the editor thread and the CHECK CHANNEL checker), ``audit`` (the verdict, the
+secret scan, the pass rule), ``run`` (one chaos run), ``cli`` (arguments, table, exit code); this file
 re-exports their names, so ``from image_pipeline.testing.chaos import X`` works as it did.
 """
 

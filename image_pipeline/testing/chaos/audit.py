@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from image_pipeline.testing.chaos.books import LedgerRef, ledger_query
 from image_pipeline.testing.chaos.faults import CountingFaultPlan
 from image_pipeline.testing.chaos.truth import REJECTED_WORD, Truth, marker_of
 from image_pipeline.testing.chaos.workers import Supervisor
@@ -88,7 +89,7 @@ class Witness:
         # the deletion took effect; "truncate" means the worker never learnt that it did
         fault = self.plan.last.get(threading.get_ident())
         event = {
-            "worker": self.supervisor.generation,
+            "worker": self.supervisor.requester(request) or 0,
             "at_s": round(arrived - self.t0, 2),
             # applied later than the worker's HTTP timeout: it gave up and may have sent the request again
             "applied_after_s": round(time.monotonic() - arrived, 2),
@@ -101,19 +102,13 @@ class Witness:
                 self.truth.pipeline_deleted.setdefault(row["marker"], []).append(event)
 
 
-def duplicate_window(ledger_path: Path, accepted: dict[str, float]) -> dict[str, float]:
+def duplicate_window(ledger_path: LedgerRef, accepted: dict[str, float]) -> dict[str, float]:
     """How long each post stayed exposed to a repeat: from Telegram accepting it (seen by the emulator) to
     the ledger recording its message id (the pipeline's ``posted_at``). A kill inside that gap is the only
     way a prompt could be posted twice."""
-    import sqlite3
-
-    if not ledger_path.exists() or not accepted:
+    rows = ledger_query(ledger_path, "SELECT message_id, posted_at FROM prompts WHERE posted_at > 0")
+    if not rows or not accepted:
         return {"window_ms_p50": -1.0, "window_ms_max": -1.0, "window_samples": 0}
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT message_id, posted_at FROM prompts WHERE posted_at > 0").fetchall()
-    finally:
-        db.close()
     # paired by message id: an edited prompt posted again has its own message and its own window
     gaps = sorted(
         (posted_at - accepted[m]) * 1000
@@ -262,6 +257,7 @@ def verdict(
         "wrongly_deleted": [story(m) for m in sorted(wrongly_deleted)],
         "wrongly_failed": [story(m) for m in sorted(wrongly_failed)],
         "reposted_after_edit": [story(m) for m in sorted(reposted_after_edit)],
+        "logged_twice": [story(m) for m in sorted(logged_twice)],
         "checked_by_person": [story(m) for m in sorted(checks)],
         "process_at_end": process,
     }

@@ -40,7 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of prompts, faults, kills and edits")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="give up (not drained) after this")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run's files here")
+    parser.add_argument("--workers", type=int, default=1, help="workers racing over the one backlog at once")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="share nothing but a PostgreSQL ledger and an s3:// store (throwaway servers started here)",
+    )
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     result = run_chaos(
         prompts=args.prompts,
         fault_rate=args.fault_rate,
@@ -49,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         timeout_s=args.timeout_s,
         workdir=args.workdir,
+        workers=args.workers,
+        distributed=args.distributed,
     )
     print(format_table(result))
     if args.json is not None:

@@ -2,8 +2,8 @@
 
 ``plan_kills`` spreads the planned kills over the run by Done rows appended; ``Killer``'s hooks run in the
 emulators' request threads and fire each kill right where a crash hurts most (during generation, just
-after Telegram accepted a photo, while the Done row is appended, while the queue row is removed), one
-per worker. ``appended_worksheet`` tells which worksheet an append request writes to.
+after Telegram accepted a photo, while the Done row is appended, while the queue row is removed), at the
+worker that sent that request (one of several with ``--workers``), at most once per worker. ``appended_worksheet`` tells which worksheet an append request writes to.
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ class Killer:
         self.last_request = time.monotonic()
         self._next = 0
         self._pending = False  # a delayed kill is scheduled; the next one waits for it
-        self._last_generation = 0  # one kill per worker, so every worker gets to make progress first
+        self._killed: set[int] = set()  # one kill per worker, so every worker gets to make progress first
         self._timers: list[threading.Timer] = []
         self.active = True
 
     # -- emulator hooks ----------------------------------------------------------------------------------
     def hf_request(self, request: Request, endpoint: str) -> None:
         self.last_request = time.monotonic()
-        self._event("mid-generation")
+        self._event("mid-generation", request)
 
     def any_request(self, request: Request, endpoint: str) -> None:
         self.last_request = time.monotonic()
@@ -75,18 +75,20 @@ class Killer:
                 appended = 1
             with self.lock:
                 self.done_rows += appended
-            self._event("mid-done-append")
+            self._event("mid-done-append", request)
         elif endpoint == "sheets.batchUpdate" and b"deleteDimension" in request.body:
             # a process killed after sending is the same as this: the row is gone, the worker never heard
-            self._event("mid-removal")
+            self._event("mid-removal", request)
 
     def telegram_routed(self, request: Request, endpoint: str, response: Response) -> None:
         if endpoint in ("sendphoto", "senddocument") and response.status == 200:
             # a little later, so the worker has read the answer and may have recorded the post
-            self._event("after-telegram-accepted", delay=self.rng.uniform(0.02, 0.2))
+            self._event("after-telegram-accepted", request, delay=self.rng.uniform(0.02, 0.2))
 
     # -- firing ----------------------------------------------------------------------------------------
-    def _event(self, kind: str, delay: float = 0.0) -> None:
+    def _event(self, kind: str, request: Request, delay: float = 0.0) -> None:
+        # the worker that sent this request is the one killed: with several running, any other would
+        # die at a moment that means nothing
         with self.lock:
             if not self.active or self._pending or self._next >= len(self.plan):
                 return
@@ -95,8 +97,8 @@ class Killer:
                 return
             if self.done_rows < point.after_done_rows:
                 return
-            generation = self.supervisor.generation
-            if generation == self._last_generation:
+            generation = self.supervisor.requester(request)
+            if generation is None or generation in self._killed:
                 return
             if delay <= 0:
                 self._fire(point, generation)
@@ -118,7 +120,7 @@ class Killer:
         # called with self.lock held; a worker that already exited keeps the point armed for the next one
         if self.supervisor.kill(generation):
             self._next += 1
-            self._last_generation = generation
+            self._killed.add(generation)
             self.kills.append(Kill(point.kind, generation, round(time.monotonic() - self.t0, 2)))
 
     def stop(self) -> None:

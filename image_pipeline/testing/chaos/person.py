@@ -15,11 +15,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from image_pipeline.domain.captions import caption_for
 from image_pipeline.domain.rows import ID_COLUMN, OPTIONAL_COLUMNS, STATUS_COLUMN, PromptRow, normalize_header
 from image_pipeline.domain.statuses import CHECK_CHANNEL, REPOST
+from image_pipeline.testing.chaos.books import LedgerRef, ledger_query
 from image_pipeline.testing.chaos.truth import _WORDS, IMAGE_SIDE, Truth, marker_of
 from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 from image_pipeline.testing.sandbox import PROCESS_WORKSHEET, Sandbox
@@ -89,27 +89,18 @@ class PersonWriter(threading.Thread):
         return True
 
 
-def uncertain_deliveries(ledger_path: Path) -> dict[tuple[str, str], tuple[str, float]]:
+def uncertain_deliveries(ledger: LedgerRef) -> dict[tuple[str, str], tuple[str, float]]:
     """(prompt id, fingerprint) -> (post_state, updated_at) of every send whose outcome the pipeline does
     not know: UNCERTAIN (its answer was lost) or POSTING (the process died during it; read between
     workers, so no live run holds it)."""
-    import sqlite3
-
     from image_pipeline.domain.statuses import POSTING, UNCERTAIN
 
-    if not ledger_path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    try:
-        rows = db.execute(
-            "SELECT prompt_id, fingerprint, post_state, updated_at FROM prompts WHERE post_state IN (?, ?)",
-            (UNCERTAIN, POSTING),
-        ).fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        db.close()
-    return {(str(pid), str(fp)): (str(state), float(at)) for pid, fp, state, at in rows}
+    rows = ledger_query(
+        ledger,
+        "SELECT prompt_id, fingerprint, post_state, updated_at FROM prompts WHERE post_state IN (:u, :p)",
+        {"u": UNCERTAIN, "p": POSTING},
+    )
+    return {(str(pid), str(fp)): (str(state), float(at)) for pid, fp, state, at in rows or []}
 
 
 def queue_rows(grid: list[list[str]]) -> tuple[list[str], list[PromptRow]]:
@@ -153,11 +144,11 @@ class ChannelChecker:
         self._reposted: dict[tuple[str, str], float] = {}
         self._per_delivery: Counter[tuple[str, str]] = Counter()
 
-    def pending(self, ledger_path: Path) -> int:
+    def pending(self, ledger_path: LedgerRef) -> int:
         """Rows held as uncertain that no decision covers yet."""
         return len(self._held(ledger_path, self._grid()))
 
-    def check(self, ledger_path: Path) -> int:
+    def check(self, ledger_path: LedgerRef) -> int:
         """Decide every held row; the number of decisions (deletions and REPOSTs) made."""
         if not self._held(ledger_path, self._grid()):
             return 0
@@ -209,7 +200,7 @@ class ChannelChecker:
         return self.sandbox.google.values(self.sandbox.spreadsheet_id, PROCESS_WORKSHEET)
 
     def _held(
-        self, ledger_path: Path, grid: list[list[str]]
+        self, ledger_path: LedgerRef, grid: list[list[str]]
     ) -> list[tuple[PromptRow, tuple[str, str], tuple[str, float]]]:
         """(row, (id, fingerprint), (signal, ledger updated_at)) of each row a person has to decide."""
         entries = uncertain_deliveries(ledger_path)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -29,7 +30,9 @@ from image_pipeline.testing.chaos.audit import (
     scan_secrets,
     verdict,
 )
+from image_pipeline.testing.chaos.books import LedgerRef, ledger_exists, ledger_query, open_ledger
 from image_pipeline.testing.chaos.faults import PROVIDER_REFUSAL, _configure
+from image_pipeline.testing.chaos.fleet import fleet, local_files
 from image_pipeline.testing.chaos.kills import KILL_KINDS, Killer, plan_kills
 from image_pipeline.testing.chaos.person import ChannelChecker, PersonWriter
 from image_pipeline.testing.chaos.truth import IMAGE_SIDE, PROCESS_HEADER, Truth, marker_of
@@ -38,7 +41,6 @@ from image_pipeline.testing.chaos.workers import (
     STALL_S,
     WORKER_COMMAND,
     Supervisor,
-    _worker_env,
 )
 from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 from image_pipeline.testing.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
@@ -55,15 +57,13 @@ def _chain(*hooks: Any) -> Any:
     return run
 
 
-def lift_timed_pause(ledger_path: Path, sandbox: Sandbox) -> bool:
+def lift_timed_pause(ledger: LedgerRef, sandbox: Sandbox) -> bool:
     """Play the wait a service imposed passing: when the worker left the pipeline paused until a time
     (a flood wait), lift Telegram's wait and the ledger's pause, as the clock would. A pause without a
     time (credits) needs a person and stays. True when one was lifted."""
-    from image_pipeline.lifecycle.ledger import Ledger
-
-    if not ledger_path.exists():
+    if not ledger_exists(ledger):
         return False
-    book = Ledger(ledger_path)
+    book = open_ledger(ledger)
     try:
         pause = book.pause_state()
         if pause is None or not pause.timed:
@@ -75,20 +75,11 @@ def lift_timed_pause(ledger_path: Path, sandbox: Sandbox) -> bool:
         book.close()
 
 
-def open_removals(ledger_path: Path) -> int:
+def open_removals(ledger: LedgerRef) -> int:
     """Deletes of queue rows whose copy no run has checked yet (a worker killed in between): the next
     worker puts back what they removed by mistake, so the harness does not stop before it ran."""
-    import sqlite3
-
-    if not ledger_path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM removals").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0  # a ledger from before the table
-    finally:
-        db.close()
+    rows = ledger_query(ledger, "SELECT COUNT(*) FROM removals")
+    return int(rows[0][0]) if rows else 0
 
 
 def _queue_signature(sandbox: Sandbox) -> tuple[Any, ...]:
@@ -97,6 +88,13 @@ def _queue_signature(sandbox: Sandbox) -> tuple[Any, ...]:
     done = _data_rows(google.values(sid, DONE_WORKSHEET))
     posts = len(sandbox.telegram.messages_for(DEFAULT_CHANNEL_ID))
     return (tuple(tuple(r) for r in process), len(done), posts)
+
+
+def _round_code(codes: list[int]) -> int:
+    """One exit code for a round of workers: 0 when all exited 0, 2 when the others did not start a run
+    (the next tick tries again), else the first other code (a kill, a crash)."""
+    odd = [c for c in codes if c not in (0, 2)]
+    return odd[0] if odd else (2 if 2 in codes else 0)
 
 
 def _queue_left(sandbox: Sandbox) -> int:
@@ -111,8 +109,15 @@ def run_chaos(
     seed: int,
     timeout_s: float,
     workdir: Path | None = None,
+    workers: int = 1,
+    distributed: bool = False,
 ) -> dict[str, int | float]:
     """One chaos run; the figures of the verdict (RESULT_KEYS first) plus diagnostics.
+
+    ``workers`` run at once over the one backlog (``fleet``: their folders, and with ``distributed`` the
+    PostgreSQL ledger and S3 store they share). A round starts every worker; a killed one is started again
+    at once while others still run, and the person's between-worker duties (a timed pause, CHECK CHANNEL)
+    wait until the whole round has exited, when no send is in flight.
 
     A killed worker's run is left STARTED holding its pool slot; the next ``image-pipeline run`` fails
     that run and frees the slot itself, so the harness does nothing a user would not.
@@ -135,8 +140,14 @@ def run_chaos(
         sandbox, fault_rate, seed, prompts
     )  # the sandbox's setup uses no HTTP: faults cannot hit it
     sandbox.start()
+    servers = contextlib.ExitStack()
     try:
-        supervisor = Supervisor(root, _worker_env(sandbox, root), logs, WORKER_COMMAND)
+        crew = servers.enter_context(
+            fleet(root, sandbox, workers, distributed, PROJECT_ROOT / "dagster.yaml")
+        )
+        supervisor = Supervisor(
+            root, crew.slots[0][1], logs, WORKER_COMMAND, slots=crew.slots, wrap=crew.wrap
+        )
         killer = Killer(plan_kills(kills, prompts), supervisor, random.Random(seed + 1), t0)
         witness = Witness(sandbox, truth, supervisor, plans[0], t0)
         checker = ChannelChecker(sandbox, truth, t0)
@@ -144,7 +155,7 @@ def run_chaos(
         sandbox.google.on_request = _chain(plans[0].note, witness.google_request, killer.google_request)
         sandbox.google.after_route = _chain(witness.google_routed, killer.google_routed)
         sandbox.telegram.on_request = _chain(plans[2].note, killer.any_request)
-        ledger_path = root / "data" / "ledger.sqlite"
+        ledger_path = crew.ledger
         waits_lifted = 0
         accepted: dict[str, float] = {}  # message id -> when the emulated Telegram accepted the post
 
@@ -175,8 +186,11 @@ def run_chaos(
         not_started = not_started_in_a_row = 0
         while True:
             before = _queue_signature(sandbox)
-            supervisor.start()
+            for slot in range(supervisor.size):
+                supervisor.start(slot)
             killer.last_request = time.monotonic()
+            codes: list[int] = []
+            ending = False  # the round is being stopped (time out, a hung worker): no restarts
             while supervisor.alive():
                 time.sleep(0.1)
                 now = time.monotonic()
@@ -191,12 +205,18 @@ def run_chaos(
                 ):
                     stop_person()  # the final drain: the pipeline must be able to finish
                 if now >= deadline:
-                    timed_out = True
+                    timed_out = ending = True
                     supervisor.kill()
-                elif now - killer.last_request > STALL_S:
-                    stalls += 1
+                elif not ending and now - killer.last_request > STALL_S:
+                    stalls += 1  # once per round, however many workers the round had
+                    ending = True
                     supervisor.kill()
-            code = supervisor.reap()
+                for slot in supervisor.exited():  # only with several workers: one left while others run
+                    codes.append(supervisor.reap(slot))
+                    if codes[-1] == -signal.SIGKILL and not ending and supervisor.alive():
+                        supervisor.start(slot)  # a re-execution of the killed worker's run
+            codes += [supervisor.reap(slot) for slot in supervisor.exited()]
+            code = _round_code(codes)
             if timed_out:
                 break
             if waits_lifted < 10 and lift_timed_pause(ledger_path, sandbox):
@@ -250,20 +270,22 @@ def run_chaos(
             sandbox.telegram.token.split(":", 1)[-1],
             sandbox.hf.token,
             _pem_fragment(sandbox.key_file),
+            *crew.secrets,
         ]
         sources = {
             "worker_logs": [p.read_bytes() for p in _files(logs)],
             "done_sheet": [
                 json.dumps(sandbox.google.values(sandbox.spreadsheet_id, DONE_WORKSHEET)).encode()
             ],
-            "data_dir": [p.read_bytes() for p in _files(root / "data")],
-            "dagster_home": [p.read_bytes() for p in _files(home)],
+            "data_dir": local_files(crew.data_dirs),
+            "dagster_home": local_files(crew.homes),
             "telegram_messages": [
                 json.dumps(
                     [[m.get("caption"), m.get("text")] for m in sandbox.telegram.messages], ensure_ascii=False
                 ).encode()
             ],
         }
+        sources.update(crew.extra_sources())
         token_hits = scan_secrets(secrets, sources)
         faults = Counter[str]()
         for plan in plans:
@@ -274,7 +296,7 @@ def run_chaos(
         result["uncertain_checked"] = sum(checker.decisions.values())
         result["uncertain_reposted"] = checker.decisions["reposted"]
         result["uncertain_deleted"] = checker.decisions["deleted"]
-        result.update(duplicate_window(root / "data" / "ledger.sqlite", accepted))
+        result.update(duplicate_window(ledger_path, accepted))
         result["faults"] = sum(faults.values())
         result["kills"] = len(killer.kills)
         result["token_hits"] = sum(token_hits.values())
@@ -291,7 +313,10 @@ def run_chaos(
             result["faults_" + fault] = count
         for name, count in token_hits.items():
             result["token_hits_" + name] = count
-        result["workers"] = supervisor.generation
+        result["workers"] = workers
+        result["distributed"] = int(distributed)
+        result["worker_namespaces"] = int(bool(crew.wrap))
+        result["worker_starts"] = supervisor.generation
         result["workers_exit_0"] = supervisor.exit_codes[0]
         result["person_edits"] = sum(person.ops.values()) if person is not None else 0
         result["waits_lifted"] = waits_lifted
@@ -300,6 +325,7 @@ def run_chaos(
         result["wall_s"] = round(time.monotonic() - t0, 1)
         return result
     finally:
+        servers.close()
         sandbox.stop()
         if own_dir and not os.environ.get("CHAOS_KEEP"):
             shutil.rmtree(root, ignore_errors=True)

@@ -49,6 +49,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     client_ip: str = ""
+    client_port: int = 0  # with the IP, names the client's socket (the chaos harness finds its process)
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8")) if self.body else None
@@ -301,6 +302,7 @@ def _make_handler(emulator: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
                 client_ip=self.client_address[0],
+                client_port=int(self.client_address[1]),
             )
             response, fault, endpoint = emulator._dispatch(request)
             if fault == TIMEOUT:
