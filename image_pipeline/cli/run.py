@@ -7,11 +7,15 @@ behind are reaped first, so their prompts are not stuck as "started" forever.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
 import sys
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +119,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
             HOST_TAG: socket.gethostname(),
             PID_TAG: str(os.getpid()),
             NODE_TAG: node_id(),
+            HEARTBEAT_TAG: str(int(time.time())),
         }
         if len(batch) == 1:
             range_args: dict[str, Any] = {"partition_key": batch[0]}
@@ -123,7 +128,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
             range_args = {}
         # our own run id, so the lines printed come from this run only
         console.run_id = str(uuid.uuid4())
-        with listening(console.on_event):
+        with listening(console.on_event), _heartbeat(instance, console.run_id):
             result = job.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
@@ -167,12 +172,38 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
 HOST_TAG = "image_pipeline/host"
 PID_TAG = "image_pipeline/pid"
 NODE_TAG = "image_pipeline/node"  # kernel boot id + PID namespace: where PID_TAG means something
+HEARTBEAT_TAG = "image_pipeline/heartbeat"  # unix time, renewed while the run executes
+HEARTBEAT_S = 10.0
+HEARTBEAT_STALE_S = 60.0  # a run of another PID namespace silent this long is dead (a restarted container)
 
 
 def _batch_size(args: argparse.Namespace) -> int:
     from image_pipeline.settings import settings_from
 
     return max(1, args.batch_size or settings_from(os.environ).batch_size)
+
+
+@contextlib.contextmanager
+def _heartbeat(instance: Any, run_id: str) -> Iterator[None]:
+    """While the run executes: its heartbeat tag renewed, and dead runs reaped again, so a step waiting for a
+    pool slot that a killed worker's run holds gets it once that run's heartbeat is stale."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            # a missed beat is harmless (the run is only judged after HEARTBEAT_STALE_S of silence)
+            with contextlib.suppress(Exception):
+                instance.add_run_tags(run_id, {HEARTBEAT_TAG: str(int(time.time()))})
+            with contextlib.suppress(Exception):
+                reap_dead_runs(instance)
+
+    thread = threading.Thread(target=beat, name="run-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def reap_dead_runs(instance: Any) -> int:
@@ -195,11 +226,17 @@ def reap_dead_runs(instance: Any) -> int:
         except ValueError:
             continue
         # A process id means something only in the kernel and PID namespace that tagged it: workers in
-        # containers share hostnames and repeat PIDs, and a live worker's run must never be failed here.
-        # A run tagged elsewhere is left to Dagster's run monitoring (or its own worker's next start).
+        # containers share hostnames and repeat PIDs, and a live worker's run must never be failed by a
+        # PID check. A run tagged in another namespace (a restarted container) is dead when its heartbeat
+        # stopped; one without a heartbeat (an older release) is left to Dagster's run monitoring.
         if run.tags.get(NODE_TAG, node) != node:
-            continue
-        if pid == os.getpid() or process_alive(pid):
+            try:
+                beat = float(run.tags.get(HEARTBEAT_TAG, ""))
+            except ValueError:
+                continue
+            if time.time() - beat < HEARTBEAT_STALE_S:
+                continue
+        elif pid == os.getpid() or process_alive(pid):
             continue
         instance.report_run_failed(run, message=f"the `image-pipeline run` process {pid} is gone")
         if instance.event_log_storage.supports_global_concurrency_limits:
