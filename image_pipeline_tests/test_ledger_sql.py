@@ -39,15 +39,7 @@ def pg() -> Iterator[PostgresServer]:
 
 
 def _fresh_pg_url(pg: PostgresServer) -> str:
-    name = f"ledger_{os.getpid()}_{next(_names)}"
-    admin = pg.connect("postgres")
-    try:
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
-    return f"postgresql+psycopg2://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/{name}"
+    return pg.create_database(f"ledger_{os.getpid()}_{next(_names)}")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -104,16 +104,6 @@ class Outcome:
         return "\n".join(f"----- {w.name} -----\n{w.log_text()[-6000:]}" for w in self.pool.workers)
 
 
-def _create_database(pg: PostgresServer, name: str) -> None:
-    admin = pg.connect("postgres")
-    try:
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
-
-
 def _run_backlog(
     pg: PostgresServer, s3: S3Server, tmp_path: Path, *, shared_instance: bool, prompt_count: int = PROMPTS
 ) -> Outcome:
@@ -123,7 +113,7 @@ def _run_backlog(
     prompts = _prompts(prompt_count)
     bucket = s3.new_bucket()
     ledger_db = f"post_ledger_{tag}"
-    _create_database(pg, ledger_db)
+    ledger_url = pg.create_database(ledger_db)
     seed = [["prompt", "width", "height"]] + [[p, "256", "256"] for p in prompts]
     with Sandbox(tmp_path / "sandbox", seed_rows=seed) as sandbox:
         # Three workers share one service account and one bot: Sheets' per-user quota and Telegram's flood
@@ -136,16 +126,14 @@ def _run_backlog(
         shared = {
             **sandbox.env(),
             **s3.aws_env(),
-            "IMAGE_PIPELINE_LEDGER_URL": (
-                f"postgresql+psycopg2://{pg.user}:{pg.password}@127.0.0.1:{pg.port}/{ledger_db}"
-            ),
+            "IMAGE_PIPELINE_LEDGER_URL": ledger_url,
             "IMAGE_PIPELINE_DATA": f"s3://{bucket}/pipeline",
             "IMAGE_PIPELINE_S3_ENDPOINT_URL": s3.endpoint_url,
         }
         instance_yaml = PROJECT_ROOT / "dagster.yaml"
         if shared_instance:
             instance_db = f"dagster_{tag}"
-            _create_database(pg, instance_db)
+            pg.create_database(instance_db)
             shared.update(pg.env(), DAGSTER_PG_DB=instance_db)
             instance_yaml = PROJECT_ROOT / "deploy" / "dagster.postgres.yaml"
         pool = WorkerPool(

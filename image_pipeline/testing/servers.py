@@ -97,6 +97,17 @@ class PostgresServer:
             connect_timeout=5,
         )
 
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server; its SQLAlchemy URL."""
+        admin = self.connect("postgres")
+        try:
+            admin.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with admin.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            admin.close()
+        return self.url(name)
+
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
@@ -254,13 +265,7 @@ def postgres_server(
                 raise
         else:
             raise RuntimeError(f"postgres could not bind a free port:\n{_tail(log)}")
-        admin = server.connect("postgres")
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{db_name}"')
-        finally:
-            admin.close()
+        server.create_database(db_name)
         yield server
     finally:
         if proc is not None:

@@ -38,6 +38,9 @@ _INHERITED_PIPELINE_VARS = (
     "HF_HUB_OFFLINE",
     "HF_CONCURRENCY",
     "TELEGRAM_POSTS_PER_MINUTE",
+    # the shared ledger and object store of a scale-out deployment: never the calling shell's
+    "IMAGE_PIPELINE_LEDGER_URL",
+    "IMAGE_PIPELINE_S3_ENDPOINT_URL",
     "IMAGE_PIPELINE_WORKBOOK",
     "IMAGE_PIPELINE_OUTBOX",
     "IMAGE_PIPELINE_INSTANT",
