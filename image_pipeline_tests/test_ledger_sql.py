@@ -269,7 +269,7 @@ def test_a_ledger_from_before_versioning_upgrades_in_place(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         versions = db.execute("SELECT version, name FROM ledger_schema").fetchall()
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == [(1, "baseline")] and mode == "wal"
+    assert versions == [(1, "baseline"), (2, "workers")] and mode == "wal"
     drop_engine(ledger_schema.sqlite_url(path))
 
 
@@ -282,12 +282,15 @@ def test_a_new_step_runs_once_and_a_newer_ledger_is_refused(
     def step(db: object) -> None:
         ran.append(type(db).__name__)
 
-    monkeypatch.setattr(ledger_schema, "MIGRATIONS", [*ledger_schema.MIGRATIONS, (2, "test step", step)])
+    latest = ledger_schema.MIGRATIONS[-1][0]
+    monkeypatch.setattr(
+        ledger_schema, "MIGRATIONS", [*ledger_schema.MIGRATIONS, (latest + 1, "test step", step)]
+    )
     store.open()
     store.open()
     assert ran == ["Connection"]
-    monkeypatch.setattr(ledger_schema, "MIGRATIONS", ledger_schema.MIGRATIONS[:1])
-    with pytest.raises(SchemaTooNew, match="schema version 2"):
+    monkeypatch.setattr(ledger_schema, "MIGRATIONS", ledger_schema.MIGRATIONS[:latest])
+    with pytest.raises(SchemaTooNew, match=f"schema version {latest + 1}"):
         store.open()
 
 

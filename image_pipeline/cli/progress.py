@@ -20,9 +20,10 @@ class ConsoleProgress:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    def begin(self, runs: int) -> None:
-        plural = "run" if runs == 1 else "runs"
-        print(f"[0/{self.total}] starting: {self.total} prompts in {runs} {plural}  (ETA --)", flush=True)
+    def begin(self, runs: int | None) -> None:
+        """``runs``: how many runs are planned; None when each run's share is claimed as it goes."""
+        plan = "shares claimed as the runs go" if runs is None else f"{runs} {'run' if runs == 1 else 'runs'}"
+        print(f"[0/{self.total}] starting: {self.total} prompts in {plan}  (ETA --)", flush=True)
 
     def line(self, pid: str, status: str, detail: str) -> None:
         from image_pipeline.lifecycle.progress import progress_text

@@ -109,10 +109,21 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     counts: dict[str, int] = {}
     exit_code = 0
     order = instance.get_dynamic_partitions(prompt_partitions.name)
-    planned = batches(ids, order, _batch_size(args))
     console = ConsoleProgress(ids)
-    console.begin(len(planned))
-    for batch in planned:
+    shared_ledger = book is not None and bool(getattr(resources["ledger"], "url", ""))
+    if shared_ledger:
+        # workers sharing the ledger: each run takes a share claimed beforehand, not the next fixed batch
+        wanted = set(ids)
+        rows = [row for row in snapshot.rows if row.prompt_id in wanted]
+        planned: Iterator[tuple[list[str], str, list[str]]] = _shares(
+            book, resources, rows, order, _batch_size(args), instance
+        )
+        console.begin(None)
+    else:
+        fixed = batches(ids, order, _batch_size(args))
+        planned = iter([(batch, str(uuid.uuid4()), batch) for batch in fixed])
+        console.begin(len(fixed))
+    for batch, run_id, mine in planned:
         # One run per batch: a partition range (any finished prompt inside it is a cheap no-op).
         tags = {
             "trigger": "make run",
@@ -126,9 +137,12 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         else:
             tags.update({RANGE_START: batch[0], RANGE_END: batch[-1]})
             range_args = {}
-        # our own run id, so the lines printed come from this run only
-        console.run_id = str(uuid.uuid4())
-        with listening(console.on_event), _heartbeat(instance, console.run_id):
+        # our own run id, so the lines printed come from this run only (and a share's claims are its)
+        console.run_id = run_id
+        with (
+            listening(console.on_event),
+            _heartbeat(instance, console.run_id, book if shared_ledger else None),
+        ):
             result = job.execute_in_process(
                 instance=instance,
                 raise_on_error=False,
@@ -143,7 +157,8 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
         if not result.success:
             event = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
             failure = _failure_text(event)
-        for pid in [p for p in ids if p in set(batch)]:
+        # the prompts this run was for (in a share's range, others' prompts are only skipped)
+        for pid in [p for p in ids if p in set(mine)]:
             if result.success:
                 # the Done row's status: what the final count reports
                 outcome = done.get(pid)
@@ -177,6 +192,52 @@ HEARTBEAT_S = 10.0
 HEARTBEAT_STALE_S = 60.0  # a run of another PID namespace silent this long is dead (a restarted container)
 
 
+def _shares(
+    book: Any, resources: dict[str, Any], rows: list[Any], order: list[str], size: int, instance: Any
+) -> Iterator[tuple[list[str], str, list[str]]]:
+    """Each next run's partition range, run id and prompts: a share of the still-free prompts claimed for that run
+    in the ledger before it starts (``lifecycle/shares.py``), until nothing is free for this worker."""
+    from image_pipeline.domain.rows import clean_text
+    from image_pipeline.lifecycle.ledger import owner_token, stale_owner_check
+    from image_pipeline.lifecycle.shares import (
+        WORKER_SEEN_S,
+        Candidate,
+        free_candidates,
+        reserve,
+        share_size,
+        worker_of,
+    )
+
+    is_stale = stale_owner_check(instance)
+    ledger = resources["ledger"]
+    me = worker_of(owner_token(""))
+    # enough for two rounds of the generation slots: a smaller run would leave slots idle at its end
+    floor = 2 * max(1, int(getattr(resources["image_generator"], "concurrency", 1)))
+    left = [Candidate(r.prompt_id, r.fingerprint(), clean_text(r.prompt)) for r in rows]
+    first = True
+    try:
+        while left:
+            run_id = str(uuid.uuid4())
+            owner = owner_token(run_id)
+            book.seen_worker(me)
+            free, others = free_candidates(book, left, me, is_stale)
+            workers = max(len(book.workers_seen(WORKER_SEEN_S) | {me}), others + 1)
+            n = share_size(len(free), workers, first=first, floor=floor, ceiling=size)
+            first = False
+            taken = reserve(
+                book, free, n, owner=owner, lease_s=ledger.lease_s, is_stale=is_stale, order=order
+            )
+            if not taken:
+                return  # what is left is another live worker's, or in Done already
+            mine = set(taken)
+            left = [c for c in free if c.key not in mine]
+            first_i, last_i = order.index(taken[0]), order.index(taken[-1])
+            yield order[first_i : last_i + 1], run_id, taken
+    finally:
+        with contextlib.suppress(Exception):  # only sizes the others' shares; they forget it in 45 s anyway
+            book.forget_worker(me)
+
+
 def _batch_size(args: argparse.Namespace) -> int:
     from image_pipeline.settings import settings_from
 
@@ -184,9 +245,14 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _heartbeat(instance: Any, run_id: str) -> Iterator[None]:
+def _heartbeat(instance: Any, run_id: str, book: Any = None) -> Iterator[None]:
     """While the run executes: its heartbeat tag renewed, and dead runs reaped again, so a step waiting for a
-    pool slot that a killed worker's run holds gets it once that run's heartbeat is stale."""
+    pool slot that a killed worker's run holds gets it once that run's heartbeat is stale; with a shared
+    ``book``, this worker still counted among the ledger's workers."""
+    from image_pipeline.lifecycle.ledger import owner_token
+    from image_pipeline.lifecycle.shares import worker_of
+
+    me = worker_of(owner_token(""))
     stop = threading.Event()
 
     def beat() -> None:
@@ -196,6 +262,9 @@ def _heartbeat(instance: Any, run_id: str) -> Iterator[None]:
                 instance.add_run_tags(run_id, {HEARTBEAT_TAG: str(int(time.time()))})
             with contextlib.suppress(Exception):
                 reap_dead_runs(instance)
+            if book is not None:
+                with contextlib.suppress(Exception):
+                    book.seen_worker(me)
 
     thread = threading.Thread(target=beat, name="run-heartbeat", daemon=True)
     thread.start()

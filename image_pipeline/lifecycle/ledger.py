@@ -54,6 +54,7 @@ from image_pipeline.lifecycle.ledger_schema import (
     removals,
     sqlite_url,
 )
+from image_pipeline.lifecycle.ledger_workers import WorkerRegistry
 from image_pipeline.services.filesystems import network_filesystem
 
 __all__ = ["Entry", "Ledger", "Pause", "PostLedger", "owner_token", "stale_owner_check", "utc_day"]
@@ -127,7 +128,7 @@ def refuse_network_filesystem(folder: Path, mountinfo: str | None = None) -> Non
         raise UnsafeLedgerLocation(reason)
 
 
-class Ledger:
+class Ledger(WorkerRegistry):
     """The ledger's reads and writes; each write is one durable transaction, or one of a ``batch()``.
 
     ``url`` names a PostgreSQL ledger (``postgresql+psycopg2://...``); empty: the SQLite file at ``path``."""

@@ -1,7 +1,7 @@
 """The post ledger's tables, its versioned migrations, and the engine that reaches it (SQLite or PostgreSQL).
 
 One schema for both databases, written with SQLAlchemy Core. Its own tables only (never Dagster's, even on
-the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts`` and
+the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts``, ``workers`` and
 ``ledger_schema``, which records each migration step applied. A SQLite ledger from before versioning has no
 ``ledger_schema`` table; step 1 brings it to the baseline in place (the columns it lacks are added).
 
@@ -92,6 +92,15 @@ daily_counts = sa.Table(
     sa.Column("n", sa.Integer, nullable=False, server_default="0"),
 )
 
+# The workers sharing this ledger, each seen at its last share or heartbeat (migration step 2): how a worker
+# sizes its share of the backlog (``shares.py``). Nothing depends on a row being there.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker", sa.Text, primary_key=True),
+    sa.Column("seen_at", sa.Float, nullable=False),
+)
+
 # Kept out of ``metadata``: it is created before any step runs, and a step never drops or changes it.
 ledger_schema = sa.Table(
     "ledger_schema",
@@ -107,7 +116,8 @@ COLUMNS = [c.name for c in prompts.columns]
 # ---------------------------------------------------------------------------------------------- migrations
 def _baseline(db: Connection) -> None:
     """The five tables; a ledger from before versioning gets the columns added since it was made."""
-    metadata.create_all(db, checkfirst=True)
+    baseline = [prompts, pauses, preflight_passes, removals, daily_counts]  # later steps add theirs
+    metadata.create_all(db, tables=baseline, checkfirst=True)
     inspector = sa.inspect(db)
     for table in (prompts, pauses):
         have = {c["name"] for c in inspector.get_columns(table.name)}
@@ -123,9 +133,14 @@ def _baseline(db: Connection) -> None:
                 db.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}{nullable}{default}")
 
 
+def _workers(db: Connection) -> None:
+    workers.create(db, checkfirst=True)
+
+
 # In order; a step never changes once released: a change of the schema is a new step at the end.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "baseline", _baseline),
+    (2, "workers", _workers),
 ]
 
 # Any constant: serialises first-time migration of a PostgreSQL ledger by several workers at once.

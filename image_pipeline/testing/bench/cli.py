@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from image_pipeline.testing.bench.baseline import baseline_one
-from image_pipeline.testing.bench.profiles import ALL_NAMES, BASELINE, Profile, default_profiles
+from image_pipeline.testing.bench.profiles import (
+    ALL_NAMES,
+    BASELINE,
+    WORKER_SCENARIOS,
+    Profile,
+    default_profiles,
+)
 from image_pipeline.testing.bench.report import format_table, with_ratios
 from image_pipeline.testing.bench.scenarios import Context, _figures, run_baseline, run_product_scenario
 from image_pipeline.testing.bench.sensor import run_sensor
+from image_pipeline.testing.bench.workers import run_workers_scenario, speedup
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -36,7 +43,7 @@ def selected(args: argparse.Namespace) -> list[str]:
 
 def profiles_for(args: argparse.Namespace) -> dict[str, Profile]:
     profiles = default_profiles(args.side)
-    for name in ("B100-gen", "B100-post", "B1000-mem"):
+    for name in ("B100-gen", "B100-post", "B1000-mem", *WORKER_SCENARIOS):
         count = args.prompts if args.prompts else max(1, round(profiles[name].prompts * args.scale))
         profiles[name] = replace(profiles[name], prompts=count)
     profiles[BASELINE] = replace(profiles[BASELINE], prompts=args.baseline_prompts)
@@ -64,6 +71,8 @@ def run_bench(
                     results[name] = run_baseline(profiles[name], ctx)
                 elif name == "sensor":
                     results[name] = run_sensor(profiles[name], ctx)
+                elif name in WORKER_SCENARIOS:
+                    results[name] = run_workers_scenario(name, profiles[name], ctx)
                 else:
                     results[name] = run_product_scenario(name, profiles[name], ctx)
             except Exception as exc:  # report it and go on: the other scenarios still measure something
@@ -81,6 +90,9 @@ def run_bench(
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
     with_ratios(results)
+    if name_pair := [n for n in WORKER_SCENARIOS if n in results]:
+        many = name_pair[-1]
+        results[many]["speedup_vs_1w"] = speedup(results, WORKER_SCENARIOS[0], many)
     return results
 
 
@@ -102,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-prompts", type=int, default=100, help="prompts of the baseline (default 100)"
     )
-    parser.add_argument("--prompts", type=int, default=0, help="prompts of B100-gen, B100-post and B1000-mem")
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=0,
+        help="prompts of B100-gen, B100-post, B1000-mem, B100-1w and B100-3w",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the default prompt counts")
     parser.add_argument(
         "--side", type=int, default=512, help="image side of the B100 scenarios and the sensor"

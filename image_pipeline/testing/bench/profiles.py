@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SCENARIOS = ("B100-gen", "B100-post", "B1000-mem", "sensor")
+SCENARIOS = ("B100-gen", "B100-post", "B1000-mem", "sensor", "B100-1w", "B100-3w")
+# the scale-out pair: the same deployment (PostgreSQL ledger, S3 store) with one worker and with three
+WORKER_SCENARIOS = ("B100-1w", "B100-3w")
 BASELINE = "baseline-B100-gen"
 ALL_NAMES = (*SCENARIOS, BASELINE)
 JSON_KEYS = (
@@ -37,13 +39,15 @@ class Profile:
     posts_per_minute: int = 0  # TELEGRAM_POSTS_PER_MINUTE for the product
     hf_concurrency: int = 4  # HF_CONCURRENCY for the product
     hf_default_side: int = 512  # what the emulated endpoint makes when a request names no size
+    workers: int = 1  # ``image-pipeline run`` processes sharing a PostgreSQL ledger and an S3 store
 
     def without_latency(self) -> Profile:
         return replace(self, sheets_s=0.0, hf_s=0.0, telegram_s=0.0)
 
     def bound_s(self) -> float | None:
         """The emulated waits on the critical path with perfect overlap; None when nothing is emulated."""
-        parts = [self.prompts * self.hf_s / max(1, min(self.hf_concurrency, self.hf_max_concurrent or 10**6))]
+        slots = max(1, min(self.hf_concurrency, self.hf_max_concurrent or 10**6)) * max(1, self.workers)
+        parts = [self.prompts * self.hf_s / slots]
         if self.telegram_per_chat_per_minute:
             parts.append(self.prompts * 60.0 / self.telegram_per_chat_per_minute)
         bound = max(parts)
@@ -56,6 +60,8 @@ def default_profiles(side: int) -> dict[str, Profile]:
         "B100-post": Profile(prompts=100, side=side, telegram_per_chat_per_minute=20, posts_per_minute=20),
         "B1000-mem": Profile(prompts=1000, side=None, sheets_s=0.0, hf_s=0.0, telegram_s=0.0),
         "sensor": Profile(prompts=1, side=side),
+        "B100-1w": Profile(prompts=100, side=side, workers=1),
+        "B100-3w": Profile(prompts=100, side=side, workers=3),
         # the ancestor never asked for a size: it gets the endpoint's default, the B100 size
         BASELINE: Profile(prompts=100, side=None, hf_default_side=side),
     }

@@ -44,6 +44,8 @@ TARGETS: dict[str, list[Target]] = {
         Target("ovh<=50ms", "overhead_ms_per_prompt", lambda v: v <= 50),
     ],
     "sensor": [Target("tick<=1req", "tick_requests", lambda v: v <= 1)],
+    # issue 14: three workers sharing only PostgreSQL and S3 at least twice as fast as one (same deployment)
+    "B100-3w": [Target("x2 vs B100-1w", "speedup_vs_1w", lambda v: v >= 2)],
 }
 
 
@@ -113,6 +115,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             if r.get("drive_lag_row_to_post_s") is not None:
                 extra += f"; Drive lag {_num(r.get('drive_lag_s'), 0)} s: {_num(r['drive_lag_row_to_post_s'], 1)} s"
             targets = f"{targets}; {extra}" if targets else extra
+        if r.get("speedup_vs_1w") is not None:
+            targets = f"{targets}; speed-up x{r['speedup_vs_1w']:.2f}"
         lines.append(
             [
                 name,

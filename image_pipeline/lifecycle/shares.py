@@ -1,0 +1,109 @@
+"""A worker's share of a shared backlog: which prompts its next run takes, claimed before the run starts.
+
+Workers that share a ledger (PostgreSQL) all read the same queue in the same order. Left to themselves they
+would all start a run over the same first batch; the first claim wins every prompt of it and the others'
+runs find nothing to do, so three workers go no faster than one. Instead each worker claims its next share
+in the ledger before it starts a run (one transaction, in partition order, so two workers never wait on each
+other in a cycle), skipping prompts that another live worker holds or that are already in Done, and the run
+covers just that share. The run's own claims are the same owner's, so they only renew these.
+
+The share follows guided self-scheduling (Polychronopoulos & Kuck, IEEE Trans. Computers C-36(12), 1987):
+what is still free divided by the number of workers, so early shares are large (fewer runs, fewer Sheets
+requests per prompt) and the last ones small (no worker sits idle while another finishes a long batch). The
+workers count themselves in the ledger's ``workers`` table at each share and heartbeat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from image_pipeline.lifecycle.ledger import Ledger
+
+# The smallest divisor of a worker's first share: workers started together may not have seen each other yet.
+MIN_DIVISOR = 4
+# A worker that said nothing for this long (at each share and every heartbeat, 10 s) is not counted.
+WORKER_SEEN_S = 45.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued prompt as the ledger keys it."""
+
+    key: str
+    fingerprint: str
+    prompt: str
+
+
+def worker_of(owner: str) -> str:
+    """The process part of an owner token (``host/node:pid``), without the run id: one worker, many runs."""
+    return owner.rsplit(":", 1)[0]
+
+
+def free_candidates(
+    book: Ledger, candidates: Sequence[Candidate], me: str, is_stale: Callable[[str], bool]
+) -> tuple[list[Candidate], int]:
+    """The candidates that no other live worker holds and that are not in Done yet; and how many other
+    workers hold claims right now. A claim whose owner is provably gone counts as free (the claim takes
+    it over)."""
+    verdicts: dict[str, bool] = {}
+    held: set[str] = set()
+    logged: set[tuple[str, str]] = set()
+    others: set[str] = set()
+    for key, fingerprint, owner, is_logged in book.holders([c.key for c in candidates]):
+        if is_logged:
+            logged.add((key, fingerprint))
+            continue
+        if worker_of(owner) == me:
+            continue
+        if owner not in verdicts:
+            verdicts[owner] = is_stale(owner)
+        if not verdicts[owner]:
+            held.add(key)
+            others.add(worker_of(owner))
+    free = [c for c in candidates if c.key not in held and (c.key, c.fingerprint) not in logged]
+    return free, len(others)
+
+
+def share_size(free: int, workers: int, *, first: bool, floor: int, ceiling: int) -> int:
+    """How many of ``free`` prompts the next run takes: free / workers (guided self-scheduling), at least
+    ``floor`` (enough to keep the run's generation slots busy), at most ``ceiling`` (the batch size).
+
+    ``workers`` counts this one. A worker's first share is at most a quarter of what is free: workers started
+    together have not all said so yet. Alone afterwards, it takes the rest (one run, not many small ones)."""
+    if free <= 0:
+        return 0
+    divisor = max(1, workers)
+    if first:
+        divisor = max(MIN_DIVISOR, divisor)
+    return min(free, ceiling, max(floor, math.ceil(free / divisor)))
+
+
+def reserve(
+    book: Ledger,
+    free: Sequence[Candidate],
+    size: int,
+    *,
+    owner: str,
+    lease_s: float,
+    is_stale: Callable[[str], bool],
+    order: Sequence[str],
+) -> list[str]:
+    """Up to ``size`` of ``free`` claimed for ``owner`` in one transaction, in partition order; stops before
+    the claimed keys would span more than twice ``size`` partitions (a run is one partition range, and the
+    prompts inside it that others hold are only skipped)."""
+    index = {key: i for i, key in enumerate(order)}
+    ordered = sorted((c for c in free if c.key in index), key=lambda c: index[c.key])
+    taken: list[str] = []
+    with book.batch():
+        for c in ordered:
+            if taken and index[c.key] - index[taken[0]] + 1 > 2 * size:
+                break
+            if book.claim(
+                c.key, c.fingerprint, owner=owner, prompt=c.prompt, lease_s=lease_s, is_stale=is_stale
+            ):
+                taken.append(c.key)
+                if len(taken) >= size:
+                    break
+    return taken
