@@ -68,3 +68,16 @@ def test_process_tree_holds_the_root() -> None:
     import os
 
     assert os.getpid() in process_tree(os.getpid())
+
+
+def test_the_scale_out_pair_is_judged_by_its_speed_up() -> None:
+    from image_pipeline.testing.bench.workers import speedup
+
+    three = Profile(prompts=100, side=512, workers=3)
+    assert three.bound_s() == pytest.approx(8.333, abs=0.001)  # 100 images x 1 s / (4 slots x 3 workers)
+    results = {"B100-1w": {"wall_s": 36.0, "prompts": 100}, "B100-3w": {"wall_s": 15.0, "prompts": 100}}
+    assert speedup(results, "B100-1w", "B100-3w") == 2.4
+    assert dict(target_marks("B100-3w", {"speedup_vs_1w": 2.4})) == {"x2 vs B100-1w": True}
+    assert dict(target_marks("B100-3w", {"speedup_vs_1w": 1.5})) == {"x2 vs B100-1w": False}
+    results["B100-3w"]["prompts"] = 50  # not the same backlog: no ratio
+    assert speedup(results, "B100-1w", "B100-3w") is None

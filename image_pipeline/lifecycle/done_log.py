@@ -34,6 +34,8 @@ class DonePlan:
     to_log: list[tuple[str, str, DoneEntry]] = field(default_factory=list)  # (id, fingerprint, row)
     to_remove: dict[str, str] = field(default_factory=dict)  # id -> fingerprint
     needs_done_check: bool = False  # an earlier version of a row was posted and never logged
+    # prompts whose Done append by another run has an unknown outcome: read Done back before appending
+    read_back: set[str] = field(default_factory=set)
 
 
 def plan_done(
@@ -54,6 +56,17 @@ def plan_done(
             results[key] = DoneOutcome(BUSY, "another run is working on this prompt")
             continue
         entry = entry_for(key, record, generated_image[key], telegram_post[key])
+        # What the ledger says now, not at intake: another worker may have finished this prompt since
+        # (it took over when this run's lease ran out, then released it, and ``held`` took it back).
+        # Only for a Done row this run would append (a prompt it holds and finished).
+        now = book.get(key, fingerprint) if entry is not None and fingerprint else None
+        if now is not None and now.done_state == LOGGED:
+            to_remove[key] = fingerprint
+            results[key] = DoneOutcome("LOGGED", f"already in Done ({now.final_status}); only removed")
+            continue
+        if now is not None and now.done_state == LOGGING:
+            plan.read_back.add(key)
+            plan.needs_done_check = True
         if record.status == LOGGED:
             to_remove[key] = fingerprint
             results[key] = DoneOutcome("LOGGED", record.reason)
@@ -90,6 +103,17 @@ def log_and_remove(
             orphan_posts(book, key, record.fingerprint or None, done_index) if needs_done_check else []
         )
     ]
+    logged_meanwhile = [
+        (key, fp, row) for key, fp, row in to_log if key in plan.read_back and (key, row.prompt) in done_index
+    ]
+    if logged_meanwhile:
+        # another run's append did land: recorded, never appended twice
+        with book.batch():
+            for key, fingerprint, row in logged_meanwhile:
+                status = done_index[(key, row.prompt)]
+                book.update(key, fingerprint, owner=owner, done_state=LOGGED, final_status=status)
+                plan.results[key] = DoneOutcome("LOGGED", f"already in Done ({status}); only removed")
+        to_log = plan.to_log = [item for item in to_log if item not in logged_meanwhile]
     rows = to_log + orphans
     # one read for the Done header and the queue the removal starts from
     before = prompt_sheet.read_before_logging() if rows and to_remove else None
