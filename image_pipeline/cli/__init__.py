@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from image_pipeline.cli.doctor import cmd_doctor
+from image_pipeline.cli.ledger import add_ledger_parser
 from image_pipeline.cli.resume import cmd_resume
 from image_pipeline.cli.run import cmd_run
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         "resume", help="lift the pause set when credits ran out or a quota was used up (budget guard)"
     )
     resume.set_defaults(func=cmd_resume)
+    add_ledger_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
