@@ -12,13 +12,31 @@ assets always take a ``ByPartition``. The store underneath is on ``UPath`` all t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import dagster as dg
 from pydantic import Field
 
 from image_pipeline.domain.records import ByPartition
 from image_pipeline.services.storage import PartitionFileStore
+from image_pipeline.services.storage.objects import is_local
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Requests in flight at once per input or output of an object store: each partition is its own object,
+# and one GET or PUT at a time would make a batch of 200 wait 600 round trips (tens of ms each) in a row.
+OBJECT_STORE_PARALLEL = 16
+
+
+def _each(store: PartitionFileStore, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``fn`` over ``items``: in turn on a local disk, several at once in an object store."""
+    if is_local(store.base) or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(OBJECT_STORE_PARALLEL, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 class PartitionFileIOManager(dg.ConfigurableIOManager):
@@ -52,11 +70,12 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         if unknown:
             raise ValueError(f"values for partitions outside this run: {sorted(unknown)[:5]}")
         store = self.store(context.run_id)
-        for key, value in obj.items():
-            store.write(self._asset(context), key, value)
+        asset = self._asset(context)
+        _each(store, lambda item: store.write(asset, *item), list(obj.items()))
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
         store = self.store(context.step_context.run_id)
         asset = self._asset(context)
-        return ByPartition({key: store.read(asset, key) for key in keys})
+        values = _each(store, lambda key: store.read(asset, key), list(keys))
+        return ByPartition(zip(keys, values, strict=True))

@@ -326,8 +326,15 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[S3Server]:
-    """An S3 server on 127.0.0.1 (moto's default is every interface on port 5000), stopped afterwards."""
+def moto_s3(own_process: bool = False) -> Iterator[S3Server]:
+    """An S3 server on 127.0.0.1 (moto's default is every interface on port 5000), stopped afterwards.
+
+    ``own_process``: moto's server in a process of its own, as a real store is a service of its own; in
+    this one its request handling shares the interpreter lock with whatever else runs here (the bench's
+    emulators), which would slow every worker's storage down together."""
+    if own_process:
+        yield from _moto_process()
+        return
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -337,3 +344,24 @@ def moto_s3() -> Iterator[S3Server]:
         yield S3Server(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+def _moto_process() -> Iterator[S3Server]:
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto's S3 server did not start on 127.0.0.1:{port}")
+            time.sleep(0.1)
+        yield S3Server(f"http://127.0.0.1:{port}")
+    finally:
+        _stop(proc, grace_s=5)

@@ -46,7 +46,7 @@ def run_workers_scenario(name: str, profile: Profile, ctx: Any) -> dict[str, Any
             postgres_server(
                 db_name="image_pipeline_ledger", user="ledger", keep_log=root / "postgres.log"
             ) as pg,
-            moto_s3() as s3,
+            moto_s3(own_process=True) as s3,
         ):
             bucket = s3.new_bucket("bench")
             shared = {
