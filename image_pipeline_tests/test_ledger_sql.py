@@ -269,7 +269,7 @@ def test_a_ledger_from_before_versioning_upgrades_in_place(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         versions = db.execute("SELECT version, name FROM ledger_schema").fetchall()
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == [(1, "baseline"), (2, "workers")] and mode == "wal"
+    assert versions == [(1, "baseline"), (2, "workers"), (3, "chat_slots")] and mode == "wal"
     drop_engine(ledger_schema.sqlite_url(path))
 
 

@@ -41,6 +41,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from image_pipeline.domain.checks import Check, fail, ok, warn
 from image_pipeline.domain.errors import ClaimLost
 from image_pipeline.lifecycle.ledger_owners import owner_token, stale_owner_check
+from image_pipeline.lifecycle.ledger_pacing import ChatSlots
 from image_pipeline.lifecycle.ledger_schema import (
     COLUMNS,
     daily_counts,
@@ -128,7 +129,7 @@ def refuse_network_filesystem(folder: Path, mountinfo: str | None = None) -> Non
         raise UnsafeLedgerLocation(reason)
 
 
-class Ledger(WorkerRegistry):
+class Ledger(WorkerRegistry, ChatSlots):
     """The ledger's reads and writes; each write is one durable transaction, or one of a ``batch()``.
 
     ``url`` names a PostgreSQL ledger (``postgresql+psycopg2://...``); empty: the SQLite file at ``path``."""

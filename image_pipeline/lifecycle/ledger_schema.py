@@ -1,9 +1,10 @@
 """The post ledger's tables, its versioned migrations, and the engine that reaches it (SQLite or PostgreSQL).
 
 One schema for both databases, written with SQLAlchemy Core. Its own tables only (never Dagster's, even on
-the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts``, ``workers`` and
-``ledger_schema``, which records each migration step applied. A SQLite ledger from before versioning has no
-``ledger_schema`` table; step 1 brings it to the baseline in place (the columns it lacks are added).
+the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts``, ``workers``,
+``chat_slots`` and ``ledger_schema``, which records each migration step applied. A SQLite ledger from before
+versioning has no ``ledger_schema`` table; step 1 brings it to the baseline in place (the columns it lacks are
+added).
 
 Times are seconds since the epoch (floats), as they always were in the SQLite file, so older tools that read
 the file keep working. ``db_now`` is the database's clock: ``now()`` on PostgreSQL, so workers on several
@@ -101,6 +102,15 @@ workers = sa.Table(
     sa.Column("seen_at", sa.Float, nullable=False),
 )
 
+# Per chat, the earliest moment (database clock) the next post may start (migration step 3): Telegram's pace
+# shared by the workers of a shared ledger (``ledger_pacing.py``). A lost row costs one early post at most.
+chat_slots = sa.Table(
+    "chat_slots",
+    metadata,
+    sa.Column("chat_id", sa.Text, primary_key=True),
+    sa.Column("next_at", sa.Float, nullable=False),
+)
+
 # Kept out of ``metadata``: it is created before any step runs, and a step never drops or changes it.
 ledger_schema = sa.Table(
     "ledger_schema",
@@ -137,10 +147,15 @@ def _workers(db: Connection) -> None:
     workers.create(db, checkfirst=True)
 
 
+def _chat_slots(db: Connection) -> None:
+    chat_slots.create(db, checkfirst=True)
+
+
 # In order; a step never changes once released: a change of the schema is a new step at the end.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "workers", _workers),
+    (3, "chat_slots", _chat_slots),
 ]
 
 # Any constant: serialises first-time migration of a PostgreSQL ledger by several workers at once.

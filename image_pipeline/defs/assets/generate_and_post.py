@@ -86,6 +86,8 @@ def generate_and_post(
     context.log.info(f"image generator backend: {image_generator.describe()}")
     context.log.info(f"publisher backend: {publisher.describe()}")
     book, owner, is_stale = _ledger_context(context, ledger)
+    # workers sharing a ledger share each chat's pace through it; the embedded default keeps the pacing file
+    publisher.pace_with(book if ledger.url else None)
     store = pipeline_io_manager.store(context.run.run_id)
     previews = store.base / "previews"  # what APPROVE posts: kept apart from the run's own files
     outcomes, todo = plan_generation(prompt_record, book, owner, is_stale, ledger)

@@ -12,6 +12,7 @@ from image_pipeline.services.http import RetryPolicy
 
 if TYPE_CHECKING:
     from image_pipeline.domain.content_checks import BannedWords
+    from image_pipeline.services.publisher.pacing import SlotBook
 
 
 class Publisher(dg.ConfigurableResource):
@@ -56,6 +57,9 @@ class Publisher(dg.ConfigurableResource):
     def notify(self, text: str) -> bool:
         """Send an operator notice; False when no alert destination is configured."""
         raise NotImplementedError
+
+    def pace_with(self, slots: SlotBook | None) -> None:
+        """Keep the pace of posts per chat in ``slots`` (a ledger the workers share); None: as configured."""
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(attempts=max(1, self.retry_attempts), base_delay_s=self.retry_base_delay_s)

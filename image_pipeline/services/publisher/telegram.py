@@ -31,7 +31,7 @@ from image_pipeline.domain.uploads import (
 from image_pipeline.services.http import RetryPolicy, call_with_retry, never_reached_server
 from image_pipeline.services.publisher import refusals as telegram_refusals
 from image_pipeline.services.publisher.interface import Publisher
-from image_pipeline.services.publisher.pacing import ChatPacer
+from image_pipeline.services.publisher.pacing import ChatPacer, SlotBook
 from image_pipeline.services.publisher.refusals import DeliveryUncertain
 
 log = logging.getLogger("image_pipeline.publisher")
@@ -252,6 +252,9 @@ class TelegramPublisher(Publisher):
         if self._pacer is None:
             self._pacer = ChatPacer(self.posts_per_minute, self.pacing_state_path)
         return self._pacer
+
+    def pace_with(self, slots: SlotBook | None) -> None:
+        self.pacer().slots = slots
 
     def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
         return self._post(str(self.chat_id), [png], prompt_id, caption)
