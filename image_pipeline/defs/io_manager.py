@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from image_pipeline.domain.records import ByPartition
 from image_pipeline.services.storage import PartitionFileStore
@@ -51,6 +51,12 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         description="An S3-compatible server for s3:// folders (MinIO, Ceph); unset: AWS, or the endpoint "
         "the standard AWS configuration names. Credentials come from the standard AWS chain only.",
     )
+    # What this run stored, by (asset, partition): a later step of the same run in the same process (the
+    # in-process executor of `image-pipeline run` and of tests) takes it from here instead of reading back
+    # the file it just wrote; in an object store that is two or three requests per partition and input.
+    # Only the current run's values are kept; another process (a step launched on its own) reads the files.
+    _written: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
+    _written_run: str = PrivateAttr(default="")
 
     def store(self, run_id: str = "") -> PartitionFileStore:
         """Direct access for a step that writes files as it goes (images, before the step ends)."""
@@ -72,10 +78,16 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         store = self.store(context.run_id)
         asset = self._asset(context)
         _each(store, lambda item: store.write(asset, *item), list(obj.items()))
+        if self._written_run != context.run_id:
+            self._written, self._written_run = {}, context.run_id
+        self._written.update({(asset, key): value for key, value in obj.items()})
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
-        store = self.store(context.step_context.run_id)
+        run_id = context.step_context.run_id
+        store = self.store(run_id)
         asset = self._asset(context)
-        values = _each(store, lambda key: store.read(asset, key), list(keys))
-        return ByPartition(zip(keys, values, strict=True))
+        kept = self._written if self._written_run == run_id else {}
+        missing = [key for key in keys if (asset, key) not in kept]
+        read = dict(zip(missing, _each(store, lambda key: store.read(asset, key), missing), strict=True))
+        return ByPartition({key: read[key] if key in read else kept[(asset, key)] for key in keys})

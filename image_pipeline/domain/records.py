@@ -105,7 +105,9 @@ class ImageOutcome(StoredRecord):
     def read_png(self) -> bytes:
         if self.path is None:
             raise FileNotFoundError("no image was stored for this outcome")
-        return UPath(self.path).read_bytes()  # a local path or an object-store URL (s3://...)
+        path = UPath(self.path)  # a local path or an object-store URL (s3://...)
+        # one GET: a UPath's read_bytes asks an object store for the size first
+        return path.read_bytes() if path.protocol in ("", "file", "local") else path.fs.cat_file(path.path)
 
 
 @dataclass(frozen=True)

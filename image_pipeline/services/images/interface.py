@@ -36,7 +36,10 @@ def encode_png(image: Image.Image) -> bytes:
     if image.mode not in ("RGB", "RGBA", "L", "LA", "P"):
         image = image.convert("RGB")
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
+    # Level 1, not zlib's 6: on a 1024x1024 generated-looking image 87 ms instead of 304 ms here, for a
+    # file within a few percent of the size (photographic detail barely compresses further); every image
+    # of a batch pays it on the worker's CPU, and Telegram recompresses photos anyway.
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
