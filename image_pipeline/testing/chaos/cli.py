@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 from image_pipeline.testing.chaos.audit import PASS_FIGURES, RESULT_KEYS, passed
 from image_pipeline.testing.chaos.run import run_chaos
@@ -20,6 +22,10 @@ def format_table(result: dict[str, int | float]) -> str:
     ordered = [*RESULT_KEYS, *(k for k in result if k not in RESULT_KEYS)]
     lines += [f"{k:<{width}}  {result[k]}" for k in ordered]
     return "\n".join(lines)
+
+
+def _raise_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,17 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    result = run_chaos(
-        prompts=args.prompts,
-        fault_rate=args.fault_rate,
-        kills=args.kills,
-        writer=args.writer,
-        seed=args.seed,
-        timeout_s=args.timeout_s,
-        workdir=args.workdir,
-        workers=args.workers,
-        distributed=args.distributed,
-    )
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C: the workers, the emulators and the
+    # throwaway PostgreSQL and S3 servers are stopped on the way out, never left running
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        result = run_chaos(
+            prompts=args.prompts,
+            fault_rate=args.fault_rate,
+            kills=args.kills,
+            writer=args.writer,
+            seed=args.seed,
+            timeout_s=args.timeout_s,
+            workdir=args.workdir,
+            workers=args.workers,
+            distributed=args.distributed,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_table(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
