@@ -51,9 +51,9 @@ def _candidates(n: int) -> list[Candidate]:
 
 
 def test_the_share_is_what_is_free_over_the_workers_within_bounds() -> None:
-    # a first share is at most a quarter: the workers started with it may not have said so yet
+    # a worker that sees no other one takes a quarter first: another may be starting just now
     assert share_size(100, 1, first=True, floor=8, ceiling=200) == 25
-    assert share_size(100, 3, first=True, floor=8, ceiling=200) == 25
+    assert share_size(100, 3, first=True, floor=8, ceiling=200) == 34  # the others said so: a third
     assert share_size(100, 5, first=True, floor=8, ceiling=200) == 20
     # alone afterwards: the rest in one run; three workers: a third of what is free
     assert share_size(75, 1, first=False, floor=8, ceiling=200) == 75

@@ -7,6 +7,7 @@ behind are reaped first, so their prompts are not stuck as "started" forever.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import shutil
@@ -62,6 +63,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     from image_pipeline.domain.errors import PipelineError
     from image_pipeline.lifecycle.gate import RUN_SECOND_LOOK_S, gate
     from image_pipeline.lifecycle.progress import listening
+    from image_pipeline.lifecycle.queue_ids import ids_assigned
     from image_pipeline.services.sheets import LocalWorkbook
 
     # these lines are the progress display: through a pipe (`make run | tee`) they must not wait in a buffer
@@ -75,6 +77,10 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     print(f"publisher: {resources['publisher'].describe()}")
     # the schedule's and sensor's gate, before the first queue write (ids) and the first paid request
     book = resources["ledger"].open() if "ledger" in resources else None
+    if book is not None and getattr(resources["ledger"], "url", ""):
+        # said before the gate and the id pass (seconds of requests): workers started together then all
+        # count each other when they size their first shares (lifecycle/shares.py)
+        _say_at_work(book)
     pause = book.pause_state() if book is not None else None
     trio = [sheet, resources["image_generator"], resources["publisher"]]
     refused = (
@@ -86,7 +92,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     try:
         if book is not None:  # rows an interrupted run deleted by mistake, put back before anything else
             sheet.recover_removals(book)
-        snapshot = sheet.ensure_ids()
+        snapshot = ids_assigned(sheet, book)  # one worker at a time writes new ids
     except PipelineError as exc:
         print(f"error: cannot read the queue: {exc}", file=sys.stderr)
         return 2
@@ -215,27 +221,36 @@ def _shares(
     floor = 2 * max(1, int(getattr(resources["image_generator"], "concurrency", 1)))
     left = [Candidate(r.prompt_id, r.fingerprint(), clean_text(r.prompt)) for r in rows]
     first = True
-    try:
-        while left:
-            run_id = str(uuid.uuid4())
-            owner = owner_token(run_id)
-            book.seen_worker(me)
-            free, others = free_candidates(book, left, me, is_stale)
-            workers = max(len(book.workers_seen(WORKER_SEEN_S) | {me}), others + 1)
-            n = share_size(len(free), workers, first=first, floor=floor, ceiling=size)
-            first = False
-            taken = reserve(
-                book, free, n, owner=owner, lease_s=ledger.lease_s, is_stale=is_stale, order=order
-            )
-            if not taken:
-                return  # what is left is another live worker's, or in Done already
-            mine = set(taken)
-            left = [c for c in free if c.key not in mine]
-            first_i, last_i = order.index(taken[0]), order.index(taken[-1])
-            yield order[first_i : last_i + 1], run_id, taken
-    finally:
-        with contextlib.suppress(Exception):  # only sizes the others' shares; they forget it in 45 s anyway
-            book.forget_worker(me)
+    while left:
+        run_id = str(uuid.uuid4())
+        owner = owner_token(run_id)
+        book.seen_worker(me)
+        free, others = free_candidates(book, left, me, is_stale)
+        workers = max(len(book.workers_seen(WORKER_SEEN_S) | {me}), others + 1)
+        n = share_size(len(free), workers, first=first, floor=floor, ceiling=size)
+        first = False
+        taken = reserve(book, free, n, owner=owner, lease_s=ledger.lease_s, is_stale=is_stale, order=order)
+        if not taken:
+            return  # what is left is another live worker's, or in Done already
+        mine = set(taken)
+        left = [c for c in free if c.key not in mine]
+        first_i, last_i = order.index(taken[0]), order.index(taken[-1])
+        yield order[first_i : last_i + 1], run_id, taken
+
+
+def _say_at_work(book: Any) -> None:
+    from image_pipeline.lifecycle.ledger import owner_token
+    from image_pipeline.lifecycle.shares import worker_of
+
+    me = worker_of(owner_token(""))
+    with contextlib.suppress(Exception):  # it only sizes shares; the claims keep the work apart anyway
+        book.seen_worker(me)
+    atexit.register(_forget, book, me)
+
+
+def _forget(book: Any, me: str) -> None:
+    with contextlib.suppress(Exception):
+        book.forget_worker(me)
 
 
 def _batch_size(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
 from image_pipeline.lifecycle.gate import gate
 from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.lifecycle.queue_ids import ids_assigned
 from image_pipeline.services.images.interface import ImageGenerator
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.sheets import PromptSheet
@@ -40,7 +41,7 @@ def build_daily_schedule(
             context.log.warning(refused)
             return dg.SkipReason(refused)
         try:
-            snapshot = prompt_sheet.ensure_ids()
+            snapshot = ids_assigned(prompt_sheet, ledger.open())  # one worker at a time
         except PipelineError as exc:
             return dg.SkipReason(f"cannot read the queue: {exc}")
         # rows a person holds, or that wait for APPROVE, are not the schedule's to run

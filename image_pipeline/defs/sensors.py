@@ -20,6 +20,7 @@ from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
 from image_pipeline.lifecycle.gate import gate
 from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.lifecycle.queue_ids import ids_assigned
 from image_pipeline.services.images.interface import ImageGenerator
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.sheets import PromptSheet
@@ -81,7 +82,7 @@ def build_prompt_sheet_sensor(
                 # the baseline the next checks compare with, taken before the read like the token
                 digest = prompt_sheet.column_digest(columns)
             # The token is taken before the read: an edit made after it shows up as a change next tick.
-            snapshot = prompt_sheet.ensure_ids()
+            snapshot = ids_assigned(prompt_sheet, ledger.open())  # one worker at a time
         except PipelineError as exc:
             # A sensor that raises shows as an error tick; the daemon keeps going either way, but a
             # clear skip reason is what a person needs to read in the tick log.

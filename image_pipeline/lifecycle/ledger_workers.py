@@ -1,4 +1,5 @@
-"""What the ledger tells a worker about the others: who holds which prompts, and how many workers are about.
+"""What the ledger tells a worker about the others: who holds which prompts, how many workers are about, and
+a lock one worker at a time holds across all of them (the queue's id pass).
 
 A mixin of ``Ledger`` (it uses the ledger's transactions and clock), kept apart because the claims and
 fenced writes in ``ledger.py`` do not depend on it: sizing a worker's share of the backlog (``shares.py``)
@@ -7,7 +8,12 @@ does. Times are the database's clock, as for leases.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +27,9 @@ _W = workers.c
 
 
 class WorkerRegistry:
+    _engine: Any
+    _dialect: str
+    path: Path
     _tx: Callable[[], Any]
     _read: Callable[[], Any]
     _now: Callable[[], ColumnElement[float]]
@@ -56,6 +65,26 @@ class WorkerRegistry:
         """A worker that finished its backlog and exits: the others need not leave it a share."""
         with self._tx() as db:
             db.execute(sa.delete(workers).where(_W.worker == worker))
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """``name`` held by one worker at a time, across hosts (a PostgreSQL advisory lock, held by a
+        transaction of its own and given up with it, or after the connection's lock timeout) or on the one
+        host of a SQLite ledger (an exclusive lock on a file beside it, never the database's own lock,
+        which every write of every worker needs)."""
+        if self._dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+            with self._engine.begin() as db:
+                db.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+                yield
+            return
+        slug = hashlib.sha256(name.encode()).hexdigest()[:12]
+        fd = os.open(self.path.parent / f".{self.path.name}.{slug}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor gives the lock up
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:

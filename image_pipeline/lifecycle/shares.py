@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from image_pipeline.lifecycle.ledger import Ledger
 
-# The smallest divisor of a worker's first share: workers started together may not have seen each other yet.
+# The divisor of a worker's first share when it sees no other worker yet: one may be starting just now.
 MIN_DIVISOR = 4
 # A worker that said nothing for this long (at each share and every heartbeat, 10 s) is not counted.
 WORKER_SEEN_S = 45.0
@@ -70,13 +70,14 @@ def share_size(free: int, workers: int, *, first: bool, floor: int, ceiling: int
     """How many of ``free`` prompts the next run takes: free / workers (guided self-scheduling), at least
     ``floor`` (enough to keep the run's generation slots busy), at most ``ceiling`` (the batch size).
 
-    ``workers`` counts this one. A worker's first share is at most a quarter of what is free: workers started
-    together have not all said so yet. Alone afterwards, it takes the rest (one run, not many small ones)."""
+    ``workers`` counts this one. A worker that sees no other one at its first share takes at most a quarter
+    of what is free: another may be starting just now. Alone afterwards, it takes the rest (one run, not
+    many small ones)."""
     if free <= 0:
         return 0
     divisor = max(1, workers)
-    if first:
-        divisor = max(MIN_DIVISOR, divisor)
+    if first and divisor == 1:
+        divisor = MIN_DIVISOR
     return min(free, ceiling, max(floor, math.ceil(free / divisor)))
 
 
