@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace, defs: Any, resources: dict[str, Any]) -> int:
     from image_pipeline.domain.errors import PipelineError
     from image_pipeline.lifecycle.gate import RUN_SECOND_LOOK_S, gate
     from image_pipeline.lifecycle.progress import listening
-    from image_pipeline.lifecycle.queue_ids import ids_assigned
+    from image_pipeline.lifecycle.queue_lock import ids_assigned
     from image_pipeline.services.sheets import LocalWorkbook
 
     # these lines are the progress display: through a pipe (`make run | tee`) they must not wait in a buffer

@@ -20,7 +20,7 @@ from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
 from image_pipeline.lifecycle.gate import gate
 from image_pipeline.lifecycle.ledger import PostLedger
-from image_pipeline.lifecycle.queue_ids import ids_assigned
+from image_pipeline.lifecycle.queue_lock import ids_assigned
 from image_pipeline.services.images.interface import ImageGenerator
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.sheets import PromptSheet

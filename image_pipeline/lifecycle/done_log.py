@@ -24,6 +24,7 @@ from image_pipeline.domain.statuses import (
 )
 from image_pipeline.lifecycle.done import entry_for, orphan_posts, read_done_index, stays_as
 from image_pipeline.lifecycle.ledger import Ledger
+from image_pipeline.lifecycle.queue_lock import queue_writes
 from image_pipeline.lifecycle.records import in_queue_order
 from image_pipeline.services.sheets import PromptSheet
 
@@ -133,11 +134,13 @@ def log_and_remove(
                     done_state=LOGGED,
                     final_status=row.status,
                 )
-    removal = (
-        prompt_sheet.remove_rows(to_remove, snapshot=before[0] if before else None, journal=book)
-        if to_remove
-        else {}
-    )
+    if not to_remove:
+        return {}, len(orphans)
+    with queue_writes(book):
+        # under the lock of a shared ledger the queue is read afresh: another worker's removal may have
+        # moved every row since the read above
+        snapshot = None if book.shared or before is None else before[0]
+        removal = prompt_sheet.remove_rows(to_remove, snapshot=snapshot, journal=book)
     return removal, len(orphans)
 
 

@@ -23,6 +23,8 @@ from image_pipeline.domain.statuses import LOGGED
 from image_pipeline.lifecycle.ledger_schema import prompts, workers
 
 _P = prompts.c
+# How long a worker waits for ``exclusive`` on PostgreSQL before its step fails (and is run again later).
+EXCLUSIVE_WAIT_S = 600.0
 _W = workers.c
 
 
@@ -34,6 +36,11 @@ class WorkerRegistry:
     _read: Callable[[], Any]
     _now: Callable[[], ColumnElement[float]]
     _insert: Any
+
+    @property
+    def shared(self) -> bool:
+        """Whether workers on several hosts may share this ledger (PostgreSQL), not one host's SQLite file."""
+        return self._dialect == "postgresql"
 
     def holders(self, prompt_ids: list[str]) -> list[tuple[str, str, str, bool]]:
         """(id, fingerprint, owner, logged) of each entry of these ids that a live claim holds (its lease still
@@ -69,12 +76,14 @@ class WorkerRegistry:
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
         """``name`` held by one worker at a time, across hosts (a PostgreSQL advisory lock, held by a
-        transaction of its own and given up with it, or after the connection's lock timeout) or on the one
+        transaction of its own and given up with it; a waiter gives up after ``EXCLUSIVE_WAIT_S``) or on the one
         host of a SQLite ledger (an exclusive lock on a file beside it, never the database's own lock,
         which every write of every worker needs)."""
         if self._dialect == "postgresql":
             key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
             with self._engine.begin() as db:
+                # the holder may sit out a Sheets quota wait with its retries: wait longer than for a row
+                db.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(EXCLUSIVE_WAIT_S * 1000)}ms'")
                 db.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
                 yield
             return

@@ -1,4 +1,4 @@
-"""Workers started together give the queue's new rows their ids one at a time (``lifecycle/queue_ids.py``).
+"""Workers started together give the queue's new rows their ids one at a time (``lifecycle/queue_lock.py``).
 
 Three workers, each with its own Google client and ledger handle, read a queue of rows without ids at the
 same moment, against the Sheets emulator with a real request latency and a real PostgreSQL ledger (and a
@@ -16,7 +16,7 @@ import pytest
 
 from image_pipeline.definitions import build_definitions
 from image_pipeline.lifecycle.ledger import Ledger
-from image_pipeline.lifecycle.queue_ids import ids_assigned
+from image_pipeline.lifecycle.queue_lock import ids_assigned
 from image_pipeline.testing.emulators.google import READ_ENDPOINTS, WRITE_ENDPOINTS
 from image_pipeline.testing.sandbox import DONE_WORKSHEET, PROCESS_WORKSHEET, Sandbox
 from image_pipeline_tests.postgres_server import PostgresServer, postgres_server
