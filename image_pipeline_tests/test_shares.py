@@ -55,7 +55,7 @@ def test_the_share_is_what_is_free_over_the_workers_within_bounds() -> None:
     assert share_size(100, 1, first=True, floor=8, ceiling=200) == 25
     assert share_size(100, 3, first=True, floor=8, ceiling=200) == 34  # the others said so: a third
     assert share_size(100, 5, first=True, floor=8, ceiling=200) == 20
-    # alone afterwards: the rest in one run; three workers: a third of what is free
+    # alone afterwards (or the only one without a share): the rest; three without one: a third each
     assert share_size(75, 1, first=False, floor=8, ceiling=200) == 75
     assert share_size(75, 3, first=False, floor=8, ceiling=200) == 25
     assert share_size(75, 1, first=False, floor=8, ceiling=50) == 50  # the batch size caps it
@@ -130,7 +130,7 @@ def test_workers_reserving_together_split_the_backlog(store: PostLedger) -> None
                 book.seen_worker(me)
                 free, others = free_candidates(book, left, me, _live)
                 workers = max(len(book.workers_seen(45) | {me}), others + 1)
-                n = share_size(len(free), workers, first=first, floor=4, ceiling=200)
+                n = share_size(len(free), workers - others, first=first, floor=4, ceiling=200)
                 first = False
                 taken = reserve(
                     book, free, n, owner=f"{me}:run{len(mine)}", lease_s=600, is_stale=_live, order=order

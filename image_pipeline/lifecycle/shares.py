@@ -7,10 +7,13 @@ in the ledger before it starts a run (one transaction, in partition order, so tw
 other in a cycle), skipping prompts that another live worker holds or that are already in Done, and the run
 covers just that share. The run's own claims are the same owner's, so they only renew these.
 
-The share follows guided self-scheduling (Polychronopoulos & Kuck, IEEE Trans. Computers C-36(12), 1987):
-what is still free divided by the number of workers, so early shares are large (fewer runs, fewer Sheets
-requests per prompt) and the last ones small (no worker sits idle while another finishes a long batch). The
-workers count themselves in the ledger's ``workers`` table at each share and heartbeat.
+The share is what is still free divided among the workers that hold no share right now (this one
+included): workers started together split a backlog in equal parts and each goes through its part in one
+run (the fewest runs, Sheets requests and run boundaries), and a worker that finishes early takes its part
+of what is left. The batch size caps a share, so a long backlog still comes in several rounds, which evens
+out workers of unequal speed (the idea of guided self-scheduling, Polychronopoulos & Kuck, IEEE Trans.
+Computers C-36(12), 1987, with the busy workers left out of the divisor). The workers count themselves in
+the ledger's ``workers`` table when they start, at each share and every heartbeat.
 """
 
 from __future__ import annotations
@@ -67,12 +70,13 @@ def free_candidates(
 
 
 def share_size(free: int, workers: int, *, first: bool, floor: int, ceiling: int) -> int:
-    """How many of ``free`` prompts the next run takes: free / workers (guided self-scheduling), at least
-    ``floor`` (enough to keep the run's generation slots busy), at most ``ceiling`` (the batch size).
+    """How many of ``free`` prompts the next run takes: free / ``workers``, at least ``floor`` (enough to
+    keep the run's generation slots busy), at most ``ceiling`` (the batch size).
 
-    ``workers`` counts this one. A worker that sees no other one at its first share takes at most a quarter
-    of what is free: another may be starting just now. Alone afterwards, it takes the rest (one run, not
-    many small ones)."""
+    ``workers`` are those without a share now, this one included (the caller leaves out the workers that
+    hold claims: they are busy with theirs). A worker that sees no other one at its first share takes at
+    most a quarter of what is free: another may be starting just now. Alone afterwards, it takes the rest
+    (one run, not many small ones)."""
     if free <= 0:
         return 0
     divisor = max(1, workers)
