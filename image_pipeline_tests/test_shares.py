@@ -50,18 +50,17 @@ def _candidates(n: int) -> list[Candidate]:
     return [Candidate(f"p{i:03d}", f"f{i}", f"prompt {i}") for i in range(n)]
 
 
-def test_the_share_is_what_is_free_over_the_workers_within_bounds() -> None:
-    # a worker that sees no other one takes a quarter first: another may be starting just now
-    assert share_size(100, 1, first=True, floor=8, ceiling=200) == 25
-    assert share_size(100, 3, first=True, floor=8, ceiling=200) == 34  # the others said so: a third
-    assert share_size(100, 5, first=True, floor=8, ceiling=200) == 20
-    # alone afterwards (or the only one without a share): the rest; three without one: a third each
-    assert share_size(75, 1, first=False, floor=8, ceiling=200) == 75
-    assert share_size(75, 3, first=False, floor=8, ceiling=200) == 25
-    assert share_size(75, 1, first=False, floor=8, ceiling=50) == 50  # the batch size caps it
-    assert share_size(12, 3, first=False, floor=8, ceiling=200) == 8  # never below two rounds of slots
-    assert share_size(5, 3, first=False, floor=8, ceiling=200) == 5
-    assert share_size(0, 3, first=False, floor=8, ceiling=200) == 0
+def test_the_share_is_what_is_free_over_the_idle_workers_within_bounds() -> None:
+    # a worker that sees no other one at its first share takes a quarter: another may be starting now
+    assert share_size(100, 1, unsure=True, floor=8, ceiling=200) == 25
+    # three workers without a share: a third each; the last of them, with the others busy: the rest
+    assert share_size(100, 3, unsure=False, floor=8, ceiling=200) == 34
+    assert share_size(66, 2, unsure=False, floor=8, ceiling=200) == 33
+    assert share_size(33, 1, unsure=False, floor=8, ceiling=200) == 33
+    assert share_size(75, 1, unsure=False, floor=8, ceiling=50) == 50  # the batch size caps it
+    assert share_size(12, 3, unsure=False, floor=8, ceiling=200) == 8  # never below two rounds of slots
+    assert share_size(5, 3, unsure=False, floor=8, ceiling=200) == 5
+    assert share_size(0, 3, unsure=False, floor=8, ceiling=200) == 0
 
 
 def test_free_leaves_out_what_live_workers_hold_and_what_is_done(store: PostLedger) -> None:
@@ -130,7 +129,8 @@ def test_workers_reserving_together_split_the_backlog(store: PostLedger) -> None
                 book.seen_worker(me)
                 free, others = free_candidates(book, left, me, _live)
                 workers = max(len(book.workers_seen(45) | {me}), others + 1)
-                n = share_size(len(free), workers - others, first=first, floor=4, ceiling=200)
+                unsure = first and workers == 1
+                n = share_size(len(free), workers - others, unsure=unsure, floor=4, ceiling=200)
                 first = False
                 taken = reserve(
                     book, free, n, owner=f"{me}:run{len(mine)}", lease_s=600, is_stale=_live, order=order

@@ -228,7 +228,8 @@ def _shares(
         free, others = free_candidates(book, left, me, is_stale)
         workers = max(len(book.workers_seen(WORKER_SEEN_S) | {me}), others + 1)
         # the free prompts go to the workers without a share: those holding one are busy with it
-        n = share_size(len(free), workers - others, first=first, floor=floor, ceiling=size)
+        unsure = first and workers == 1
+        n = share_size(len(free), workers - others, unsure=unsure, floor=floor, ceiling=size)
         first = False
         taken = reserve(book, free, n, owner=owner, lease_s=ledger.lease_s, is_stale=is_stale, order=order)
         if not taken:

@@ -50,39 +50,52 @@ def plan_done(
     holds the prompt's claim now (renewed, or taken over from a finished run when the Done step is re-executed
     alone); a prompt another live run holds is left to that run."""
     plan = DonePlan()
-    results, to_log, to_remove = plan.results, plan.to_log, plan.to_remove
-    for key, record in in_queue_order(prompt_record):
-        fingerprint = record.fingerprint
-        if fingerprint and record.status != BUSY and held is not None and not held(key, record):
-            results[key] = DoneOutcome(BUSY, "another run is working on this prompt")
-            continue
-        entry = entry_for(key, record, generated_image[key], telegram_post[key])
-        # What the ledger says now, not at intake: another worker may have finished this prompt since
-        # (it took over when this run's lease ran out, then released it, and ``held`` took it back).
-        # Only for a Done row this run would append (a prompt it holds and finished).
-        now = book.get(key, fingerprint) if entry is not None and fingerprint else None
-        if now is not None and now.done_state == LOGGED:
-            to_remove[key] = fingerprint
-            results[key] = DoneOutcome("LOGGED", f"already in Done ({now.final_status}); only removed")
-            continue
-        if now is not None and now.done_state == LOGGING:
-            plan.read_back.add(key)
-            plan.needs_done_check = True
-        if record.status == LOGGED:
-            to_remove[key] = fingerprint
-            results[key] = DoneOutcome("LOGGED", record.reason)
-        elif entry is None:
-            reason = record.reason or generated_image[key].reason or telegram_post[key].reason
-            results[key] = DoneOutcome(stays_as(record, generated_image[key], telegram_post[key]), reason)
-        else:
-            to_log.append((key, fingerprint, entry))
-            to_remove[key] = fingerprint
-        if any(
-            e.post_state == POSTED and e.done_state != LOGGED and e.fingerprint != fingerprint
-            for e in book.entries_for(key)
-        ):
-            plan.needs_done_check = True
+    with book.batch():  # the batch's claims renewed and its entries read in one transaction
+        for key, record in in_queue_order(prompt_record):
+            _plan_one(plan, key, record, generated_image, telegram_post, book, held)
     return plan
+
+
+def _plan_one(
+    plan: DonePlan,
+    key: str,
+    record: PromptRecord,
+    generated_image: ByPartition,
+    telegram_post: ByPartition,
+    book: Ledger,
+    held: Callable[[str, PromptRecord], bool] | None,
+) -> None:
+    results, to_log, to_remove = plan.results, plan.to_log, plan.to_remove
+    fingerprint = record.fingerprint
+    if fingerprint and record.status != BUSY and held is not None and not held(key, record):
+        results[key] = DoneOutcome(BUSY, "another run is working on this prompt")
+        return
+    entry = entry_for(key, record, generated_image[key], telegram_post[key])
+    entries = book.entries_for(key)
+    # What the ledger says now, not at intake: another worker may have finished this prompt since
+    # (it took over when this run's lease ran out, then released it, and ``held`` took it back).
+    # Only for a Done row this run would append (a prompt it holds and finished).
+    now = next((e for e in entries if e.fingerprint == fingerprint), None) if entry is not None else None
+    if now is not None and now.done_state == LOGGED:
+        to_remove[key] = fingerprint
+        results[key] = DoneOutcome("LOGGED", f"already in Done ({now.final_status}); only removed")
+        return
+    if now is not None and now.done_state == LOGGING:
+        plan.read_back.add(key)
+        plan.needs_done_check = True
+    if record.status == LOGGED:
+        to_remove[key] = fingerprint
+        results[key] = DoneOutcome("LOGGED", record.reason)
+    elif entry is None:
+        reason = record.reason or generated_image[key].reason or telegram_post[key].reason
+        results[key] = DoneOutcome(stays_as(record, generated_image[key], telegram_post[key]), reason)
+    else:
+        to_log.append((key, fingerprint, entry))
+        to_remove[key] = fingerprint
+    if any(
+        e.post_state == POSTED and e.done_state != LOGGED and e.fingerprint != fingerprint for e in entries
+    ):
+        plan.needs_done_check = True
 
 
 def log_and_remove(

@@ -69,19 +69,16 @@ def free_candidates(
     return free, len(others)
 
 
-def share_size(free: int, workers: int, *, first: bool, floor: int, ceiling: int) -> int:
-    """How many of ``free`` prompts the next run takes: free / ``workers``, at least ``floor`` (enough to
-    keep the run's generation slots busy), at most ``ceiling`` (the batch size).
+def share_size(free: int, idle: int, *, unsure: bool, floor: int, ceiling: int) -> int:
+    """How many of ``free`` prompts the next run takes: free / ``idle``, at least ``floor`` (enough to keep
+    the run's generation slots busy), at most ``ceiling`` (the batch size).
 
-    ``workers`` are those without a share now, this one included (the caller leaves out the workers that
-    hold claims: they are busy with theirs). A worker that sees no other one at its first share takes at
-    most a quarter of what is free: another may be starting just now. Alone afterwards, it takes the rest
-    (one run, not many small ones)."""
+    ``idle``: the workers without a share now, this one included (the workers holding claims are busy
+    with theirs). ``unsure``: this worker's first share and no other worker seen yet; another may be
+    starting just now, so it takes at most a quarter (and the rest in a second run if still alone)."""
     if free <= 0:
         return 0
-    divisor = max(1, workers)
-    if first and divisor == 1:
-        divisor = MIN_DIVISOR
+    divisor = MIN_DIVISOR if unsure else max(1, idle)
     return min(free, ceiling, max(floor, math.ceil(free / divisor)))
 
 
