@@ -92,8 +92,18 @@ def local_resources(tmp_path: Path, workbook_dir: Path) -> dict[str, object]:
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
+    # No captured stdout/stderr: Dagster mirrors the process's file descriptors through a `tail -F` per
+    # step, and two runs at once in one process (test_two_runs_never_take_the_same_prompt) that end out of
+    # order leave the first one's tail without its end of file, so that step waits 30 s and fails. The
+    # tests read the event log, never the captured output; deployments run one run per process.
+    with dg.instance_for_test(overrides={"compute_logs": NO_COMPUTE_LOGS}) as inst:
         yield inst
+
+
+NO_COMPUTE_LOGS = {
+    "module": "dagster._core.storage.noop_compute_log_manager",
+    "class": "NoOpComputeLogManager",
+}
 
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

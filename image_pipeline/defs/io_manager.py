@@ -12,6 +12,7 @@ assets always take a ``ByPartition``. The store underneath is on ``UPath`` all t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,6 +30,8 @@ R = TypeVar("R")
 # Requests in flight at once per input or output of an object store: each partition is its own object,
 # and one GET or PUT at a time would make a batch of 200 wait 600 round trips (tens of ms each) in a row.
 OBJECT_STORE_PARALLEL = 16
+# Runs whose stored values are kept in memory for their later steps (see PartitionFileIOManager._written).
+KEPT_RUNS = 4
 
 
 def _each(store: PartitionFileStore, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -54,9 +57,10 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
     # What this run stored, by (asset, partition): a later step of the same run in the same process (the
     # in-process executor of `image-pipeline run` and of tests) takes it from here instead of reading back
     # the file it just wrote; in an object store that is two or three requests per partition and input.
-    # Only the current run's values are kept; another process (a step launched on its own) reads the files.
-    _written: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
-    _written_run: str = PrivateAttr(default="")
+    # Kept per run id (the last few runs: runs of one process follow each other, or run at once in
+    # tests that share one resource); another process (a step launched on its own) reads the files.
+    _written: dict[str, dict[tuple[str, str], Any]] = PrivateAttr(default_factory=dict)
+    _written_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def store(self, run_id: str = "") -> PartitionFileStore:
         """Direct access for a step that writes files as it goes (images, before the step ends)."""
@@ -78,16 +82,19 @@ class PartitionFileIOManager(dg.ConfigurableIOManager):
         store = self.store(context.run_id)
         asset = self._asset(context)
         _each(store, lambda item: store.write(asset, *item), list(obj.items()))
-        if self._written_run != context.run_id:
-            self._written, self._written_run = {}, context.run_id
-        self._written.update({(asset, key): value for key, value in obj.items()})
+        with self._written_lock:
+            kept = self._written.setdefault(context.run_id, {})
+            kept.update({(asset, key): value for key, value in obj.items()})
+            while len(self._written) > KEPT_RUNS:
+                self._written.pop(next(iter(self._written)))  # the oldest run's values
 
     def load_input(self, context: dg.InputContext) -> ByPartition:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["__all__"]
         run_id = context.step_context.run_id
         store = self.store(run_id)
         asset = self._asset(context)
-        kept = self._written if self._written_run == run_id else {}
+        with self._written_lock:
+            kept = dict(self._written.get(run_id, {}))
         missing = [key for key in keys if (asset, key) not in kept]
         read = dict(zip(missing, _each(store, lambda key: store.read(asset, key), missing), strict=True))
         return ByPartition({key: read[key] if key in read else kept[(asset, key)] for key in keys})
