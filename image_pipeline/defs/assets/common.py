@@ -63,7 +63,8 @@ def _single(context: dg.AssetExecutionContext) -> str | None:
 
 
 def _ledger_context(context: dg.AssetExecutionContext, ledger: PostLedger) -> tuple[Ledger, str, Any]:
-    return ledger.open(), owner_token(context.run.run_id), stale_owner_check(context.instance)
+    book = ledger.open()
+    return book, owner_token(context.run.run_id), stale_owner_check(context.instance, book)
 
 
 def _count(values: Any) -> dict[str, int]:
