@@ -155,32 +155,3 @@ def test_workers_reserving_together_split_the_backlog(store: PostLedger) -> None
     sizes = {name: len(keys) for name, keys in got.items()}
     print(f"shares of 90 prompts among 3 workers reserving at once: {sizes}")
     assert all(size > 0 for size in sizes.values())  # no worker left idle while the others had a backlog
-
-
-def test_a_registered_worker_gone_silent_loses_its_claims_on_a_shared_ledger(store: PostLedger) -> None:
-    import sqlalchemy as sa
-
-    from image_pipeline.lifecycle.ledger import stale_owner_check
-    from image_pipeline.lifecycle.ledger_schema import workers
-    from image_pipeline.lifecycle.ledger_workers import WORKER_SILENT_S
-
-    book = store.open()
-    killed, working, daemon_run = "h/other-ns:7", "h/other-ns:8", "h/other-ns:9"
-    book.seen_worker(killed)
-    book.seen_worker(working)
-    # the killed worker's last word was a minute ago (its heartbeat stopped with it)
-    with book._engine.begin() as db:
-        db.execute(sa.update(workers).where(workers.c.worker == killed).values(seen_at=time.time() - 60))
-    is_stale = stale_owner_check(None, book)
-    if book.shared:  # PostgreSQL: workers on several hosts, each with its own Dagster instance
-        assert is_stale(f"{killed}:run-1")
-        assert book.worker_silent(killed, WORKER_SILENT_S)
-        # one at work, and a run the daemon launched (never registered): only their lease decides
-        assert not is_stale(f"{working}:run-2") and not is_stale(f"{daemon_run}:run-3")
-        assert book.claim("p1", "f", owner=f"{killed}:run-1", prompt="x", lease_s=900, is_stale=_live)
-        assert book.claim("p1", "f", owner=f"{working}:run-2", prompt="x", lease_s=900, is_stale=is_stale)
-        assert not book.claim(
-            "p1", "f", owner=f"{daemon_run}:run-3", prompt="x", lease_s=900, is_stale=is_stale
-        )
-    else:  # one host's SQLite ledger: its process ids and runs decide, as before
-        assert not is_stale(f"{killed}:run-1")

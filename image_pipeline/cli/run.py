@@ -214,7 +214,7 @@ def _shares(
         worker_of,
     )
 
-    is_stale = stale_owner_check(instance, book)
+    is_stale = stale_owner_check(instance)
     ledger = resources["ledger"]
     me = worker_of(owner_token(""))
     # enough for two rounds of the generation slots: a smaller run would leave slots idle at its end

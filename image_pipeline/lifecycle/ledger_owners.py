@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import dagster as dg
 
-from image_pipeline.lifecycle.ledger_workers import WORKER_SILENT_S
 from image_pipeline.services.hosts import node_id, process_alive
 
 
@@ -26,19 +24,13 @@ def owner_token(run_id: str) -> str:
     return f"{where}:{os.getpid()}:{run_id}"
 
 
-def stale_owner_check(instance: dg.DagsterInstance | None, book: Any = None) -> Callable[[str], bool]:
+def stale_owner_check(instance: dg.DagsterInstance | None) -> Callable[[str], bool]:
     """Whether a claim's owner, whose lease still runs, is gone anyway: its Dagster run has finished, or it
-    is provably on this kernel and in this PID namespace and its process is gone, or (``book``: a shared
-    ledger) it is an `image-pipeline run` worker that said it was at work and has been silent since.
+    is provably on this kernel and in this PID namespace and its process is gone.
 
     A hostname alone proves nothing (containers share one, PID namespaces repeat ids), so an owner token
-    without a node (older releases, non-Linux) gets no PID check: its lease and its run decide. A worker
-    with a Dagster instance of its own cannot see another worker's run finish; a killed worker's claims
-    would wait for their lease (15 minutes). The ledger's register of workers (refreshed every 10 s while a
-    worker runs, removed when it exits) shows it silent within ``WORKER_SILENT_S`` instead. A run the daemon
-    launched never registers, so only its lease and its run decide for it."""
+    without a node (older releases, non-Linux) gets no PID check: its lease and its run decide."""
     here = node_id()
-    shared = book is not None and getattr(book, "shared", False)
 
     def is_stale(owner: str) -> bool:
         try:
@@ -55,7 +47,6 @@ def stale_owner_check(instance: dg.DagsterInstance | None, book: Any = None) -> 
             run = instance.get_run_by_id(run_id)
             if run is not None and run.is_finished:
                 return True
-        # (the process part of the token: ``host/node:pid``, as the worker registers itself)
-        return shared and book.worker_silent(owner.rsplit(":", 1)[0], WORKER_SILENT_S)
+        return False
 
     return is_stale

@@ -23,9 +23,6 @@ from image_pipeline.domain.statuses import LOGGED
 from image_pipeline.lifecycle.ledger_schema import prompts, workers
 
 _P = prompts.c
-# A registered worker silent this long is gone (it refreshes its row every 10 s while it works): its claims
-# are stale, and it is not counted when the others size their shares.
-WORKER_SILENT_S = 45.0
 # How long a worker waits for ``exclusive`` on PostgreSQL before its step fails (and is run again later).
 EXCLUSIVE_WAIT_S = 600.0
 _W = workers.c
@@ -70,13 +67,6 @@ class WorkerRegistry:
         with self._read() as db:
             query = sa.select(_W.worker).where(_W.seen_at > self._now() - within_s)
             return {str(w) for (w,) in db.execute(query)}
-
-    def worker_silent(self, worker: str, within_s: float) -> bool:
-        """Whether ``worker`` registered and has said nothing for ``within_s`` seconds (a killed worker);
-        False for one that never registered (a run the daemon launched) or that is at work."""
-        with self._read() as db:
-            seen = db.execute(sa.select(_W.seen_at - self._now()).where(_W.worker == worker)).scalar()
-        return seen is not None and float(seen) < -within_s
 
     def forget_worker(self, worker: str) -> None:
         """A worker that finished its backlog and exits: the others need not leave it a share."""

@@ -23,12 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from image_pipeline.lifecycle.ledger import Ledger
-from image_pipeline.lifecycle.ledger_workers import WORKER_SILENT_S
 
 # The divisor of a worker's first share when it sees no other worker yet: one may be starting just now.
 MIN_DIVISOR = 4
 # A worker that said nothing for this long (at each share and every heartbeat, 10 s) is not counted.
-WORKER_SEEN_S = WORKER_SILENT_S
+WORKER_SEEN_S = 45.0
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,7 @@ def _single(context: dg.AssetExecutionContext) -> str | None:
 
 
 def _ledger_context(context: dg.AssetExecutionContext, ledger: PostLedger) -> tuple[Ledger, str, Any]:
-    book = ledger.open()
-    return book, owner_token(context.run.run_id), stale_owner_check(context.instance, book)
+    return ledger.open(), owner_token(context.run.run_id), stale_owner_check(context.instance)
 
 
 def _count(values: Any) -> dict[str, int]:
