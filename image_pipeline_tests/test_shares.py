@@ -7,43 +7,16 @@ moment never getting the same prompt while together taking all of them.
 
 from __future__ import annotations
 
-import itertools
-import os
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from image_pipeline.lifecycle import ledger_schema
 from image_pipeline.lifecycle.ledger import Ledger, PostLedger
-from image_pipeline.lifecycle.ledger_schema import drop_engine
 from image_pipeline.lifecycle.shares import Candidate, free_candidates, reserve, share_size, worker_of
-from image_pipeline_tests.postgres_server import PostgresServer, postgres_server
 
-_names = itertools.count()
+# the same two ledgers as the ledger's own tests: a SQLite file, or a fresh database on a real PostgreSQL
+from image_pipeline_tests import test_ledger_sql
 
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    with postgres_server(db_name="shares_admin", user="ledger") as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PostLedger]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg").create_database(f"shares_{os.getpid()}_{next(_names)}")
-        resource = PostLedger(path=str(tmp_path / "unused.sqlite"), url=url)
-    else:
-        resource = PostLedger(path=str(tmp_path / "ledger.sqlite"))
-    yield resource
-    drop_engine(resource.url or ledger_schema.sqlite_url(resource.path))
-
-
-def _live(_owner: str) -> bool:
-    return False
+pg, store, _live = test_ledger_sql.pg, test_ledger_sql.store, test_ledger_sql._live
 
 
 def _candidates(n: int) -> list[Candidate]:
