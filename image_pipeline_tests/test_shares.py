@@ -97,6 +97,7 @@ def test_workers_reserving_together_split_the_backlog(store: PostLedger) -> None
             book = Ledger(store.path, url=store.url)  # a handle of its own, as another process has
             me = f"host/{name}:1"
             left, first, mine = list(cands), True, []
+            book.seen_worker(me)  # as `run` does before its preflight: started together, all counted
             start.wait(30)
             while left:
                 book.seen_worker(me)
