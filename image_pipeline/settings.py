@@ -14,7 +14,10 @@ from pathlib import Path
 import dagster as dg
 
 from image_pipeline.defs.io_manager import PartitionFileIOManager
+from image_pipeline.domain.rows import BACKEND_KINDS
 from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.services.images.a1111 import A1111Generator
+from image_pipeline.services.images.chain import BackendChain
 from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.services.images.interface import DEFAULT_MODEL, ImageGenerator
 from image_pipeline.services.images.preview import OfflinePreviewGenerator
@@ -120,18 +123,96 @@ def prompt_sheet_from(env: Mapping[str, str], settings: Settings) -> PromptSheet
 
 
 def image_generator_from(env: Mapping[str, str]) -> ImageGenerator:
-    base_url = _get(env, "HF_INFERENCE_BASE_URL")
-    if not _get(env, "HF_TOKEN") and not base_url:
+    """IMAGE_BACKENDS when set (a fallback chain); else Hugging Face with a token or an endpoint URL, else
+    the offline preview."""
+    if _get(env, "IMAGE_BACKENDS"):
+        return backend_chain_from(env)
+    if not _get(env, "HF_TOKEN") and not _get(env, "HF_INFERENCE_BASE_URL"):
         return OfflinePreviewGenerator(**_retry_fields(env))
+    return _huggingface(env, "")
+
+
+def _huggingface(env: Mapping[str, str], where: str) -> HuggingFaceGenerator:
+    """``where`` from IMAGE_BACKENDS (``huggingface:fal-ai`` or ``huggingface:https://...``) wins over
+    HF_PROVIDER / HF_INFERENCE_BASE_URL."""
+    is_url = where.startswith(("http://", "https://"))
+    base_url = where if is_url else _get(env, "HF_INFERENCE_BASE_URL")
     return HuggingFaceGenerator(
         token=dg.EnvVar("HF_TOKEN") if _get(env, "HF_TOKEN") else None,
         model=_get(env, "HF_MODEL", DEFAULT_MODEL),
-        provider=_get(env, "HF_PROVIDER", "auto"),
+        provider=(where if where and not is_url else _get(env, "HF_PROVIDER", "auto")),
         base_url=base_url or None,
         hub_url=_get(env, "HF_ENDPOINT") or None,
         concurrency=int(_get(env, "HF_CONCURRENCY", "1")),
         **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
         **_retry_fields(env),
+    )
+
+
+def _a1111(env: Mapping[str, str], where: str) -> A1111Generator:
+    """AUTOMATIC1111 / Forge / SD.Next: ``a1111:http://gpu:7860`` in IMAGE_BACKENDS, else A1111_BASE_URL."""
+    optional: dict[str, object] = {}
+    for field, name, cast in (
+        ("steps", "A1111_STEPS", int),
+        ("cfg_scale", "A1111_CFG_SCALE", float),
+        ("sampler_name", "A1111_SAMPLER", str),
+        ("scheduler", "A1111_SCHEDULER", str),
+        ("timeout_s", "A1111_TIMEOUT_S", float),
+        ("concurrency", "A1111_CONCURRENCY", int),
+    ):
+        if _get(env, name):
+            optional[field] = cast(_get(env, name))
+    if _get(env, "A1111_RESTORE_SETTINGS"):
+        optional["restore_settings"] = _flag(env, "A1111_RESTORE_SETTINGS")
+    return A1111Generator(
+        base_url=where or _get(env, "A1111_BASE_URL", "http://127.0.0.1:7860"),
+        model=_get(env, "A1111_MODEL"),
+        user=_get(env, "A1111_USER") or None,
+        password=dg.EnvVar("A1111_PASSWORD") if _get(env, "A1111_PASSWORD") else None,
+        **optional,  # type: ignore[arg-type]
+        **_retry_fields(env),
+    )
+
+
+def parse_backends(value: str) -> list[tuple[str, str]]:
+    """``huggingface:fal-ai, comfyui:http://gpu:8188, a1111`` -> [(kind, where), ...] in order; a kind at
+    most once (its settings are its variables), only kinds a row's "backend" column may name too."""
+    entries: list[tuple[str, str]] = []
+    for raw in value.replace("\n", ",").split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        kind, _, where = raw.partition(":")
+        kind = kind.strip().lower()
+        if kind not in BACKEND_KINDS:
+            raise ValueError(f"IMAGE_BACKENDS: {kind!r} is not one of {', '.join(BACKEND_KINDS)}")
+        if any(k == kind for k, _ in entries):
+            raise ValueError(f"IMAGE_BACKENDS lists {kind} twice; each backend once, in the order to try")
+        entries.append((kind, where.strip()))
+    if not entries:
+        raise ValueError("IMAGE_BACKENDS is set but lists no backend")
+    return entries
+
+
+def backend_chain_from(env: Mapping[str, str]) -> BackendChain:
+    entries = parse_backends(_get(env, "IMAGE_BACKENDS"))
+    members: dict[str, ImageGenerator] = {}
+    for kind, where in entries:
+        if kind == "huggingface":
+            members[kind] = _huggingface(env, where)
+        elif kind == "a1111":
+            members[kind] = _a1111(env, where)
+        elif kind == "preview":
+            members[kind] = OfflinePreviewGenerator(**_retry_fields(env))
+    first = members[entries[0][0]]
+    return BackendChain(
+        order=[kind for kind, _ in entries],
+        model=first.model,
+        width=first.width,
+        height=first.height,
+        # enough generation threads for the widest backend: a fallback's slots are its own
+        concurrency=max(m.concurrency for m in members.values()),
+        **members,  # type: ignore[arg-type]
     )
 
 

@@ -25,6 +25,7 @@ DONE_COLUMNS = (
     "provider",
     "negative_prompt",
     "message_link",
+    "backend",
 )
 DONE_ALIASES = {
     "info": "information",
@@ -58,6 +59,7 @@ class DoneEntry:
     provider: str = ""
     negative_prompt: str = ""
     message_link: str = ""
+    backend: str = ""  # the image backend that made it (IMAGE_BACKENDS: huggingface, a1111, comfyui, ...)
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}

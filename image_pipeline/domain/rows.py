@@ -15,11 +15,16 @@ from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, COM
 from image_pipeline.domain.telegram_limits import MAX_COUNT
 
 # Optional "Process" columns, matched by header name (case-insensitive).
-OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count")
+OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count", "backend")
+# Columns that came later join a row's fingerprint only when set, so rows (and ledgers) from before keep
+# their prints.
+LATE_COLUMNS = ("count", "backend")
 ID_COLUMN = "id"
 # An optional "status" column steers a row and shows its progress. It is not part of the row's
 # fingerprint: typing a word there (or the pipeline writing its state) is not an edit of the prompt.
 STATUS_COLUMN = "status"
+# The image backends a row's "backend" column may name (each has a module in services/images).
+BACKEND_KINDS = ("huggingface", "a1111", "comfyui", "preview")
 MAX_PROMPT_CHARS = 10_000  # longer prompts are rejected: no text-to-image model reads that far
 MAX_SIDE = 4096
 MIN_SIDE = 64
@@ -60,10 +65,8 @@ class PromptRow:
 
     def fingerprint(self) -> str:
         """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""
-        # "count" came later: it joins only when set, so rows (and ledgers) from before keep their prints
-        parts = [f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS if k != "count"]
-        if self.params.get("count", ""):
-            parts.append(f"count={self.params['count']}")
+        parts = [f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS if k not in LATE_COLUMNS]
+        parts += [f"{k}={self.params[k]}" for k in LATE_COLUMNS if self.params.get(k, "")]
         payload = "\x1f".join([self.prompt, *parts])
         return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
@@ -76,6 +79,10 @@ class GenerationRequest:
     width: int
     height: int
     seed: int | None
+    # The image backend the row asks for ("" = the configured order) and whether the model is the row's
+    # own choice, not a default: a fallback backend of another kind then uses its own default model.
+    backend: str = ""
+    model_from_row: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,21 @@ def build_request(
     height = _multiple_of_8(_parse_int("height", p.get("height", ""), MIN_SIDE, MAX_SIDE) or default_height)
     seed = _parse_int("seed", p.get("seed", ""), 0, 2**32 - 1)
     _parse_int("count", p.get("count", ""), 1, MAX_COUNT)  # validated here; variations_of() reads it
-    model = clean_text(p.get("model", "")).strip() or default_model
+    row_model = clean_text(p.get("model", "")).strip()
     negative = clean_text(p.get("negative_prompt", "")).strip() or None
-    return GenerationRequest(clean_text(row.prompt).strip(), negative, model, width, height, seed)
+    backend = clean_text(p.get("backend", "")).strip().lower()
+    if backend and backend not in BACKEND_KINDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKEND_KINDS)}")
+    return GenerationRequest(
+        clean_text(row.prompt).strip(),
+        negative,
+        row_model or default_model,
+        width,
+        height,
+        seed,
+        backend=backend,
+        model_from_row=bool(row_model),
+    )
 
 
 def variations_of(row: PromptRow) -> int:

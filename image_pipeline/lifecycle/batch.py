@@ -7,16 +7,19 @@ of the image cap is reserved then and given back when nothing was made.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
-from image_pipeline.domain.errors import ServiceBlocked
+from image_pipeline.domain.errors import CreditsDepleted, ServiceBlocked, ServiceWait
 from image_pipeline.domain.records import ByPartition, ImageOutcome, PostOutcome
 from image_pipeline.domain.rows import GenerationRequest
 from image_pipeline.domain.statuses import CAPPED
 from image_pipeline.lifecycle.claims import transient_outcome
 from image_pipeline.lifecycle.generation import generate_to_disk
-from image_pipeline.lifecycle.ledger import Ledger, PostLedger
+from image_pipeline.lifecycle.ledger import BACKEND_PAUSE, Ledger, PostLedger
 from image_pipeline.lifecycle.suspects import Suspects
+from image_pipeline.services.images.chain import BackendChain
 from image_pipeline.services.images.interface import ImageGenerator
 from image_pipeline.services.storage import PartitionFileStore
 
@@ -37,6 +40,18 @@ class BatchGeneration:
         self.ledger = ledger
         self.refused: list[ServiceBlocked] = []  # a service refusing us, seen by any generation thread
         self.awaiting_post: set[str] = set()  # generation started, post not done yet (the daily post cap)
+        self._notices: list[str] = []  # what the operator hears about the backends of a chain, once each
+        self._told: set[str] = set()
+        self._lock = threading.Lock()
+        if isinstance(image_generator, BackendChain):
+            for name, paused in book.backend_pauses().items():
+                # paused by an earlier run: leave it out, the next backend takes its prompts
+                error = (
+                    ServiceWait(paused.message(), service=name, wait_s=paused.until - time.time())
+                    if paused.timed
+                    else CreditsDepleted(paused.message(), service=name)
+                )
+                image_generator.avoid(name, error)
 
     def capped(self, key: str, count: int) -> tuple[ImageOutcome, str] | None:
         """The daily caps, decided in queue order before the requests start (so they start in queue
@@ -72,13 +87,51 @@ class BatchGeneration:
         except ServiceBlocked as exc:
             self.refused.append(exc)
             self.give_back(count)
+            self._backends_heard()
             raise
         except BaseException:
             self.give_back(count)
             raise
+        self._backends_heard()
         if not outcome.ok:
             self.give_back(count)  # only images that exist count against the cap
         return outcome, note
+
+    def _backends_heard(self) -> None:
+        """A backend of the chain that refused us while the next one went on: credits or a quota pause
+        that backend in the ledger (one notice, from the run that paused it); any other refusal is told
+        once per run, as a single backend's refusal is."""
+        if not isinstance(self.image_generator, BackendChain):
+            return
+        for refusal in self.image_generator.take_refusals():
+            error, name = refusal.error, refusal.backend
+            if refusal.pauses:
+                until = error.until if isinstance(error, ServiceWait) else 0.0
+                # the run stopping (no backend left) tells once for all, with the pipeline's own pause
+                if self.book.pause(BACKEND_PAUSE + name, str(error), until=until) and not self.refused:
+                    self._tell(
+                        name,
+                        f"paused image backend {name}: {error}. The next backends of "
+                        "IMAGE_BACKENDS make the images meanwhile; `image-pipeline resume` lifts it.",
+                    )
+            elif not self.refused:
+                self._tell(
+                    name,
+                    f"image backend {name} refused: {error}. The next backends of "
+                    "IMAGE_BACKENDS make the images this run.",
+                )
+
+    def _tell(self, name: str, message: str) -> None:
+        with self._lock:
+            if name not in self._told:
+                self._told.add(name)
+                self._notices.append(message)
+
+    def take_notices(self) -> list[str]:
+        """What the operator should hear about the backends so far (the asset sends it to the alert chat)."""
+        with self._lock:
+            taken, self._notices = self._notices, []
+        return taken
 
     def give_back(self, count: int) -> None:
         if self.ledger.daily_image_cap > 0:

@@ -88,6 +88,7 @@ def _image_fields(meta: dict[str, Any], model: str) -> dict[str, str]:
         "image_sha256": meta["sha256"],
         "provider": str(meta.get("provider", "")),
         "negative_prompt": str(meta.get("negative_prompt", "")),
+        "backend": str(meta.get("backend", "")),
     }
     if meta.get("variations"):
         out["seed"] = ";".join(str(v.get("seed", "")) for v in meta["variations"])
@@ -135,6 +136,7 @@ def orphan_posts(
             provider=str(meta.get("provider", "")),
             negative_prompt=str(meta.get("negative_prompt", "")),
             message_link=e.link,
+            backend=str(meta.get("backend", "")),
         )
         out.append((e, row))
     return out

@@ -129,6 +129,7 @@ def generate_one(
         "height": image.height,
         "model": image.model,
         "provider": image.provider,
+        "backend": image.backend,
         "seed": image.seed,
         "negative_prompt": request.negative_prompt or "",
         "generation_s": image.seconds,
@@ -140,7 +141,11 @@ def generate_one(
     # the image half of the pre-post checks, here in the generation thread while others are in flight
     meta["checks"] = [check_dict(c) for c in check_image(image.png, key)]
     thumbnail = thumbnail_markdown(image.png, key)
+    if image.fallback:
+        meta["fallback"] = image.fallback
     note = f"{image.width}x{image.height} from {image.model} in {image.seconds:.2f}s"
+    if image.fallback:
+        note += f" (made by {image.fallback})"
     return ImageOutcome("OK", meta, path=str(path), thumbnail=thumbnail), note
 
 

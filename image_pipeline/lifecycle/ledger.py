@@ -113,6 +113,9 @@ class Pause:
         )
 
 
+BACKEND_PAUSE = "backend:"  # the service name of a pause that covers one image backend of the chain
+
+
 def utc_day(now: float | None = None) -> str:
     """The day daily caps are counted in: the UTC date, the same on every machine."""
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
@@ -349,16 +352,31 @@ class Ledger(WorkerRegistry, ChatSlots):
             return False
 
     def pause_state(self) -> Pause | None:
-        """The pause in force: an untimed one first (it needs a person), else the wait that ends last."""
+        """The pause in force: an untimed one first (it needs a person), else the wait that ends last.
+        A pause of one image backend (``backend:NAME``) is not the pipeline's: the others still work."""
         query = (
             sa.select(_Q.service, _Q.reason, _Q.since, _Q.until)
             .where(sa.or_(_Q.until == 0, _Q.until > self._now()))
+            .where(sa.not_(_Q.service.startswith(BACKEND_PAUSE)))
             .order_by(sa.case((_Q.until == 0, 1), else_=0).desc(), _Q.until.desc())
             .limit(1)
         )
         with self._read() as db:
             row = db.execute(query).first()
         return Pause(str(row[0]), str(row[1]), float(row[2]), float(row[3])) if row else None
+
+    def backend_pauses(self) -> dict[str, Pause]:
+        """The image backends paused now (credits or a quota of one backend of the chain), by name."""
+        query = (
+            sa.select(_Q.service, _Q.reason, _Q.since, _Q.until)
+            .where(sa.or_(_Q.until == 0, _Q.until > self._now()))
+            .where(_Q.service.startswith(BACKEND_PAUSE))
+        )
+        with self._read() as db:
+            rows = db.execute(query).all()
+        return {
+            str(s)[len(BACKEND_PAUSE) :]: Pause(str(s), str(r), float(a), float(u)) for s, r, a, u in rows
+        }
 
     def resume(self) -> list[Pause]:
         """Lift every pause; returns what was lifted (one statement: a pause made meanwhile is in it or stays)."""
@@ -544,6 +562,15 @@ class PostLedger(dg.ConfigurableResource):
                 )
             ]
         checks = [ok("Budget", "spending", "not paused")]
+        for name, paused in sorted(book.backend_pauses().items()):
+            checks.append(
+                warn(
+                    "Budget",
+                    f"backend {name}",
+                    paused.message(),
+                    "the other backends of IMAGE_BACKENDS make the images meanwhile",
+                )
+            )
         for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
             if cap > 0:
                 used = book.used_today(kind)

@@ -33,7 +33,7 @@ from image_pipeline.domain.statuses import (
 from image_pipeline.lifecycle.batch import BatchGeneration, settle_suspects, witness
 from image_pipeline.lifecycle.generation import plan_generation
 from image_pipeline.lifecycle.ledger import PostLedger
-from image_pipeline.lifecycle.posting import post_one
+from image_pipeline.lifecycle.posting import notify, post_one
 from image_pipeline.lifecycle.progress import RunProgress
 from image_pipeline.lifecycle.records import GENERATED_IMAGE, in_queue_order
 from image_pipeline.lifecycle.suspects import Suspects
@@ -126,6 +126,7 @@ def generate_and_post(
                 generation.stop_if_refused()
                 if key in futures:
                     outcome, note = futures[key].result()
+                    _tell_backends(context, publisher, generation)
                     (context.log.info if outcome.ok else context.log.warning)(f"{key}: {note}")
                     outcomes[key] = outcome
                     witness(
@@ -149,6 +150,7 @@ def generate_and_post(
                 finished(key, prompt_record[key])
         except ServiceBlocked as exc:
             pool.shutdown(wait=True, cancel_futures=True)
+            _tell_backends(context, publisher, generation)
             for key, future in futures.items():
                 if future.cancelled():  # never started: its reserved share of the image cap goes back
                     generation.give_back(counts[key])
@@ -166,6 +168,15 @@ def generate_and_post(
         ),
     )
     yield from pre_post_check_results(posts)
+
+
+def _tell_backends(
+    context: dg.AssetExecutionContext, publisher: Publisher, generation: BatchGeneration
+) -> None:
+    """A backend of IMAGE_BACKENDS refused us and the next one went on: the operator hears it once."""
+    for message in generation.take_notices():
+        context.log.warning(redact(message))
+        notify(publisher, f"image-pipeline: {redact(message)}")
 
 
 def _progress_status(record: PromptRecord, post: PostOutcome) -> tuple[str, str]:
@@ -188,12 +199,15 @@ def _image_partition_metadata(key: str, outcome: ImageOutcome) -> dict[str, Any]
         "height": m["height"],
         "model": m["model"],
         "provider": m["provider"],
+        "backend": str(m.get("backend", "")),
         "seed": m["seed"] if m["seed"] is not None else "",
         "negative_prompt": dg.MetadataValue.text(str(m.get("negative_prompt", ""))),
         "generation_s": dg.MetadataValue.float(float(m["generation_s"])),
         "bytes": m["bytes"],
         "sha256": m["sha256"],
     }
+    if m.get("fallback"):
+        metadata["fallback"] = dg.MetadataValue.text(str(m["fallback"]))
     if outcome.thumbnail:
         metadata["preview"] = dg.MetadataValue.md(outcome.thumbnail)
     if outcome.path:
@@ -222,6 +236,7 @@ def _post_partition_metadata(post: PostOutcome) -> dict[str, Any]:
             metadata.update(
                 model=str(meta.get("model", "")),
                 provider=str(meta.get("provider", "")),
+                backend=str(meta.get("backend", "")),
                 seed=str(meta["seed"]) if meta.get("seed") is not None else "",
                 size=f"{meta['width']}x{meta['height']}",
                 negative_prompt=dg.MetadataValue.text(str(meta.get("negative_prompt", ""))),

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 from pydantic import Field
@@ -167,6 +167,8 @@ def ensure_http_client() -> None:
 
 class HuggingFaceGenerator(ImageGenerator):
     """``huggingface_hub.InferenceClient.text_to_image`` through an inference provider or an endpoint URL."""
+
+    kind: ClassVar[str] = "huggingface"
 
     token: str | None = Field(default=None, description="Hugging Face token (bind with EnvVar('HF_TOKEN')).")
     provider: str = Field(default="auto", description="Inference provider, e.g. auto, hf-inference, fal-ai.")

@@ -6,7 +6,9 @@ import io
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import dagster as dg
 from PIL import Image
@@ -30,6 +32,8 @@ class GeneratedImage:
     seed: int | None
     seconds: float
     preview: bool
+    backend: str = ""  # the kind of backend that made it (huggingface, a1111, comfyui, preview)
+    fallback: str = ""  # why the backends before it in IMAGE_BACKENDS did not make it, when they did not
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -44,10 +48,14 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 PROVIDER_INFO = "image_pipeline.provider"  # the key of Image.info that carries the provider used
+SEED_INFO = "image_pipeline.seed"  # the seed the server reports it used, when it reports one
+MODEL_INFO = "image_pipeline.model"  # the model the server reports it used, when it reports one
 
 
 class ImageGenerator(dg.ConfigurableResource):
     """Turns a prompt into a PNG. Subclasses pick the backend."""
+
+    kind: ClassVar[str] = ""  # the backend's name in IMAGE_BACKENDS and in a row's "backend" column
 
     model: str = Field(default=DEFAULT_MODEL, description="Model id used when a row names none.")
     width: int = Field(default=1024, description="Default width in pixels.")
@@ -57,6 +65,9 @@ class ImageGenerator(dg.ConfigurableResource):
     concurrency: int = Field(default=1, description="Images generated at once within a batch run.")
     _slots: threading.BoundedSemaphore | None = PrivateAttr(default=None)
     _slots_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Called with a slot held, before each request: a fallback chain raises here what this backend said
+    # to another prompt meanwhile, so requests queued behind a refusal do not ask again.
+    _before_request: Callable[[], None] | None = PrivateAttr(default=None)
 
     def _request_slots(self) -> threading.BoundedSemaphore:
         # Only the request to the provider holds a slot; decoding, encoding and writing the file happen
@@ -87,11 +98,20 @@ class ImageGenerator(dg.ConfigurableResource):
         return request.seed if request.seed is not None else random.SystemRandom().randrange(0, 2**31)
 
     def generate(self, request: GenerationRequest) -> GeneratedImage:
+        if request.backend and request.backend != self.kind:
+            # the row's own choice, which this deployment cannot serve: its fault, not the service's
+            raise PromptRejected(
+                f"the row asks for backend {request.backend}, but only {self.kind} is configured "
+                "(IMAGE_BACKENDS lists the backends a row may name)",
+                service="images",
+            )
         seed = self._pick_seed(request)
         policy = RetryPolicy(attempts=max(1, self.retry_attempts), base_delay_s=self.retry_base_delay_s)
 
         def attempt() -> tuple[Image.Image, float]:
             with self._request_slots():
+                if self._before_request is not None:
+                    self._before_request()
                 started = time.monotonic()
                 image = self._generate_once(request, seed)
                 return image, time.monotonic() - started
@@ -112,10 +132,11 @@ class ImageGenerator(dg.ConfigurableResource):
             # aspect ratio, not width and height)
             width=image.width,
             height=image.height,
-            model=self._served_model(request),
+            model=str(image.info.get(MODEL_INFO) or self._served_model(request)),
             # the provider that made this image ("auto" resolved), set by the backend on the image
             provider=str(image.info.get(PROVIDER_INFO) or self._provider()),
-            seed=seed,
+            seed=int(image.info[SEED_INFO]) if SEED_INFO in image.info else seed,
             seconds=round(seconds, 3),
             preview=self.is_preview,
+            backend=self.kind,
         )

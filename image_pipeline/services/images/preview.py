@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import ClassVar
 
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field
@@ -18,6 +19,8 @@ PREVIEW_LABEL = "Offline preview: abstract art drawn locally, not an AI image"
 
 class OfflinePreviewGenerator(ImageGenerator):
     """Deterministic abstract art drawn with Pillow from the prompt; no network, no model, clearly labelled."""
+
+    kind: ClassVar[str] = "preview"
 
     model: str = Field(default="offline-preview", description="Label recorded as the model.")
 
