@@ -18,6 +18,7 @@ from image_pipeline.domain.rows import BACKEND_KINDS
 from image_pipeline.lifecycle.ledger import PostLedger
 from image_pipeline.services.images.a1111 import A1111Generator
 from image_pipeline.services.images.chain import BackendChain
+from image_pipeline.services.images.comfyui import ComfyUIGenerator
 from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.services.images.interface import DEFAULT_MODEL, ImageGenerator
 from image_pipeline.services.images.preview import OfflinePreviewGenerator
@@ -174,6 +175,27 @@ def _a1111(env: Mapping[str, str], where: str) -> A1111Generator:
     )
 
 
+def _comfyui(env: Mapping[str, str], where: str) -> ComfyUIGenerator:
+    """A ComfyUI server: ``comfyui:http://gpu:8188`` in IMAGE_BACKENDS, else COMFYUI_URL; the workflow is a
+    path to an "Export (API)" file or a shipped one (``sdxl``, ``flux``)."""
+    optional: dict[str, object] = {}
+    for field, name, cast in (
+        ("workflow", "COMFYUI_WORKFLOW", str),
+        ("poll_interval_s", "COMFYUI_POLL_INTERVAL_S", float),
+        ("timeout_s", "COMFYUI_TIMEOUT_S", float),
+        ("request_timeout_s", "COMFYUI_REQUEST_TIMEOUT_S", float),
+        ("concurrency", "COMFYUI_CONCURRENCY", int),
+    ):
+        if _get(env, name):
+            optional[field] = cast(_get(env, name))
+    return ComfyUIGenerator(
+        base_url=where or _get(env, "COMFYUI_URL", "http://127.0.0.1:8188"),
+        model=_get(env, "COMFYUI_MODEL"),
+        **optional,  # type: ignore[arg-type]
+        **_retry_fields(env),
+    )
+
+
 def parse_backends(value: str) -> list[tuple[str, str]]:
     """``huggingface:fal-ai, comfyui:http://gpu:8188, a1111`` -> [(kind, where), ...] in order; a kind at
     most once (its settings are its variables), only kinds a row's "backend" column may name too."""
@@ -202,6 +224,8 @@ def backend_chain_from(env: Mapping[str, str]) -> BackendChain:
             members[kind] = _huggingface(env, where)
         elif kind == "a1111":
             members[kind] = _a1111(env, where)
+        elif kind == "comfyui":
+            members[kind] = _comfyui(env, where)
         elif kind == "preview":
             members[kind] = OfflinePreviewGenerator(**_retry_fields(env))
     first = members[entries[0][0]]

@@ -248,3 +248,50 @@ def test_hugging_face_out_of_credits_the_a1111_server_makes_the_image(
 
 def json_seed(gpu) -> int:
     return int(gpu.jobs[-1]["seed"])
+
+
+def test_rows_choose_comfyui_and_a1111_with_their_own_checkpoints_and_the_doctor_checks_each(
+    hf_emulator, local_resources, instance, workbook_dir
+) -> None:
+    from image_pipeline.services.images.a1111 import A1111Generator
+    from image_pipeline.services.images.comfyui import ComfyUIGenerator
+    from image_pipeline.testing.emulators.a1111 import A1111Emulator
+    from image_pipeline.testing.emulators.comfyui import ComfyUIEmulator
+
+    rows = [
+        ["on the comfy server", "comfyui", "v1-5-pruned-emaonly.safetensors"],
+        ["on the webui", "a1111", "juggernautXL_v9"],
+        ["by the order", "", ""],
+    ]
+    ids = _queue(workbook_dir, rows, header=["prompt", "backend", "model"])
+    with A1111Emulator(generation_s=0.01) as webui, ComfyUIEmulator(seconds_per_job=0.01) as comfy:
+        chain = BackendChain(
+            order=["comfyui", "a1111", "huggingface"],
+            model="",
+            width=64,
+            height=64,
+            huggingface=_hf(hf_emulator),
+            comfyui=ComfyUIGenerator(base_url=comfy.base_url, poll_interval_s=0.02, width=64, height=64),
+            a1111=A1111Generator(base_url=webui.base_url, width=64, height=64, retry_base_delay_s=0.01),
+        )
+        checks = {(c.service, c.name): c.status for c in chain.preflight()}
+        # the doctor's rows, named by backend: each one asked with its own cheapest call
+        for name in ("comfyui", "a1111", "huggingface"):
+            assert any(service.endswith(f"({name})") for service, _ in checks), (name, checks)
+        assert all(status in ("ok", "skipped") for status in checks.values()), checks
+        resources = {**local_resources, "image_generator": chain}
+        assert run_partitions(resources, instance, ids).success
+        [job] = webui.jobs
+        comfy_models = [
+            node["inputs"].get("ckpt_name")
+            for body in comfy.prompts
+            for node in body["prompt"].values()
+            if "ckpt_name" in node["inputs"]
+        ]
+    done = {d["prompt"]: d for d in _done(workbook_dir)}
+    assert done["on the comfy server"]["backend"] == "comfyui"
+    assert "v1-5-pruned-emaonly.safetensors" in comfy_models
+    assert done["on the webui"]["backend"] == "a1111" and "juggernautXL_v9" in done["on the webui"]["model"]
+    assert job["asked_checkpoint"] and "juggernautXL_v9" in job["asked_checkpoint"]
+    assert done["by the order"]["backend"] == "comfyui"
+    assert hf_emulator.count("text_to_image") == 0

@@ -34,6 +34,7 @@ from image_pipeline.domain.errors import (
 )
 from image_pipeline.domain.rows import GenerationRequest
 from image_pipeline.services.images.a1111 import A1111Generator
+from image_pipeline.services.images.comfyui import ComfyUIGenerator
 from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.services.images.interface import GeneratedImage, ImageGenerator
 from image_pipeline.services.images.preview import OfflinePreviewGenerator
@@ -61,6 +62,7 @@ class BackendChain(ImageGenerator):
     huggingface: HuggingFaceGenerator | None = Field(
         default=None, description="Hugging Face, when in the order."
     )
+    comfyui: ComfyUIGenerator | None = Field(default=None, description="A ComfyUI server, when listed.")
     a1111: A1111Generator | None = Field(
         default=None, description="AUTOMATIC1111 / Forge / SD.Next, when listed."
     )

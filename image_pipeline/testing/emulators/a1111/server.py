@@ -29,17 +29,6 @@ class A1111Emulator(A1111Jobs):
     """Start with ``A1111Emulator(generation_s=1.0).start()`` (or as a context manager); ``base_url``
     is what the backend's ``base_url`` field takes. See ``A1111State`` for the knobs."""
 
-    def start(self) -> A1111Emulator:
-        super().start()
-        assert self._server is not None
-        # The base handler writes headers and body in two sends: on a kept-alive connection Nagle holds
-        # the body until the client's delayed ACK (about 40 ms a request here), which would swamp the
-        # per-job overhead a benchmark of this one-job-at-a-time server measures. No client has connected
-        # yet, so swapping the class now applies to every connection.
-        base = self._server.RequestHandlerClass
-        self._server.RequestHandlerClass = type("NoDelayHandler", (base,), {"disable_nagle_algorithm": True})
-        return self
-
     def endpoint_of(self, request: Request) -> str:
         if request.path.startswith(API):
             return request.path[len(API) :].strip("/") or "root"
