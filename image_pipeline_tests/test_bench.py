@@ -6,11 +6,15 @@ Timing is not asserted anywhere: on a shared CI machine it says nothing about th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from image_pipeline.testing.bench import BASELINE, JSON_KEYS, Profile, main, process_tree, target_marks
+from image_pipeline.testing.bench.profiles import default_profiles
+from image_pipeline.testing.bench.report import format_table
+from image_pipeline.testing.bench.scenarios import Context, run_product_scenario
 
 
 @pytest.mark.timeout(120)
@@ -57,6 +61,30 @@ def test_bounds_follow_the_profiles() -> None:
     post = Profile(prompts=100, side=512, telegram_per_chat_per_minute=20, posts_per_minute=20)
     assert post.bound_s() == 300.0  # 20 posts a minute
     assert gen.without_latency().bound_s() is None
+    a1111 = Profile(prompts=100, side=512, a1111_s=1.0)
+    # the server's FIFO lock: one job at a time, however many requests the product keeps in flight
+    assert a1111.bound_s() == replace(a1111, a1111_concurrency=2).bound_s() == 100.0
+    assert a1111.without_latency().bound_s() is None and a1111.without_latency().a1111_s == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_b100_a1111_small_goes_through_the_a1111_emulator_one_job_at_a_time(tmp_path: Path) -> None:
+    profile = replace(
+        default_profiles(64)["B100-a1111"], prompts=5, a1111_s=0.05, sheets_s=0.0, telegram_s=0.0
+    )
+    figures = run_product_scenario("B100-a1111", profile, Context(root=tmp_path, timeout_s=50))
+    print(format_table({"B100-a1111": figures}))
+    assert figures["check"] == "ok", figures["check"]
+    assert figures["prompts"] == figures["posted"] == 5
+    assert figures["posted_twice"] == figures["not_posted"] == figures["queue_left"] == 0
+    # the images came from the A1111 emulator, each made once, never two at once; Hugging Face was idle
+    assert figures["a1111_jobs_run"] == 5 and figures["a1111_max_concurrent_jobs"] == 1
+    assert figures["hf_requests"] == 0 and figures["a1111_concurrency"] == 1
+    assert figures["bound_s"] == 0.25 and figures["efficiency"] > 0
+    for key in ("a1111_before_first_job_s", "a1111_between_jobs_ms", "a1111_after_last_job_s"):
+        assert isinstance(figures[key], float), key
+    marks = dict(target_marks("B100-a1111", figures))
+    assert set(marks) == {"wall<=1.1*bound", "1 job at once"} and marks["1 job at once"] is True
 
 
 def test_a_missed_target_is_marked_and_a_missing_figure_is_not_judged() -> None:

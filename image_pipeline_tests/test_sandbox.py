@@ -21,7 +21,7 @@ from dotenv import dotenv_values
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 from image_pipeline.testing.emulators.telegram import DEFAULT_TOKEN as TG_TOKEN
-from image_pipeline.testing.sandbox import Sandbox, dotenv_quote, read_sample_queue
+from image_pipeline.testing.sandbox import Sandbox, _banner, dotenv_quote, read_sample_queue
 
 from .conftest import QUIET
 
@@ -61,6 +61,30 @@ def test_sandbox_serves_the_sample_queue_and_a_matching_env(tmp_path: Path) -> N
 
         env_file = sandbox.write_env_file(tmp_path / "nested" / "sandbox.env")
         assert dotenv_values(env_file) == env
+
+
+def test_an_a1111_sandbox_makes_the_product_generate_through_its_emulator(tmp_path: Path) -> None:
+    from image_pipeline.domain.rows import GenerationRequest
+    from image_pipeline.settings import image_generator_from
+
+    with Sandbox(tmp_path, a1111=True) as sandbox:
+        assert sandbox.a1111 is not None
+        env = sandbox.env()
+        assert set(env) == ENV_KEYS | {"IMAGE_BACKENDS"}
+        assert env["IMAGE_BACKENDS"] == f"a1111:{sandbox.a1111.base_url}"
+        assert sandbox.a1111.base_url in _banner(sandbox, tmp_path / "sandbox.env")
+        generator = image_generator_from(env)
+        request = GenerationRequest(
+            prompt="a fox", negative_prompt=None, model="", width=64, height=64, seed=7
+        )
+        image = generator.generate(request)
+        assert image.backend == "a1111" and image.seed == 7 and (image.width, image.height) == (64, 64)
+        assert sandbox.a1111.jobs_run == 1 and sum(sandbox.hf.counters.values()) == 0
+        url = sandbox.a1111.base_url
+    with pytest.raises(requests.ConnectionError):  # stopped with the sandbox
+        requests.get(f"{url}/sdapi/v1/sd-models", timeout=2)
+    with Sandbox(tmp_path / "plain") as plain:
+        assert plain.a1111 is None and "IMAGE_BACKENDS" not in plain.env()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 The pipeline keeps its real clients (gspread, InferenceClient, requests) and only their base URLs and
 credentials change, so ``make dev`` against the sandbox exercises the same code paths as production
 without accounts, tokens or network access. Everything lives in memory: stopping the sandbox forgets it.
+With ``a1111=True`` (``--a1111``) it also serves an AUTOMATIC1111 web API and its env makes that server
+the image backend (``IMAGE_BACKENDS=a1111:<its URL>``) instead of Hugging Face.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from image_pipeline.domain.done_entries import DONE_COLUMNS
+from image_pipeline.testing.emulators.a1111 import A1111Emulator
+from image_pipeline.testing.emulators.base import EmulatorServer
 from image_pipeline.testing.emulators.google import GoogleEmulator
 from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
@@ -62,6 +66,7 @@ class Sandbox:
         *,
         seed_rows: list[list[str]] | None = None,
         latency_s: float = 0.0,
+        a1111: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.seed_rows = seed_rows
@@ -71,6 +76,8 @@ class Sandbox:
         self.google = GoogleEmulator()
         self.hf = HuggingFaceEmulator()
         self.telegram = TelegramEmulator()
+        # a self-hosted image server in place of Hugging Face, when asked (its knobs: generation_s, ...)
+        self.a1111: A1111Emulator | None = A1111Emulator() if a1111 else None
         self.spreadsheet_id = ""
         self.key_file = self.folder / "service_account.json"
         self._started = False
@@ -81,7 +88,7 @@ class Sandbox:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            for emulator in (self.google, self.hf, self.telegram):
+            for emulator in self._emulators():
                 emulator.start()
                 if self.latency_s > 0:
                     emulator.set_latency(self.latency_s)
@@ -107,8 +114,12 @@ class Sandbox:
 
     def _stop_emulators(self) -> None:
         # EmulatorServer.stop() is a no-op on a server that never started, so this is safe mid-start.
-        for emulator in (self.telegram, self.hf, self.google):
+        for emulator in reversed(self._emulators()):
             emulator.stop()
+
+    def _emulators(self) -> list[EmulatorServer]:
+        optional = [self.a1111] if self.a1111 is not None else []
+        return [self.google, self.hf, self.telegram, *optional]
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -126,6 +137,7 @@ class Sandbox:
         """The variables that point the pipeline's real backends at the emulators, and nothing else."""
         if not self._started:
             raise RuntimeError("the sandbox is not started")
+        backends = {"IMAGE_BACKENDS": f"a1111:{self.a1111.base_url}"} if self.a1111 is not None else {}
         return {
             "GOOGLE_SERVICE_ACCOUNT_FILE": str(self.key_file.resolve()),
             "GOOGLE_SHEET_KEY": self.spreadsheet_id,
@@ -138,6 +150,7 @@ class Sandbox:
             "TELEGRAM_CHAT_ID": str(DEFAULT_CHANNEL_ID),
             "TELEGRAM_ALERT_CHAT_ID": str(ALERTS_CHANNEL_ID),
             "TELEGRAM_API_BASE_URL": self.telegram.base_url,
+            **backends,
         }
 
     def write_env_file(self, path: Path) -> Path:
@@ -186,6 +199,7 @@ def _banner(sandbox: Sandbox, env_file: Path) -> str:
         f"  google (oauth, sheets, drive): {sandbox.google.base_url}",
         f"  hugging face:                  {sandbox.hf.base_url}",
         f"  telegram:                      {sandbox.telegram.base_url}",
+        *([f"  a1111 (images):                {sandbox.a1111.base_url}"] if sandbox.a1111 else []),
         f"  spreadsheet {SPREADSHEET_TITLE!r}: {sandbox.spreadsheet_id}",
         f"env file: {shown}",
         "",
@@ -205,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="folder for the key file and env file")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every emulator response")
     parser.add_argument(
+        "--a1111", action="store_true", help="also serve an AUTOMATIC1111 API and make it the image backend"
+    )
+    parser.add_argument(
         "--env-file", type=Path, default=None, help="where to write the env file (default: DIR/sandbox.env)"
     )
     args = parser.parse_args(argv)
@@ -218,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with Sandbox(args.dir, latency_s=args.latency) as sandbox:
+        with Sandbox(args.dir, latency_s=args.latency, a1111=args.a1111) as sandbox:
             sandbox.write_env_file(env_file)
             print(_banner(sandbox, env_file), flush=True)
             next_status = time.monotonic() + STATUS_INTERVAL_S

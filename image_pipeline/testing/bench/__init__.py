@@ -17,6 +17,12 @@ Scenarios (the JSON holds one object per name):
   (a plain ``set_latency`` would sleep before the cap is checked); every Bot API call takes 100 ms;
   Telegram's per-chat cap is lifted (its global 30/s stays) and ``TELEGRAM_POSTS_PER_MINUTE=0``.
   Bound = prompts x 1 s / 4 = 25 s.
+- ``B100-a1111``: the B100-gen queue and latencies, but the images come from the sandbox's AUTOMATIC1111
+  emulator (``IMAGE_BACKENDS=a1111:<its URL>``): one job at a time behind its FIFO lock, 1 s each, and
+  ``A1111_CONCURRENCY=1`` (``--a1111-concurrency`` changes it). Bound = prompts x 1 s = 100 s, target
+  wall <= 1.1 x bound; the emulator's counts (``a1111_jobs_run``, ``a1111_max_concurrent_jobs``, which
+  must be 1, ``a1111_max_queued``) and where the time beyond the bound went (before the first job,
+  between jobs, after the last one) are printed beside the targets. See ``a1111.py``.
 - ``B100-post``: the same with Telegram's real per-chat cap (20 a minute) and
   ``TELEGRAM_POSTS_PER_MINUTE=20``. Bound = max(generation bound, prompts x 60 s / 20) = 5 minutes; the
   figures that matter are the Telegram 429s (target 0) and wall / bound.

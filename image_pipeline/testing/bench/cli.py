@@ -43,10 +43,12 @@ def selected(args: argparse.Namespace) -> list[str]:
 
 def profiles_for(args: argparse.Namespace) -> dict[str, Profile]:
     profiles = default_profiles(args.side)
-    for name in ("B100-gen", "B100-post", "B1000-mem", *WORKER_SCENARIOS):
+    for name in ("B100-gen", "B100-a1111", "B100-post", "B1000-mem", *WORKER_SCENARIOS):
         count = args.prompts if args.prompts else max(1, round(profiles[name].prompts * args.scale))
         profiles[name] = replace(profiles[name], prompts=count)
     profiles[BASELINE] = replace(profiles[BASELINE], prompts=args.baseline_prompts)
+    if args.a1111_concurrency:
+        profiles["B100-a1111"] = replace(profiles["B100-a1111"], a1111_concurrency=args.a1111_concurrency)
     if args.no_latency:
         profiles = {k: p.without_latency() for k, p in profiles.items()}
     return profiles
@@ -118,11 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         "--prompts",
         type=int,
         default=0,
-        help="prompts of B100-gen, B100-post, B1000-mem, B100-1w and B100-3w",
+        help="prompts of B100-gen, B100-a1111, B100-post, B1000-mem, B100-1w and B100-3w",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the default prompt counts")
     parser.add_argument(
         "--side", type=int, default=512, help="image side of the B100 scenarios and the sensor"
+    )
+    parser.add_argument(
+        "--a1111-concurrency",
+        type=int,
+        default=0,
+        help="A1111_CONCURRENCY of B100-a1111 (default: its profile's)",
     )
     parser.add_argument("--no-latency", action="store_true", help="no emulated latency at all (smoke runs)")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="give up on a scenario after this")

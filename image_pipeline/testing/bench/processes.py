@@ -37,6 +37,7 @@ _INHERITED_PIPELINE_VARS = (
     "HF_PROVIDER",
     "HF_HUB_OFFLINE",
     "HF_CONCURRENCY",
+    "IMAGE_BACKENDS",  # the shell's own servers: B100-a1111 sets its own, the others use Hugging Face
     "TELEGRAM_POSTS_PER_MINUTE",
     # the shared ledger and object store of a scale-out deployment: never the calling shell's
     "IMAGE_PIPELINE_LEDGER_URL",

@@ -33,6 +33,11 @@ TARGETS: dict[str, list[Target]] = {
         Target("sheets/p<=0.1", "sheets_requests_per_prompt", lambda v: v <= 0.1),
         Target("ovh<=50ms", "overhead_ms_per_prompt", lambda v: v <= 50),
     ],
+    # issue 15: one job at a time on the server, 1 s each: the wall within 10 % of prompts x 1 s
+    "B100-a1111": [
+        Target("wall<=1.1*bound", "efficiency", lambda v: v > 0 and 1 / v <= 1.1),
+        Target("1 job at once", "a1111_max_concurrent_jobs", lambda v: v == 1),
+    ],
     "B100-post": [
         Target("429=0", "telegram_429", lambda v: v == 0),
         Target("wall<=1.05*bound", "efficiency", lambda v: v > 0 and 1 / v <= 1.05),
@@ -89,6 +94,17 @@ def _with_ratio(value: Any, ratio: Any, digits: int = 2) -> str:
     return text if ratio is None else f"{text} (x{ratio:.2g})"
 
 
+def _a1111_note(r: dict[str, Any]) -> str:
+    """Where B100-a1111's time beyond its bound went, and how busy the product kept the server."""
+    return (
+        f"{r['a1111_jobs_run']} jobs, A1111_CONCURRENCY {r.get('a1111_concurrency')}, "
+        f"{_num(r.get('a1111_max_queued'))} queued at most; "
+        f"start {_num(r.get('a1111_before_first_job_s'), 1)} s, "
+        f"between jobs {_num(r.get('a1111_between_jobs_ms'), 0)} ms, "
+        f"end {_num(r.get('a1111_after_last_job_s'), 1)} s"
+    )
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     header = [
         "scenario",
@@ -115,6 +131,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             if r.get("drive_lag_row_to_post_s") is not None:
                 extra += f"; Drive lag {_num(r.get('drive_lag_s'), 0)} s: {_num(r['drive_lag_row_to_post_s'], 1)} s"
             targets = f"{targets}; {extra}" if targets else extra
+        if r.get("a1111_jobs_run") is not None:
+            targets = f"{targets}; {_a1111_note(r)}" if targets else _a1111_note(r)
         if r.get("speedup_vs_1w") is not None:
             targets = f"{targets}; speed-up x{r['speedup_vs_1w']:.2f}"
         lines.append(

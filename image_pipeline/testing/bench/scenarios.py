@@ -1,4 +1,4 @@
-"""The burst scenarios (B100-gen, B100-post, B1000-mem) and the baseline's runner, with their figures.
+"""The burst scenarios (B100-gen, B100-a1111, B100-post, B1000-mem) and the baseline's runner, with their figures.
 
 ``run_product_scenario`` runs ``image-pipeline run`` once over a burst of prompts against configured
 emulators while ``TreeMemory`` watches its tree; ``run_baseline`` runs the ancestor's one process per
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from image_pipeline.testing.bench.a1111 import a1111_env, add_a1111_figures, configure_a1111, uses_a1111
 from image_pipeline.testing.bench.baseline import ANCESTOR_DONE_HEADER, SPREADSHEET_TITLE
 from image_pipeline.testing.bench.emulated import (
     configure,
@@ -62,16 +63,18 @@ def run_product_scenario(name: str, profile: Profile, ctx: Context) -> dict[str,
     root = ctx.root / name
     prepare_root(root)
     rows = queue_rows(profile)
-    sandbox = Sandbox(root / "sandbox", seed_rows=rows)
+    sandbox = Sandbox(root / "sandbox", seed_rows=rows, a1111=uses_a1111(profile))
     configure(sandbox, profile)
+    answered = configure_a1111(sandbox, profile)
     memory = TreeMemory().start()
     _reset_own_peak()
     sandbox.start()
     try:
         log = root / "logs" / "worker.log"
+        env = a1111_env(worker_env(sandbox, root, profile), profile)
         t0 = time.monotonic()
         timed_out = False
-        with started(run_command(), cwd=root, env=worker_env(sandbox, root, profile), log=log) as proc:
+        with started(run_command(), cwd=root, env=env, log=log) as proc:
             memory.watch(proc.pid)
             try:
                 code = proc.wait(timeout=ctx.timeout_s)
@@ -82,7 +85,9 @@ def run_product_scenario(name: str, profile: Profile, ctx: Context) -> dict[str,
                 code = proc.wait()
             wall = time.monotonic() - t0
         memory.stop()
-        return _product_figures(name, profile, sandbox, rows, wall, code, timed_out, memory, log)
+        figures = _product_figures(name, profile, sandbox, rows, wall, code, timed_out, memory, log)
+        add_a1111_figures(figures, sandbox, profile, answered, t0)
+        return figures
     finally:
         memory.stop()
         sandbox.stop()
