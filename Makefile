@@ -30,7 +30,7 @@ dev: setup
 
 # Loopback emulators of Google Sheets, Hugging Face and Telegram, with a seeded sheet (see README).
 sandbox: setup
-	$(BIN)/image-pipeline-sandbox
+	$(BIN)/image-pipeline-sandbox $(ARGS)
 
 # The Dagster UI against a running `make sandbox` (reads the variables it wrote).
 dev-sandbox: setup

@@ -96,8 +96,11 @@ def test_env_file_values_read_back_unchanged(tmp_path: Path, value: str) -> None
     assert dotenv_values(path) == {"X": value}
 
 
-def test_the_real_pipeline_runs_against_the_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Sandbox(tmp_path / "sandbox") as sandbox:
+@pytest.mark.parametrize("backend", ["huggingface", "comfyui"])
+def test_the_real_pipeline_runs_against_the_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    with Sandbox(tmp_path / "sandbox", comfyui=backend == "comfyui") as sandbox:
         for name, value in sandbox.env().items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("IMAGE_PIPELINE_DATA", str(tmp_path / "data"))
@@ -124,6 +127,11 @@ def test_the_real_pipeline_runs_against_the_sandbox(tmp_path: Path, monkeypatch:
         process = sandbox.google.values(sid, "Process")
         assert len(process) == 5 and all(ids[0] not in row for row in process)
         assert "Process: 4 left, Done: 1 rows, Telegram: 1 posted" in sandbox.status_line()
+        header = done[0]
+        assert done[1][header.index("backend")] == backend
+        if backend == "comfyui":  # what `make sandbox` + `make dev-sandbox` show: ComfyUI made the image
+            assert sandbox.comfyui is not None and sandbox.comfyui.jobs_executed == 1
+            assert sandbox.hf.count("text_to_image") == 0
 
 
 def _pump(stream, lines: queue.Queue[str]) -> None:
@@ -156,7 +164,9 @@ def test_sandbox_command_serves_until_sigint(tmp_path: Path) -> None:
                 printed.append(lines.get(timeout=0.5))
 
         values = dotenv_values(env_file)
-        assert set(values) == ENV_KEYS
+        assert set(values) == ENV_KEYS | {"IMAGE_BACKENDS"}  # the command serves ComfyUI by default
+        comfy = str(values["IMAGE_BACKENDS"]).removeprefix("comfyui:")
+        assert requests.get(f"{comfy}/system_stats", timeout=5).json()["system"]
         assert f"export TELEGRAM_API_BASE_URL={values['TELEGRAM_API_BASE_URL']}\n" in printed
         assert any(values["GOOGLE_SHEETS_API_BASE_URL"] in x for x in printed)
 

@@ -3,8 +3,10 @@
 The pipeline keeps its real clients (gspread, InferenceClient, requests) and only their base URLs and
 credentials change, so ``make dev`` against the sandbox exercises the same code paths as production
 without accounts, tokens or network access. Everything lives in memory: stopping the sandbox forgets it.
-With ``a1111=True`` (``--a1111``) it also serves an AUTOMATIC1111 web API and its env makes that server
-the image backend (``IMAGE_BACKENDS=a1111:<its URL>``) instead of Hugging Face.
+With ``comfyui=True`` and/or ``a1111=True`` it also serves a ComfyUI server and/or an AUTOMATIC1111 web API,
+and its env makes them the image backends, in that order (``IMAGE_BACKENDS=comfyui:<URL>, a1111:<URL>``),
+instead of Hugging Face. ``image-pipeline-sandbox`` serves ComfyUI unless told ``--no-comfyui``, so ``make
+dev-sandbox`` shows runs made by the self-hosted backend.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import FrameType, TracebackType
 from image_pipeline.domain.done_entries import DONE_COLUMNS
 from image_pipeline.testing.emulators.a1111 import A1111Emulator
 from image_pipeline.testing.emulators.base import EmulatorServer
+from image_pipeline.testing.emulators.comfyui import ComfyUIEmulator
 from image_pipeline.testing.emulators.google import GoogleEmulator
 from image_pipeline.testing.emulators.huggingface import HuggingFaceEmulator
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, TelegramEmulator
@@ -67,6 +70,7 @@ class Sandbox:
         seed_rows: list[list[str]] | None = None,
         latency_s: float = 0.0,
         a1111: bool = False,
+        comfyui: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.seed_rows = seed_rows
@@ -78,6 +82,8 @@ class Sandbox:
         self.telegram = TelegramEmulator()
         # a self-hosted image server in place of Hugging Face, when asked (its knobs: generation_s, ...)
         self.a1111: A1111Emulator | None = A1111Emulator() if a1111 else None
+        # seconds_per_job as a small GPU box takes: the UI shows the run waiting on it
+        self.comfyui: ComfyUIEmulator | None = ComfyUIEmulator(seconds_per_job=1.0) if comfyui else None
         self.spreadsheet_id = ""
         self.key_file = self.folder / "service_account.json"
         self._started = False
@@ -118,7 +124,7 @@ class Sandbox:
             emulator.stop()
 
     def _emulators(self) -> list[EmulatorServer]:
-        optional = [self.a1111] if self.a1111 is not None else []
+        optional = [e for e in (self.comfyui, self.a1111) if e is not None]
         return [self.google, self.hf, self.telegram, *optional]
 
     def __enter__(self) -> Sandbox:
@@ -137,7 +143,12 @@ class Sandbox:
         """The variables that point the pipeline's real backends at the emulators, and nothing else."""
         if not self._started:
             raise RuntimeError("the sandbox is not started")
-        backends = {"IMAGE_BACKENDS": f"a1111:{self.a1111.base_url}"} if self.a1111 is not None else {}
+        listed = [
+            f"{name}:{emulator.base_url}"
+            for name, emulator in (("comfyui", self.comfyui), ("a1111", self.a1111))
+            if emulator is not None
+        ]
+        backends = {"IMAGE_BACKENDS": ", ".join(listed)} if listed else {}
         return {
             "GOOGLE_SERVICE_ACCOUNT_FILE": str(self.key_file.resolve()),
             "GOOGLE_SHEET_KEY": self.spreadsheet_id,
@@ -199,6 +210,7 @@ def _banner(sandbox: Sandbox, env_file: Path) -> str:
         f"  google (oauth, sheets, drive): {sandbox.google.base_url}",
         f"  hugging face:                  {sandbox.hf.base_url}",
         f"  telegram:                      {sandbox.telegram.base_url}",
+        *([f"  comfyui (images):              {sandbox.comfyui.base_url}"] if sandbox.comfyui else []),
         *([f"  a1111 (images):                {sandbox.a1111.base_url}"] if sandbox.a1111 else []),
         f"  spreadsheet {SPREADSHEET_TITLE!r}: {sandbox.spreadsheet_id}",
         f"env file: {shown}",
@@ -222,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         "--a1111", action="store_true", help="also serve an AUTOMATIC1111 API and make it the image backend"
     )
     parser.add_argument(
+        "--no-comfyui",
+        action="store_true",
+        help="no ComfyUI server: Hugging Face's emulator makes the images (unless --a1111)",
+    )
+    parser.add_argument(
         "--env-file", type=Path, default=None, help="where to write the env file (default: DIR/sandbox.env)"
     )
     args = parser.parse_args(argv)
@@ -235,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with Sandbox(args.dir, latency_s=args.latency, a1111=args.a1111) as sandbox:
+        with Sandbox(
+            args.dir, latency_s=args.latency, a1111=args.a1111, comfyui=not args.no_comfyui
+        ) as sandbox:
             sandbox.write_env_file(env_file)
             print(_banner(sandbox, env_file), flush=True)
             next_status = time.monotonic() + STATUS_INTERVAL_S
