@@ -634,3 +634,19 @@ def test_the_postgres_instance_config_exists_and_reads_its_settings_from_the_env
     for name in ("DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_HOST", "DAGSTER_PG_DB"):
         assert name in text
     assert "postgres" in config["storage"]
+
+
+def test_every_variable_the_settings_read_is_in_the_env_example_and_the_readme() -> None:
+    """The guide's rule: every variable in .env.example and the README's table (names are the upper-case
+    string literals of settings.py, where the environment is read)."""
+    import re
+
+    source = (ROOT / "image_pipeline" / "settings.py").read_text(encoding="utf-8")
+    names = sorted(set(re.findall(r'"([A-Z][A-Z0-9]*_[A-Z0-9_]+)"', source)))
+    assert len(names) > 40, names  # the pattern still finds them
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, flags=re.M))
+    assert [n for n in names if n not in listed] == []
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    assert [n for n in names if f"`{n}`" not in table] == []
