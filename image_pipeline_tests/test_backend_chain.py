@@ -295,3 +295,26 @@ def test_rows_choose_comfyui_and_a1111_with_their_own_checkpoints_and_the_doctor
     assert job["asked_checkpoint"] and "juggernautXL_v9" in job["asked_checkpoint"]
     assert done["by the order"]["backend"] == "comfyui"
     assert hf_emulator.count("text_to_image") == 0
+
+
+def test_a_row_whose_own_backend_is_out_waits_while_the_others_go_on(
+    hf_emulator, local_resources, instance, workbook_dir
+) -> None:
+    rows = [["wants hugging face", "huggingface"], ["any backend", ""]]
+    ids = _queue(workbook_dir, rows, header=["prompt", "backend"])
+    hf_emulator.credits_depleted = True
+    resources = {**local_resources, "image_generator": _chain(hf_emulator, ["huggingface", "preview"])}
+    assert run_partitions(resources, instance, ids).success
+    # the row that named the paused backend stays queued with no attempt counted; the other one is made
+    assert queued_prompts(workbook_dir) == ["wants hugging face"]
+    [done] = _done(workbook_dir)
+    assert (done["prompt"], done["backend"]) == ("any backend", "preview")
+    book = resources["ledger"].open()
+    assert book.pause_state() is None and set(book.backend_pauses()) == {"huggingface"}
+    assert all(e.attempts == 0 for e in book.entries_for(ids[0]))
+    # a second run: the row still waits, nothing asks the paused backend, no second notice
+    asked = hf_emulator.count("text_to_image")
+    assert run_partitions(resources, instance, ids[:1]).success
+    assert queued_prompts(workbook_dir) == ["wants hugging face"]
+    assert hf_emulator.count("text_to_image") == asked
+    assert len(local_resources["publisher"].notices()) == 1

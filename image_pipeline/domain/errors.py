@@ -92,5 +92,10 @@ class ServiceWait(ServiceBlocked):
         self.until = time.time() + self.wait_s
 
 
+class BackendUnavailable(PipelineError):
+    """The image backend a row names refuses the service now (paused for credits, a bad login, an outage)
+    while other backends still work: that row waits, queued with no attempt counted; the run goes on."""
+
+
 class QueueFormatError(ServiceBlocked):
     """The sheet is not shaped like a queue (missing worksheet or header); a person has to fix it."""

@@ -9,11 +9,11 @@ from typing import Any
 from PIL import Image
 
 from image_pipeline.domain.content_checks import check_image
-from image_pipeline.domain.errors import PromptRejected, TransientError
+from image_pipeline.domain.errors import BackendUnavailable, PromptRejected, TransientError
 from image_pipeline.domain.records import ByPartition, ImageOutcome, PromptRecord
 from image_pipeline.domain.refusals import signature
 from image_pipeline.domain.rows import GenerationRequest
-from image_pipeline.domain.statuses import BUSY, FAILED, READY
+from image_pipeline.domain.statuses import BUSY, CAPPED, FAILED, READY
 from image_pipeline.lifecycle.approval import APPROVED, approved_outcome, variation_seeds
 from image_pipeline.lifecycle.claims import hold, transient_outcome
 from image_pipeline.lifecycle.ledger import Ledger, PostLedger
@@ -124,6 +124,10 @@ def generate_one(
     except TransientError as exc:
         status, reason = transient_outcome(book, ledger, key, fingerprint, "generation", exc)
         return ImageOutcome(status, {"reason": reason}), reason
+    except BackendUnavailable as exc:
+        # not the prompt's fault and not the pipeline's stop: it waits for its backend, no attempt counted
+        reason = f"{exc}; stays queued"
+        return ImageOutcome(CAPPED, {"reason": reason}), reason
     meta = {
         "width": image.width,
         "height": image.height,

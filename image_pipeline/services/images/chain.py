@@ -25,6 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from image_pipeline.domain.checks import WARN, Check
 from image_pipeline.domain.errors import (
+    BackendUnavailable,
     CreditsDepleted,
     PipelineError,
     PromptRejected,
@@ -182,6 +183,10 @@ class BackendChain(ImageGenerator):
                 fell = "; ".join(f"{n}: {e}" for n, e in heard)
                 image = replace(image, fallback=f"{name} after {fell}")
             return image
+        if request.backend:
+            # the row's own backend is out; the others may be fine, so only this row waits
+            name, why = heard[0]
+            raise BackendUnavailable(f"its backend {name} is out: {why}", service="images")
         raise _none_left(heard)
 
     def preflight(self) -> list[Check]:
