@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -146,12 +147,18 @@ class TelegramPublisher(Publisher):
             ]
         bot = f"@{me.get('username', me.get('id'))}"
         checks = [ok(TELEGRAM, "token valid", f"bot {bot}")]
-        checks.extend(
-            self._chat_checks(self.chat_id, me, bot, once, names=("chat reachable", "bot can post"))
-        )
-        if self.alert_chat_id:
-            checks.extend(self._chat_checks(self.alert_chat_id, me, bot, once, names=(None, "alert chat")))
-        return checks
+        if not self.alert_chat_id:
+            return [
+                *checks,
+                *self._chat_checks(self.chat_id, me, bot, once, ("chat reachable", "bot can post")),
+            ]
+        # the two chats at once: every worker and every run gate waits for these round trips
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            channel = pool.submit(
+                self._chat_checks, self.chat_id, me, bot, once, ("chat reachable", "bot can post")
+            )
+            alerts = pool.submit(self._chat_checks, self.alert_chat_id, me, bot, once, (None, "alert chat"))
+            return [*checks, *channel.result(), *alerts.result()]
 
     def _fix_for(self, exc: PipelineError, default: str) -> str:
         """The preflight's fix column for a refusal of getMe / getChat."""
