@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,25 @@ def test_spacing_counts_from_when_the_previous_post_was_answered() -> None:
 
 
 def test_spacing_holds_across_processes_through_the_state_file(tmp_path: Path) -> None:
+    """Two pacers that share nothing but the state file keep the spacing between them: each one's turn
+    comes from what the other wrote. One clock for both (the time a real one would read), so the gaps
+    are the pacers' decisions, not the scheduler's."""
     state = tmp_path / "pacing.json"
-    first, second = ChatPacer(600, state), ChatPacer(600, state)  # 0.1 s apart
-    started = time.monotonic()
+    now = [1000.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    first, second = (ChatPacer(600, state, clock=lambda: now[0], sleep=sleep) for _ in range(2))  # 0.1 s
     stamps = []
     for pacer in (first, second, first, second):
         pacer.wait_turn("c")
-        stamps.append(time.monotonic() - started)
+        stamps.append(now[0])
+        now[0] += 0.01  # the send itself
+        pacer.sent("c")
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    assert min(gaps) >= 0.09
+    assert gaps == pytest.approx([0.11, 0.11, 0.11])  # 0.1 s from each answered send
+    assert (first.waited_s, second.waited_s) == pytest.approx((0.1, 0.2))
 
 
 def png() -> bytes:
