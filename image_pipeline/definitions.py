@@ -11,31 +11,47 @@ from image_pipeline.defs.assets import ASSETS
 from image_pipeline.defs.jobs import preflight_job, process_prompts_job, resume_spending_job
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
+from image_pipeline.defs.sheet_actions import sheet_actions_job
+from image_pipeline.defs.slots import build_slot_sensor
 from image_pipeline.domain.redact import install_log_redaction
+from image_pipeline.domain.slots import parse_slots
 from image_pipeline.settings import resources_from, settings_from
 
 
 def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
     env = os.environ if env is None else env
     settings = settings_from(env)
-    return dg.Definitions(
-        assets=ASSETS,
-        jobs=[process_prompts_job, preflight_job, resume_spending_job],
-        schedules=[
-            build_daily_schedule(
-                cron=settings.schedule_cron,
+    # With slots the slot sensor decides when rows run: no daily schedule, no instant runs
+    slots: list[dg.SensorDefinition] = []
+    if settings.slots:
+        slots.append(
+            build_slot_sensor(
+                slots=parse_slots(settings.slots),
                 timezone=settings.schedule_timezone,
-                per_tick=settings.prompts_per_tick,
-                batch_size=settings.batch_size,
-            )
-        ],
-        sensors=[
-            build_prompt_sheet_sensor(
-                instant=settings.instant,
-                interval_s=settings.sensor_interval_s,
+                lead_s=settings.slot_lead_s,
+                missed=settings.missed_slot,
                 batch_size=settings.batch_size,
                 sheet_check_s=settings.sheet_check_s,
             )
+        )
+    daily = build_daily_schedule(
+        cron=settings.schedule_cron,
+        timezone=settings.schedule_timezone,
+        per_tick=settings.prompts_per_tick,
+        batch_size=settings.batch_size,
+    )
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[process_prompts_job, preflight_job, resume_spending_job, sheet_actions_job],
+        schedules=[] if slots else [daily],
+        sensors=[
+            build_prompt_sheet_sensor(
+                instant=settings.instant and not slots,
+                interval_s=settings.sensor_interval_s,
+                batch_size=settings.batch_size,
+                sheet_check_s=settings.sheet_check_s,
+            ),
+            *slots,
         ],
         resources=resources_from(env),
     )

@@ -15,6 +15,7 @@ import dagster as dg
 
 from image_pipeline.defs.io_manager import PartitionFileIOManager
 from image_pipeline.domain.rows import BACKEND_KINDS
+from image_pipeline.domain.slots import MISSED_MODES
 from image_pipeline.lifecycle.ledger import PostLedger
 from image_pipeline.services.images.a1111 import A1111Generator
 from image_pipeline.services.images.chain import BackendChain
@@ -44,6 +45,9 @@ class Settings:
     batch_size: int
     sheet_check_s: float = 60.0
     assets: str = ""  # the asset files' folder or object-store URL; "": <data>/assets
+    slots: str = ""  # IMAGE_PIPELINE_SLOTS as given ("": no slots, the schedule and instant mode as before)
+    slot_lead_s: float = 900.0
+    missed_slot: str = "post"
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -76,7 +80,19 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         # prompt and status columns this often (one Sheets read); 0 leaves it to Drive's token
         sheet_check_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SHEET_CHECK_S", "60"))),
         assets=f"{location.rstrip('/')}/assets" if remote else str(data / "assets"),
+        # posting at times of day (issue 16): the slots are parsed where the sensor is built
+        slots=_get(env, "IMAGE_PIPELINE_SLOTS"),
+        slot_lead_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SLOT_LEAD_S", "900"))),
+        missed_slot=_missed_slot(_get(env, "IMAGE_PIPELINE_MISSED_SLOT", "post").lower()),
     )
+
+
+def _missed_slot(value: str) -> str:
+    if value not in MISSED_MODES:
+        raise ValueError(
+            f"IMAGE_PIPELINE_MISSED_SLOT must be one of {', '.join(MISSED_MODES)}, got {value!r}"
+        )
+    return value
 
 
 def _retry_fields(env: Mapping[str, str]) -> dict[str, object]:
@@ -244,7 +260,34 @@ def _content_policy(env: Mapping[str, str]) -> dict[str, str]:
     return {
         "banned_words": _get(env, "IMAGE_PIPELINE_BANNED_WORDS"),
         "banned_words_file": _get(env, "IMAGE_PIPELINE_BANNED_WORDS_FILE"),
+        **_watermark(env),  # what is posted, like the banned words: every publisher takes it
+        **_captions(env),  # type: ignore[dict-item]
     }
+
+
+def _captions(env: Mapping[str, str]) -> dict[str, object]:
+    """Caption template, signature, originals and silent posts: every publisher takes them."""
+    return {
+        "caption_template": _get(env, "CAPTION_TEMPLATE"),
+        "caption_signature": _get(env, "CAPTION_SIGNATURE"),
+        "caption_timezone": _get(env, "IMAGE_PIPELINE_SCHEDULE_TIMEZONE", "UTC"),  # the {date} field's
+        "send_original": _get(env, "TELEGRAM_SEND_ORIGINAL", "off").lower(),
+        "silent": _flag(env, "TELEGRAM_SILENT"),
+    }
+
+
+def _watermark(env: Mapping[str, str]) -> dict[str, str]:
+    """The mark on posted images (WATERMARK_TEXT or WATERMARK_LOGO turns it on); unset fields keep the
+    resource's defaults. Numbers stay text here: the resource's float fields parse them."""
+    names = {
+        "watermark_text": "WATERMARK_TEXT",
+        "watermark_logo": "WATERMARK_LOGO",
+        "watermark_corner": "WATERMARK_CORNER",
+        "watermark_margin": "WATERMARK_MARGIN",
+        "watermark_opacity": "WATERMARK_OPACITY",
+        "watermark_size": "WATERMARK_SIZE",
+    }
+    return {field: _get(env, name) for field, name in names.items() if _get(env, name)}
 
 
 def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:

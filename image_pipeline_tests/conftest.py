@@ -256,3 +256,13 @@ def pass_gate(defs: dg.Definitions | dict[str, object]) -> None:
         trio = [built.prompt_sheet, built.image_generator, built.publisher]
         refused = gate(trio, store=built.ledger.open())
     assert refused is None, refused
+
+
+def skip_reason_of(tick: object) -> dg.SkipReason | None:
+    """A sensor tick that starts nothing: a SkipReason, or a SensorResult that only saves its cursor (the
+    sheet-actions part of the cursor) with the reason; None when the tick requests runs."""
+    if isinstance(tick, dg.SkipReason):
+        return tick
+    if isinstance(tick, dg.SensorResult) and not tick.run_requests and tick.skip_reason is not None:
+        return tick.skip_reason
+    return None

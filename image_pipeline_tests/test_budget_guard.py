@@ -25,7 +25,7 @@ from image_pipeline.services.images.huggingface import HuggingFaceGenerator
 from image_pipeline.testing.emulators.huggingface import DEFAULT_TOKEN as HF_TOKEN
 
 from .conftest import queue_prompts as queue
-from .conftest import read_csv, run_partitions
+from .conftest import read_csv, run_partitions, skip_reason_of
 
 
 def with_hf(resources: dict[str, object], hf_emulator, **ledger: int) -> dict[str, object]:
@@ -190,8 +190,8 @@ def test_daily_post_cap_stops_generating_once_reached(
     # at most the images already in flight when the first post went out; the rest were never asked for
     assert generations(hf_emulator) <= 3
     assert resources["ledger"].open().used_today("posts") == 1
-    tick = sensor_tick(resources)
-    assert isinstance(tick, dg.SkipReason) and "daily cap of 1 posts is reached" in tick.skip_message
+    tick = skip_reason_of(sensor_tick(resources))
+    assert tick is not None and "daily cap of 1 posts is reached" in tick.skip_message
 
 
 def test_doctor_shows_the_pause_and_the_caps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

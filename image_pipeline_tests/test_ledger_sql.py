@@ -269,7 +269,9 @@ def test_a_ledger_from_before_versioning_upgrades_in_place(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         versions = db.execute("SELECT version, name FROM ledger_schema").fetchall()
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == [(1, "baseline"), (2, "workers"), (3, "chat_slots")] and mode == "wal"
+    steps = [(version, name) for version, name, _ in ledger_schema.MIGRATIONS]  # every step, in order
+    assert versions[:3] == [(1, "baseline"), (2, "workers"), (3, "chat_slots")] and versions == steps
+    assert mode == "wal"
     drop_engine(ledger_schema.sqlite_url(path))
 
 

@@ -16,6 +16,7 @@ import dagster as dg
 from image_pipeline.defs.batching import RANGE_END, RANGE_START, batches, run_request
 from image_pipeline.defs.jobs import process_prompts_job
 from image_pipeline.defs.partitions import prompt_partitions
+from image_pipeline.defs.sheet_actions import before_tick, notice_sheet_actions, sheet_actions_job
 from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD, QUEUED
 from image_pipeline.lifecycle.gate import gate
@@ -42,7 +43,7 @@ def build_prompt_sheet_sensor(
 
     @dg.sensor(
         name="prompt_sheet_sensor",
-        job=process_prompts_job,
+        jobs=[process_prompts_job, sheet_actions_job],
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
@@ -51,6 +52,18 @@ def build_prompt_sheet_sensor(
         ),
     )
     def prompt_sheet_sensor(
+        context: dg.SensorEvaluationContext,
+        prompt_sheet: PromptSheet,
+        image_generator: ImageGenerator,
+        publisher: Publisher,
+        ledger: PostLedger,
+    ):
+        # EDIT / DELETE typed in Done are noticed in the same tick and read (defs/sheet_actions.py)
+        before_tick(prompt_sheet, _load_cursor(context.cursor))
+        result = prompt_tick(context, prompt_sheet, image_generator, publisher, ledger)
+        return notice_sheet_actions(context, prompt_sheet, result, _load_cursor(context.cursor))
+
+    def prompt_tick(
         context: dg.SensorEvaluationContext,
         prompt_sheet: PromptSheet,
         image_generator: ImageGenerator,

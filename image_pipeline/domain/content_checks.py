@@ -198,7 +198,7 @@ def utf16_units(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
-def check_caption(caption: str) -> CheckOutcome:
+def check_caption(caption: str, banned: BannedWords | None = None) -> CheckOutcome:
     """Within Telegram's 1024-character caption limit; an empty caption passes.
 
     The publisher sends captions without parse_mode, so there are no entities and the visible text is
@@ -211,6 +211,10 @@ def check_caption(caption: str) -> CheckOutcome:
     counted = f"{points} characters" + (f" ({units} UTF-16 units)" if points != units else "")
     if points > TELEGRAM_CAPTION_LIMIT:
         return CheckOutcome(CAPTION_WITHIN_LIMIT, False, f"{counted}; the limit is {TELEGRAM_CAPTION_LIMIT}")
+    # a CAPTION_TEMPLATE adds text the prompt check never sees: the signature, hashtags, a caption column
+    term = banned.first_match(caption) if banned is not None else None
+    if term is not None:
+        return CheckOutcome(CAPTION_WITHIN_LIMIT, False, f'the caption contains the banned term "{term}"')
     return CheckOutcome(CAPTION_WITHIN_LIMIT, True, f"{counted} of {TELEGRAM_CAPTION_LIMIT}")
 
 
@@ -308,7 +312,10 @@ def run_all(
 ) -> list[CheckOutcome]:
     """Every check, in CHECK_NAMES order: the image's (from ``check_image``, which the pipeline runs in
     the generation thread as each image is written), then the caption's and the prompt's."""
-    return [*image_outcomes, check_caption(caption), banned.check_prompt(prompt)]
+    prompt_check = banned.check_prompt(prompt)
+    # a banned prompt is reported as such, not again through the caption that repeats it
+    caption_check = check_caption(caption, banned if prompt_check.passed else None)
+    return [*image_outcomes, caption_check, prompt_check]
 
 
 def first_failure(outcomes: Sequence[CheckOutcome]) -> CheckOutcome | None:

@@ -150,6 +150,7 @@ class PostOutcome(StoredRecord):
     sent_bytes: int = 0
     note: str = ""
     message_ids: tuple[str, ...] = ()
+    original_message_ids: tuple[str, ...] = ()  # the original PNG sent as a document after the photo
 
     @classmethod
     def posted(cls, receipt: PostReceipt, **rest: Any) -> PostOutcome:
@@ -159,6 +160,7 @@ class PostOutcome(StoredRecord):
     def from_json(cls, data: Mapping[str, Any]) -> PostOutcome:
         known = _known(cls, data)
         known["message_ids"] = tuple(known.get("message_ids") or ())
+        known["original_message_ids"] = tuple(known.get("original_message_ids") or ())
         return cls(**known)
 
 

@@ -11,14 +11,24 @@ import secrets
 import unicodedata
 from dataclasses import dataclass, field
 
+from image_pipeline.domain.slots import post_at_problem
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, COMMANDS
 from image_pipeline.domain.telegram_limits import MAX_COUNT
+from image_pipeline.domain.watermark import row_wants_watermark
 
 # Optional "Process" columns, matched by header name (case-insensitive).
 OPTIONAL_COLUMNS = ("negative_prompt", "model", "width", "height", "seed", "caption", "count", "backend")
+OPTIONAL_COLUMNS += ("hashtags", "original", "silent")  # issue 16: caption templates, originals, silent posts
 # Columns that came later join a row's fingerprint only when set, so rows (and ledgers) from before keep
 # their prints.
 LATE_COLUMNS = ("count", "backend")
+LATE_COLUMNS += ("hashtags", "original", "silent")
+OPTIONAL_COLUMNS += ("watermark",)  # issue 16: "off" leaves one row's image unmarked
+LATE_COLUMNS += ("watermark",)
+# issue 16: a row's own posting time (slots). When a row goes out is not what it posts: moving it is no edit,
+# so it joins no fingerprint (a new print would let a rescheduled row that was posted be posted again).
+SCHEDULE_COLUMNS = ("post_at",)
+OPTIONAL_COLUMNS += SCHEDULE_COLUMNS
 ID_COLUMN = "id"
 # An optional "status" column steers a row and shows its progress. It is not part of the row's
 # fingerprint: typing a word there (or the pipeline writing its state) is not an edit of the prompt.
@@ -65,7 +75,8 @@ class PromptRow:
 
     def fingerprint(self) -> str:
         """What a person can change about the row; used to tell "changed meanwhile" from "same row"."""
-        parts = [f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS if k not in LATE_COLUMNS]
+        unprinted = LATE_COLUMNS + SCHEDULE_COLUMNS
+        parts = [f"{k}={self.params.get(k, '')}" for k in OPTIONAL_COLUMNS if k not in unprinted]
         parts += [f"{k}={self.params[k]}" for k in LATE_COLUMNS if self.params.get(k, "")]
         payload = "\x1f".join([self.prompt, *parts])
         return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -148,6 +159,11 @@ def build_request(
     backend = clean_text(p.get("backend", "")).strip().lower()
     if backend and backend not in BACKEND_KINDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKEND_KINDS)}")
+    choice(row, "original", ORIGINAL_MODES)  # validated here, before an image is paid for
+    choice(row, "silent", SILENT_CHOICES)
+    row_wants_watermark(p.get("watermark", ""))  # a typo is said before the image is paid for
+    if problem := post_at_problem(p.get("post_at", "")):
+        raise ValueError(problem)
     return GenerationRequest(
         clean_text(row.prompt).strip(),
         negative,
@@ -158,6 +174,19 @@ def build_request(
         backend=backend,
         model_from_row=bool(row_model),
     )
+
+
+# The "original" column (and TELEGRAM_SEND_ORIGINAL): the PNG as a document after the photo, instead of it, or not.
+ORIGINAL_MODES = ("after", "instead", "off")
+SILENT_CHOICES = ("yes", "no")
+
+
+def choice(row: PromptRow, column: str, choices: tuple[str, ...]) -> str:
+    """A column that takes one of a few words ("" when empty: the configured default)."""
+    value = clean_text(row.params.get(column, "")).strip().lower()
+    if value and value not in choices:
+        raise ValueError(f"{column} {value[:40]!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def variations_of(row: PromptRow) -> int:

@@ -62,6 +62,8 @@ def entry_for(key: str, record: PromptRecord, image: ImageOutcome, post: PostOut
             information = (
                 f"posted an album of {len(ids)} to chat {post.chat_id} as messages {ids[0]}-{ids[-1]}"
             )
+        if post.original_message_ids:
+            information += f"; the original PNG as a document: message {', '.join(post.original_message_ids)}"
         fields.update(
             information=information, message_id=post.message_id, chat_id=post.chat_id, message_link=post.link
         )
@@ -70,10 +72,15 @@ def entry_for(key: str, record: PromptRecord, image: ImageOutcome, post: PostOut
     else:
         fields.update(status=FAILED, information=post.reason or "posting failed")
     meta = image.meta if image.ok else post.image_meta
+    if post.image_meta.get("original_sha256"):
+        meta = post.image_meta  # watermarked: Done's image_sha256 is the posted file's
     if meta.get("sha256"):
         fields.update(_image_fields(meta, fields["model"]))
         if meta.get("preview"):
             fields["information"] += " [offline preview]"
+        if meta.get("original_sha256"):
+            originals = [v.get("original_sha256", "") for v in meta.get("variations") or [meta]]
+            fields["information"] += f" [watermarked; original sha256 {';'.join(originals)}]"
     fields["information"] = redact(fields["information"])[:1000]
     return DoneEntry(id=key, prompt=clean_text(record.prompt), **fields)
 

@@ -83,6 +83,8 @@ class Entry:
     posted_at: float = 0.0  # when the message id was recorded: the end of the duplicate window
     preview_state: str | None = None  # PREVIEWED: sent to the alert chat, waiting for APPROVE
     preview_images: str = ""  # JSON list of {path, meta} of the previewed images: what APPROVE posts
+    original_state: str | None = None  # the original as a document after the photo (lifecycle/originals.py)
+    original_message_id: str = ""
 
 
 @dataclass(frozen=True)

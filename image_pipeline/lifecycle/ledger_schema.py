@@ -2,7 +2,7 @@
 
 One schema for both databases, written with SQLAlchemy Core. Its own tables only (never Dagster's, even on
 the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts``, ``workers``,
-``chat_slots`` and ``ledger_schema``, which records each migration step applied. A SQLite ledger from before
+``chat_slots``, ``sheet_actions`` and ``ledger_schema``, which records each migration step applied. A SQLite ledger from before
 versioning has no ``ledger_schema`` table; step 1 brings it to the baseline in place (the columns it lacks are
 added).
 
@@ -58,6 +58,9 @@ prompts = sa.Table(
     _time("posted_at"),
     sa.Column("preview_state", sa.Text),
     _text("preview_images"),
+    # the original PNG sent as a document after the photo: PENDING, SENDING, SENT or UNCERTAIN
+    sa.Column("original_state", sa.Text),
+    _text("original_message_id"),
 )
 
 pauses = sa.Table(
@@ -111,6 +114,24 @@ chat_slots = sa.Table(
     sa.Column("next_at", sa.Float, nullable=False),
 )
 
+# EDIT / DELETE typed in Done, one row per request (migration step 5; ``ledger_edits.py``): ``sent_ids``
+# are the messages whose call was made or may have been (the intent, before each call), ``done_ids`` those
+# Telegram confirmed, ``outcome`` what the Done row gets, set once; ``written`` once the row shows it.
+sheet_actions = sa.Table(
+    "sheet_actions",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    _text("prompt_id"),
+    _text("action"),
+    _text("chat_id"),
+    _text("message_ids"),
+    _text("sent_ids"),
+    _text("done_ids"),
+    _text("outcome"),
+    sa.Column("written", sa.Integer, nullable=False, server_default="0"),
+    _time("updated_at"),
+)
+
 # Kept out of ``metadata``: it is created before any step runs, and a step never drops or changes it.
 ledger_schema = sa.Table(
     "ledger_schema",
@@ -151,11 +172,18 @@ def _chat_slots(db: Connection) -> None:
     chat_slots.create(db, checkfirst=True)
 
 
+def _originals(db: Connection) -> None:
+    # the baseline's step adds every column a ledger lacks: here original_state and original_message_id
+    _baseline(db)
+
+
 # In order; a step never changes once released: a change of the schema is a new step at the end.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "workers", _workers),
     (3, "chat_slots", _chat_slots),
+    (4, "originals", _originals),
+    (5, "sheet_actions", lambda db: sheet_actions.create(db, checkfirst=True)),
 ]
 
 # Any constant: serialises first-time migration of a PostgreSQL ledger by several workers at once.

@@ -9,7 +9,6 @@ from typing import Any
 import dagster as dg
 from upath import UPath
 
-from image_pipeline.domain.captions import caption_for
 from image_pipeline.domain.content_checks import (
     CHECK_NAMES,
     CheckOutcome,
@@ -32,6 +31,7 @@ from image_pipeline.domain.statuses import (
     READY,
     UNCERTAIN,
 )
+from image_pipeline.domain.watermark import mark_post
 from image_pipeline.lifecycle.approval import (
     APPROVAL_HINT,
     PREVIEW_ONLY,
@@ -42,6 +42,18 @@ from image_pipeline.lifecycle.approval import (
 )
 from image_pipeline.lifecycle.claims import hold, transient_outcome
 from image_pipeline.lifecycle.ledger import Entry, Ledger, PostLedger
+from image_pipeline.lifecycle.originals import (
+    AFTER,
+    INSTEAD,
+    PENDING,
+    SENDING,
+    from_ledger,
+    is_silent,
+    kept_meta,
+    original_mode,
+    send_after,
+)
+from image_pipeline.lifecycle.planning import wait_for_slot
 from image_pipeline.lifecycle.records import check_dict
 from image_pipeline.services.images.preview import PREVIEW_LABEL
 from image_pipeline.services.publisher.interface import Publisher
@@ -69,7 +81,12 @@ def post_one(
     entry = book.get(key, fingerprint)
     if entry is not None and entry.post_state == POSTED:
         context.log.warning(f"{key}: already posted as message {entry.message_id}; not posting again")
-        return post_from_ledger(entry)
+        if entry.original_state in (PENDING, SENDING):  # the photo went, its original did not (or may have)
+            if not hold(book, owner, is_stale, ledger, key, record):
+                return PostOutcome("BUSY", "another run took over this prompt")
+            silent = is_silent(publisher, record.row())
+            return send_after(context, book, owner, ledger, publisher, entry, post_from_ledger(entry), silent)
+        return from_ledger(entry, post_from_ledger(entry))
     if delivery_uncertain(entry):  # planned as HELD by prompt_record; never sent again blind
         return PostOutcome(UNCERTAIN, f"delivery uncertain: {UNCERTAIN_HINT}")
     if not image.ok:
@@ -80,7 +97,7 @@ def post_one(
     preview_only = record.mode == PREVIEW_ONLY
     if preview_only:
         suffix = f"{suffix}\n\nPREVIEW of {key}: {APPROVAL_HINT}".strip()
-    caption = caption_for(record.row(), suffix=suffix)
+    caption = publisher.post_caption(record.row(), image.meta, suffix=suffix)
     pngs = outcome_pngs(image)
     checks = run_all(image_checks(image, pngs, key), caption, record.prompt, publisher.content_policy())
     checked = [check_dict(c) for c in checks]
@@ -89,21 +106,34 @@ def post_one(
         reason = f"blocked by the pre-post check {blocked.name}: {blocked.detail}"
         context.log.warning(f"{key}: {reason}")
         return PostOutcome(FAILED, reason, check=blocked.name, checks=checked)
+    try:  # after the checks, before any send: the marked bytes are what is sent and recorded
+        pngs, meta = mark_post(pngs, image.meta, publisher.watermark(), record.params.get("watermark", ""))
+    except ValueError as exc:
+        return PostOutcome(FAILED, f"the watermark could not be applied: {exc}", checks=checked)
     if preview_only:
         return send_preview(
             context, book, ledger, publisher, key, fingerprint, image, pngs, caption, previews, checked
         )
+    # a slot's run is started ahead (IMAGE_PIPELINE_SLOT_LEAD_S): its post waits here, before the intent
+    renew = lambda: hold(book, owner, is_stale, ledger, key, record)  # noqa: E731
+    if not wait_for_slot(context.run.tags, renew, lambda m: context.log.info(f"{key}: {m}")):
+        return PostOutcome("BUSY", "another run took over this prompt while it waited for its slot")
     if not book.reserve("posts", ledger.daily_post_cap):
         reason = f"the daily cap of {ledger.daily_post_cap} posts is reached; stays queued"
         context.log.warning(f"{key}: {reason}")
         return PostOutcome(CAPPED, reason, checks=checked)
+    mode, silent = original_mode(publisher, record.row()), is_silent(publisher, record.row())
+    # the original's files are kept before the photo leaves: nothing slow between the send and its record
+    kept = kept_meta(previews, key, pngs, meta) if mode == AFTER else None
     # The intent is durable before the photo leaves: a crash from here on is never followed by a blind repost.
-    book.update(key, fingerprint, owner=owner, post_state=POSTING, image_meta=json.dumps(image.meta))
+    book.update(key, fingerprint, owner=owner, post_state=POSTING, image_meta=json.dumps(meta))
     try:
-        if len(pngs) == 1:
-            receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption)
+        if mode == INSTEAD:
+            receipt = publisher.publish_original(prompt_id=key, pngs=pngs, caption=caption, silent=silent)
+        elif len(pngs) == 1:
+            receipt = publisher.publish(prompt_id=key, png=pngs[0], caption=caption, silent=silent)
         else:
-            receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption)
+            receipt = publisher.publish_album(prompt_id=key, pngs=pngs, caption=caption, silent=silent)
     except DeliveryUncertain as exc:
         # no attempt counted and no Done row: the row stays queued, held, until a person looks
         book.update(key, fingerprint, post_state=UNCERTAIN, last_error=str(exc)[:500])
@@ -138,15 +168,22 @@ def post_one(
         message_id=receipt.message_id,
         link=receipt.link,
         method=receipt.method,
+        # in the same write as the message id: a crash after the photo is followed by its original
+        **({"original_state": PENDING, "image_meta": kept} if kept else {}),
     )
     context.log.info(f"{key}: posted as message {receipt.message_id} in chat {receipt.chat_id}")
-    return PostOutcome.posted(
+    posted = PostOutcome.posted(
         receipt,
-        image_sha256=image.meta.get("sha256", ""),
+        image_sha256=meta.get("sha256", ""),
         caption=caption,
-        image_meta=image.meta,
+        image_meta=meta,
         checks=checked,
     )
+    if mode != AFTER:
+        return posted
+    after = book.get(key, fingerprint)
+    assert after is not None  # written just above, under our claim
+    return send_after(context, book, owner, ledger, publisher, after, posted, silent)
 
 
 def send_preview(

@@ -230,6 +230,8 @@ def _post_partition_metadata(post: PostOutcome) -> dict[str, Any]:
             metadata["link"] = dg.MetadataValue.url(post.link)
         if post.note:
             metadata["note"] = post.note
+        if post.original_message_ids:
+            metadata["original_message_ids"] = ", ".join(post.original_message_ids)
         # the reproducibility record: with these the image can be traced and generated again
         meta = post.image_meta
         if meta.get("sha256"):
@@ -241,6 +243,10 @@ def _post_partition_metadata(post: PostOutcome) -> dict[str, Any]:
                 size=f"{meta['width']}x{meta['height']}",
                 negative_prompt=dg.MetadataValue.text(str(meta.get("negative_prompt", ""))),
                 generation_s=dg.MetadataValue.float(float(meta.get("generation_s") or 0.0)),
+            )
+        if meta.get("original_sha256"):  # image_sha256 above is the marked file's, as posted
+            metadata.update(
+                original_sha256=str(meta["original_sha256"]), watermark=str(meta.get("watermark"))
             )
     else:
         metadata["reason"] = post.reason

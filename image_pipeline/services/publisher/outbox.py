@@ -17,10 +17,12 @@ from pydantic import Field
 from image_pipeline.domain.checks import Check, fail, ok
 from image_pipeline.domain.records import PostReceipt
 from image_pipeline.domain.redact import redact
-from image_pipeline.domain.uploads import _album_note, check_album, prepare_album
+from image_pipeline.domain.retractions import DELETED, EDITED, GONE, UNCHANGED
+from image_pipeline.domain.uploads import _album_as_documents, _album_note, check_album, prepare_album
 from image_pipeline.services.files import atomic_write
 from image_pipeline.services.publisher import gallery
 from image_pipeline.services.publisher.interface import Publisher
+from image_pipeline.services.publisher.refusals import MessageGone
 from image_pipeline.services.publisher.telegram import TELEGRAM
 
 
@@ -36,6 +38,9 @@ class LocalOutbox(Publisher):
         return f"local outbox {self.folder}"
 
     def preflight(self) -> list[Check]:
+        return [*self.caption_checks(), *self._folder_checks()]
+
+    def _folder_checks(self) -> list[Check]:
         existing = Path(self.folder)
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
@@ -66,15 +71,26 @@ class LocalOutbox(Publisher):
     def notices(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.root / "notices.jsonl")
 
-    def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
-        return self._publish(prompt_id, [png], caption)
+    def publish(self, *, prompt_id: str, png: bytes, caption: str, silent: bool = False) -> PostReceipt:
+        return self._publish(prompt_id, [png], caption, silent)
 
-    def publish_album(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+    def publish_album(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str, silent: bool = False
+    ) -> PostReceipt:
         check_album(pngs)
-        return self._publish(prompt_id, list(pngs), caption)
+        return self._publish(prompt_id, list(pngs), caption, silent)
 
-    def _publish(self, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
-        uploads = prepare_album(pngs, prompt_id)
+    def publish_original(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str = "", silent: bool = False
+    ) -> PostReceipt:
+        check_album(pngs)
+        documents = _album_as_documents(pngs, prompt_id, "the original PNG")
+        return self._publish(prompt_id, list(pngs), caption, silent, documents)
+
+    def _publish(
+        self, prompt_id: str, pngs: list[bytes], caption: str, silent: bool = False, uploads: Any = None
+    ) -> PostReceipt:
+        uploads = uploads or prepare_album(pngs, prompt_id)
         with self._locked():
             posts = self.posts()
             first = _last_message_id(posts) + 1
@@ -94,6 +110,8 @@ class LocalOutbox(Publisher):
             }
             if len(uploads) > 1:
                 post.update(method="sendMediaGroup", files=files, message_ids=ids)
+            if silent:
+                post["disable_notification"] = True
             _append_jsonl(self.root / "posts.jsonl", post)
             posts.append(post)
             self._write_gallery(posts)
@@ -141,6 +159,39 @@ class LocalOutbox(Publisher):
             ids,
         )
 
+    def edit_caption(self, *, chat_id: str, message_id: str, caption: str) -> str:
+        """The post's record gets the new caption (an album's is its first message's, as in Telegram)."""
+        with self._locked():
+            posts = self.posts()
+            post = _live_post(posts, message_id)
+            if post is None or str(post["message_id"]) != str(message_id):
+                raise MessageGone(f"outbox: message {message_id} is not in the outbox", service="outbox")
+            if post.get("caption") == caption:
+                return UNCHANGED
+            post["caption"] = caption
+            post["edit_date"] = _now()
+            self._rewrite(posts)
+        return EDITED
+
+    def delete_message(self, *, chat_id: str, message_id: str) -> str:
+        """The message leaves the gallery; its record stays, marked, so ids are never handed out twice."""
+        with self._locked():
+            posts = self.posts()
+            post = _live_post(posts, message_id)
+            if post is None:
+                return GONE
+            gone = [*post.get("deleted_ids", []), str(message_id)]
+            post["deleted_ids"] = gone
+            if set(gone) >= {str(m) for m in post.get("message_ids") or [post["message_id"]]}:
+                post["deleted"] = True
+            self._rewrite(posts)
+        return DELETED
+
+    def _rewrite(self, posts: list[dict[str, Any]]) -> None:
+        body = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in posts)
+        atomic_write(self.root / "posts.jsonl", body.encode())
+        self._write_gallery(posts)
+
     def _store(self, name: str, data: bytes, *, fresh: bool = False) -> str:
         """Write an image under images/; ``fresh`` never overwrites an existing file. Returns its path
         relative to the outbox folder, as records and the gallery use it."""
@@ -163,7 +214,16 @@ class LocalOutbox(Publisher):
 
     def _write_gallery(self, posts: list[dict[str, Any]]) -> None:
         # the whole page again on every post and notice: about 10 ms at 1000 entries (gallery.py)
-        gallery.write(self.root, posts, self.notices())
+        gallery.write(self.root, [p for p in posts if not p.get("deleted")], self.notices())
+
+
+def _live_post(posts: list[dict[str, Any]], message_id: str) -> dict[str, Any] | None:
+    """The post that holds ``message_id`` and has not had it deleted."""
+    for post in posts:
+        ids = {str(m) for m in post.get("message_ids") or [post["message_id"]]}
+        if str(message_id) in ids and str(message_id) not in post.get("deleted_ids", []):
+            return post
+    return None
 
 
 def _now() -> str:

@@ -1,7 +1,8 @@
 """The Telegram Bot API: every answer the product can get from the methods it calls, as rules.
 
 The product calls getMe, getChat and getChatMember (reads: the doctor and the run gate), sendPhoto,
-sendDocument and sendMediaGroup (the post) and sendMessage (notices). ``classify`` turns an answer
+sendDocument and sendMediaGroup (the post), sendMessage (notices), editMessageCaption and deleteMessage
+(EDIT / DELETE typed in Done). ``classify`` turns an answer
 (HTTP status, Telegram's ``description`` and its ``parameters``) into the pipeline's typed error;
 ``classify_transport`` does the same for a request that got no answer at all.
 
@@ -77,9 +78,23 @@ class CaptionRefused(PromptRejected):
     """Telegram counted the caption as too long (it counts after entity parsing, in its own units)."""
 
 
+class MessageGone(PromptRejected):
+    """editMessageCaption / deleteMessage: the message is not in the chat (deleted, or never there)."""
+
+
+class MessageNotModified(PromptRejected):
+    """editMessageCaption: the message already has exactly that caption."""
+
+
+class MessageNotDeletable(PromptRejected):
+    """deleteMessage refused: older than 48 hours for a bot, or the bot lacks the right to delete."""
+
+
 # what a rule asks the publisher to try once before the refusal stands
 AS_DOCUMENT = "as_document"
 SHORTER_CAPTION = "shorter_caption"
+# the answers of editMessageCaption / deleteMessage that say where the message stands (retractions)
+GONE, NOT_MODIFIED, NOT_DELETABLE = "gone", "not_modified", "not_deletable"
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,32 @@ RULES: tuple[TelegramRule, ...] = (
         f"{_TD} td/telegram/MessageContent.cpp ('Message caption is too long')",
         fallback=SHORTER_CAPTION,
     ),
+    # ---- editMessageCaption / deleteMessage: where the message stands ---------------------------------
+    TelegramRule(
+        Refusal.PROMPT,
+        frozenset({400}),
+        r"message to (delete|edit) not found|\bMESSAGE_ID_INVALID\b",
+        "",
+        f"{_BOTAPI} check_message ('<message type> not found'); https://core.telegram.org/api/errors",
+        fallback=GONE,
+    ),
+    TelegramRule(
+        Refusal.PROMPT,
+        frozenset({400}),
+        r"message is not modified",
+        "",
+        f"{_BOTAPI} fail_query_with_error (MESSAGE_NOT_MODIFIED)",
+        fallback=NOT_MODIFIED,
+    ),
+    TelegramRule(
+        Refusal.PROMPT,
+        frozenset({400}),
+        r"message can't be deleted",
+        "",
+        f"{_TD} td/telegram/MessagesManager.cpp can_delete_channel_message (bots: 2 days; the rights); "
+        f"{_BOTAPI} fail_query_with_error (MESSAGE_DELETE_FORBIDDEN)",
+        fallback=NOT_DELETABLE,
+    ),
     TelegramRule(
         Refusal.PROMPT,
         frozenset({400}),
@@ -263,6 +304,13 @@ RULES: tuple[TelegramRule, ...] = (
         f"{_BOTAPI}",
     ),
 )
+
+
+_MESSAGE_ANSWERS: dict[str, type[PromptRejected]] = {
+    GONE: MessageGone,
+    NOT_MODIFIED: MessageNotModified,
+    NOT_DELETABLE: MessageNotDeletable,
+}
 
 
 @dataclass(frozen=True)
@@ -343,6 +391,9 @@ def classify(answer: Answer, *, repeatable: bool, chat_setting: str = "TELEGRAM_
             return PhotoRefused(message, service=SERVICE, status=status)
         if rule.fallback == SHORTER_CAPTION:
             return CaptionRefused(message, service=SERVICE, status=status)
+        answer_class = _MESSAGE_ANSWERS.get(rule.fallback)
+        if answer_class is not None:
+            return answer_class(message, service=SERVICE, status=status)
         return refuse(Refusal.PROMPT, message, service=SERVICE, status=status, unknown=not rule.pattern)
     fix = rule.fix.format(setting=chat_setting, migrate_to_chat_id=answer.migrate_to() or "the new id")
     if status in (401, 404, 421):

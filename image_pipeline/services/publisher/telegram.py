@@ -21,6 +21,7 @@ from image_pipeline.domain.checks import Check, fail, ok, skipped
 from image_pipeline.domain.errors import PipelineError, ServiceWait
 from image_pipeline.domain.records import PostReceipt
 from image_pipeline.domain.redact import install_log_redaction, redact, register_secret
+from image_pipeline.domain.retractions import DELETED, EDITED, GONE, UNCHANGED
 from image_pipeline.domain.telegram_limits import CAPTION_MAX_CHARS, MESSAGE_MAX_CHARS
 from image_pipeline.domain.uploads import (
     PreparedUpload,
@@ -134,6 +135,9 @@ class TelegramPublisher(Publisher):
         return call_with_retry(attempt, policy or self.retry_policy(), what=f"telegram {method}")
 
     def preflight(self) -> list[Check]:
+        return [*self.caption_checks(), *self._service_checks()]
+
+    def _service_checks(self) -> list[Check]:
         """getMe, then getChat and getChatMember for each chat we post to: read-only calls, no message."""
         once = RetryPolicy(attempts=1, base_delay_s=0.0)
         try:
@@ -263,12 +267,21 @@ class TelegramPublisher(Publisher):
     def pace_with(self, slots: SlotBook | None) -> None:
         self.pacer().slots = slots
 
-    def publish(self, *, prompt_id: str, png: bytes, caption: str) -> PostReceipt:
-        return self._post(str(self.chat_id), [png], prompt_id, caption)
+    def publish(self, *, prompt_id: str, png: bytes, caption: str, silent: bool = False) -> PostReceipt:
+        return self._post(str(self.chat_id), [png], prompt_id, caption, silent=silent)
 
-    def publish_album(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+    def publish_album(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str, silent: bool = False
+    ) -> PostReceipt:
         check_album(pngs)
-        return self._post(str(self.chat_id), list(pngs), prompt_id, caption)
+        return self._post(str(self.chat_id), list(pngs), prompt_id, caption, silent=silent)
+
+    def publish_original(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str = "", silent: bool = False
+    ) -> PostReceipt:
+        check_album(pngs)
+        documents = _album_as_documents(pngs, prompt_id, "the original PNG")
+        return self._post(str(self.chat_id), list(pngs), prompt_id, caption, silent=silent, uploads=documents)
 
     def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt | None:
         """The image(s) into the alert chat only; None without TELEGRAM_ALERT_CHAT_ID.
@@ -290,14 +303,16 @@ class TelegramPublisher(Publisher):
         caption: str,
         *,
         retry_read_timeout: bool = False,
+        silent: bool = False,
+        uploads: list[PreparedUpload] | None = None,
     ) -> PostReceipt:
-        uploads = prepare_album(pngs, prompt_id)
+        uploads = uploads or prepare_album(pngs, prompt_id)
         # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot. Telegram
         # counts each image of an album as a message, so an album takes one turn per image.
         for _ in uploads:
             self.pacer().wait_turn(chat_id)
         try:
-            return self._send(chat_id, uploads, pngs, prompt_id, caption, retry_read_timeout)
+            return self._send(chat_id, uploads, pngs, prompt_id, caption, retry_read_timeout, silent)
         finally:
             # spacing counts from when Telegram took the post, which is what its own window counts
             self.pacer().sent(chat_id)
@@ -310,9 +325,10 @@ class TelegramPublisher(Publisher):
         prompt_id: str,
         caption: str,
         retry_read_timeout: bool,
+        silent: bool = False,
     ) -> PostReceipt:
         try:
-            messages = self._request(chat_id, uploads, caption, retry_read_timeout)
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent)
         except (telegram_refusals.PhotoRefused, telegram_refusals.CaptionRefused) as exc:
             # A 400 means nothing was posted (an album is refused whole), so one corrected try is safe.
             if isinstance(exc, telegram_refusals.PhotoRefused):
@@ -323,20 +339,27 @@ class TelegramPublisher(Publisher):
             else:
                 # Telegram counted more than we did (e.g. UTF-16 units): cut harder and try once more.
                 caption = _cut_utf16(caption, CAPTION_MAX_CHARS)
-            messages = self._request(chat_id, uploads, caption, retry_read_timeout)
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent)
         return self._receipt(chat_id, messages, uploads)
 
     def _request(
-        self, chat_id: str, uploads: list[PreparedUpload], caption: str, retry_read_timeout: bool
+        self,
+        chat_id: str,
+        uploads: list[PreparedUpload],
+        caption: str,
+        retry_read_timeout: bool,
+        silent: bool = False,
     ) -> list[dict[str, Any]]:
+        # sendPhoto, sendDocument and sendMediaGroup all take disable_notification (Client.cpp)
+        quiet = {"disable_notification": "true"} if silent else {}
         if len(uploads) == 1:
             upload = uploads[0]
-            data = {"chat_id": chat_id, "caption": caption}
+            data = {"chat_id": chat_id, "caption": caption, **quiet}
             return [self.call(upload.method, data, upload, retry_read_timeout=retry_read_timeout)]
         media, files = _media_group(uploads, caption)
         result = self.call(
             "sendMediaGroup",
-            {"chat_id": chat_id, "media": media},
+            {"chat_id": chat_id, "media": media, **quiet},
             files=files,
             retry_read_timeout=retry_read_timeout,
         )
@@ -364,6 +387,26 @@ class TelegramPublisher(Publisher):
             note=_album_note(uploads),
             message_ids=ids,
         )
+
+    def edit_caption(self, *, chat_id: str, message_id: str, caption: str) -> str:
+        # Setting the same caption twice changes nothing, so a lost answer is retried (repeatable): the
+        # repeat answers "message is not modified" if the first call went through.
+        data = {"chat_id": chat_id, "message_id": message_id, "caption": caption}
+        try:
+            self.call("editMessageCaption", data, retry_read_timeout=True)
+        except telegram_refusals.MessageNotModified:
+            return UNCHANGED
+        return EDITED
+
+    def delete_message(self, *, chat_id: str, message_id: str) -> str:
+        # Message ids are never reused in a chat, so a repeated delete can only answer "not found"
+        try:
+            self.call(
+                "deleteMessage", {"chat_id": chat_id, "message_id": message_id}, retry_read_timeout=True
+            )
+        except telegram_refusals.MessageGone:
+            return GONE
+        return DELETED
 
     def notify(self, text: str) -> bool:
         if not self.alert_chat_id:

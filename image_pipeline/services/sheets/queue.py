@@ -52,6 +52,9 @@ class PromptSheet(PositionSafeRemoval, dg.ConfigurableResource):
     retry_base_delay_s: float = Field(default=2.0, description="First backoff delay; doubles per retry.")
 
     _backend_cache: TableBackend | None = PrivateAttr(default=None)
+    # Done cells the sensor wants read in the same request as the queue columns (done_cells.py)
+    _done_also: str | None = PrivateAttr(default=None)
+    _done_seen: list[list[str]] | None = PrivateAttr(default=None)
 
     # -- backend selection ---------------------------------------------------------------------------
     def _make_backend(self) -> TableBackend:
@@ -379,5 +382,10 @@ class PromptSheet(PositionSafeRemoval, dg.ConfigurableResource):
         if not isinstance(self.backend, GoogleSheetsBackend):
             return None
         spans = [f"{_col_letter(c + 1)}:{_col_letter(c + 1)}" for c in sorted(set(columns))]
-        tables = self.backend.read_many([(self.process_worksheet, span) for span in spans])
+        ranges = [(self.process_worksheet, span) for span in spans]
+        if self._done_also and self.done_worksheet in self.backend.sheet_ids():  # never adds a Done here
+            ranges.append((self.done_worksheet, self._done_also))
+        tables = self.backend.read_many(ranges)
+        if len(ranges) > len(spans):
+            self._done_seen, tables = tables[-1], tables[:-1]
         return hashlib.sha256(json.dumps([spans, tables]).encode()).hexdigest()[:16]

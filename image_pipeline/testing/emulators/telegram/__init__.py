@@ -15,7 +15,8 @@ answer failed (the ``committed_502`` fault). ``NAMED_FAULTS`` lists the faults a
 The modules, each importing only those before it: ``wire`` (constants, limits, records, the envelope),
 ``markup`` (HTML parse mode), ``state`` (chats, rights, files, messages, flood control), ``uploads``
 (request bodies, multipart, the file store), ``chats`` (getMe/getChat/getChatMember, the bot's rights),
-``sends`` (sendPhoto/sendDocument/sendMessage/sendMediaGroup), ``faults`` (named and injected faults),
+``sends`` (sendPhoto/sendDocument/sendMessage/sendMediaGroup), ``edits`` (editMessageCaption and
+deleteMessage with the 48-hour rule on the emulator's clock: ``advance_clock``), ``faults`` (named and injected faults),
 ``server`` (``TelegramEmulator``: routing). This module is the package's interface.
 """
 

@@ -81,7 +81,11 @@ class TelegramChats(TelegramState):
             if chat.type == "channel":
                 member.update({"can_post_messages": chat.can_post_messages, "can_edit_messages": True})
             member.update(
-                {"can_delete_messages": True, "can_invite_users": True, "can_restrict_members": True}
+                {
+                    "can_delete_messages": chat.can_delete_messages,
+                    "can_invite_users": True,
+                    "can_restrict_members": True,
+                }
             )
             if chat.type in ("group", "supergroup"):
                 member["can_pin_messages"] = True

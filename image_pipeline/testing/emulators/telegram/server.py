@@ -9,8 +9,8 @@ import dataclasses
 import re
 
 from image_pipeline.testing.emulators.base import Request, Response
+from image_pipeline.testing.emulators.telegram.edits import TelegramEdits
 from image_pipeline.testing.emulators.telegram.faults import TelegramFaults
-from image_pipeline.testing.emulators.telegram.sends import TelegramSends
 from image_pipeline.testing.emulators.telegram.wire import (
     TelegramError,
     _json_response,
@@ -20,7 +20,8 @@ from image_pipeline.testing.emulators.telegram.wire import (
 )
 
 _SEND_METHODS = {"sendphoto", "senddocument", "sendmessage", "sendmediagroup"}
-_KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS}
+_EDIT_METHODS = {"editmessagecaption", "deletemessage"}
+_KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS, *_EDIT_METHODS}
 # What api.telegram.org's front routes as a token: "<bot id>:<secret>". Anything else (a token pasted
 # with a "bot" prefix, a missing colon) never reaches a Bot API server and gets 404 "Not Found"
 # (pyTelegramBotAPI#817; python-telegram-bot request/_baserequest.py: "TG returns 404 Not found for
@@ -28,7 +29,7 @@ _KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS}
 _CLOUD_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 
 
-class TelegramEmulator(TelegramFaults, TelegramSends):
+class TelegramEmulator(TelegramFaults, TelegramEdits):
     name = "telegram"
 
     # ----------------------------------------------------------------- base hooks

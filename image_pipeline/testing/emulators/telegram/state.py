@@ -25,6 +25,7 @@ from image_pipeline.testing.emulators.telegram.wire import (
     StoredFile,
     TelegramError,
     UploadedFile,
+    _to_bool,
     token_is_well_formed,
 )
 
@@ -35,6 +36,9 @@ class TelegramState(EmulatorServer):
     # class attributes, so a test scales a limit down on one instance (``tg.max_photo_bytes = 1000``)
     max_photo_bytes = MAX_PHOTO_BYTES
     max_document_bytes = MAX_DOCUMENT_BYTES
+    # the server's clock runs this far ahead of the host's (``advance_clock``): message dates and the
+    # 48-hour delete rule read it, so a test makes a post two days old without waiting
+    clock_offset_s = 0.0
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class TelegramState(EmulatorServer):
         self.bot_id = int(token.split(":", 1)[0]) if token_is_well_formed(token) else 123456789
         self.chats: dict[int, Chat] = {}
         self.messages: list[dict[str, Any]] = []
+        self.deleted: list[dict[str, Any]] = []  # messages taken back with deleteMessage
         self.count_429 = 0
         self._files: dict[str, StoredFile] = {}
         self._next_message_id: dict[int, int] = {}
@@ -92,6 +97,7 @@ class TelegramState(EmulatorServer):
         can_send_messages: bool | None = None,
         can_send_photos: bool | None = None,
         can_send_documents: bool | None = None,
+        can_delete_messages: bool | None = None,
     ) -> Chat:
         """Change the bot's membership or rights in a chat, as an owner would in the chat's settings."""
         chat = self.find_chat(chat_id)
@@ -107,6 +113,7 @@ class TelegramState(EmulatorServer):
                 ("can_send_messages", can_send_messages),
                 ("can_send_photos", can_send_photos),
                 ("can_send_documents", can_send_documents),
+                ("can_delete_messages", can_delete_messages),
             ):
                 if value is not None:
                     setattr(chat, name, value)
@@ -128,6 +135,13 @@ class TelegramState(EmulatorServer):
         answering with next_authorization_time_ - now + 1; Query.cpp set_retry_after_error writes it)."""
         with self._lock:
             self._flood_until = max(self._flood_until, time.monotonic() + seconds)
+
+    def now(self) -> float:
+        """The server's clock (epoch seconds): the host's plus ``clock_offset_s``."""
+        return time.time() + self.clock_offset_s
+
+    def advance_clock(self, seconds: float) -> None:
+        self.clock_offset_s += seconds
 
     def lift_flood_wait(self) -> None:
         with self._lock:
@@ -217,7 +231,7 @@ class TelegramState(EmulatorServer):
     ) -> list[dict[str, Any]]:
         """Post ``entries`` as consecutive messages: flood control, ids and the record are one step."""
         now_mono = time.monotonic()
-        date = int(time.time())
+        date = int(self.now())
         with self._lock:
             self._check_rate(chat, now_mono, len(entries))
             first_id = self._next_message_id.get(chat.id, 0) + 1
@@ -241,6 +255,8 @@ class TelegramState(EmulatorServer):
                         "height": entry.height,
                         "date": date,
                         "params": dict(params),
+                        # the channel's members get no sound for it (Client.cpp to_bool: true, yes, 1)
+                        "disable_notification": _to_bool(params.get("disable_notification")),
                     }
                 )
         messages = []

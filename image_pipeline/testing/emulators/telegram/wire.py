@@ -46,6 +46,8 @@ class Chat:
     bot_status: str = "administrator"
     # ChatAdministratorRights.can_post_messages: without it a channel refuses the bot's posts
     can_post_messages: bool = True
+    # ChatAdministratorRights.can_delete_messages: deletes others' posts (its own need can_post_messages)
+    can_delete_messages: bool = True
     # ChatPermissions of a restricted bot in a group or supergroup
     can_send_messages: bool = True
     can_send_photos: bool = True
