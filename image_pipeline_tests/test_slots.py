@@ -340,3 +340,36 @@ def _take(it, n: int) -> list:
 
 def _ts(*args: int) -> float:
     return berlin(*args).timestamp()
+
+
+def test_a_slot_run_posts_to_telegram_at_its_slot_once(
+    instance, local_resources, workbook_dir: Path, telegram_emulator
+) -> None:
+    """The slot's run through the real Telegram client: the photo is accepted at or after the slot (the
+    emulator stamps when it accepted it), and a repeated run of the slot posts nothing more."""
+    from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
+
+    from .test_publisher_albums import publisher
+
+    (a,) = _queue(workbook_dir, [["a lantern on the harbour", ""]])
+    instance.add_dynamic_partitions("prompts", [a])
+    accepted: list[float] = []
+
+    def stamp(request, endpoint, response) -> None:  # noqa: ANN001 - the emulator's hook signature
+        if endpoint == "sendphoto" and response.status == 200:
+            accepted.append(time.time())
+
+    telegram_emulator.after_route = stamp
+    resources = {**local_resources, "publisher": publisher(telegram_emulator)}
+    slot = time.time() + 1.0
+    tags = {POST_AT_TAG: f"{slot}", SLOT_TAG: "soon"}
+    for _ in range(2):  # the slot's run, and the same request again
+        result = dg.materialize(
+            ASSETS, partition_key=a, instance=instance, resources=resources, run_config=QUIET, tags=tags
+        )
+        assert result.success
+    [message] = telegram_emulator.messages_for(DEFAULT_CHANNEL_ID)
+    assert message["caption"].startswith("a lantern on the harbour")
+    [when] = accepted
+    print(f"slot at {slot:.3f}, photo accepted {when - slot:+.3f} s after it")
+    assert when >= slot
