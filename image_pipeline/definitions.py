@@ -8,19 +8,23 @@ from collections.abc import Mapping
 import dagster as dg
 
 from image_pipeline.defs.assets import ASSETS
+from image_pipeline.defs.digest import build_digest_schedule
 from image_pipeline.defs.jobs import preflight_job, process_prompts_job, resume_spending_job
+from image_pipeline.defs.refill import build_refill_sensor, refill_queue_job
 from image_pipeline.defs.schedules import build_daily_schedule
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
 from image_pipeline.defs.sheet_actions import sheet_actions_job
 from image_pipeline.defs.slots import build_slot_sensor
+from image_pipeline.defs.telegram_updates import build_telegram_updates_sensor
 from image_pipeline.domain.redact import install_log_redaction
 from image_pipeline.domain.slots import parse_slots
-from image_pipeline.settings import resources_from, settings_from
+from image_pipeline.settings import refill_from, resources_from, settings_from
 
 
 def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
     env = os.environ if env is None else env
     settings = settings_from(env)
+    low_queue, refill = refill_from(env)
     # With slots the slot sensor decides when rows run: no daily schedule, no instant runs
     slots: list[dg.SensorDefinition] = []
     if settings.slots:
@@ -40,10 +44,14 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
         per_tick=settings.prompts_per_tick,
         batch_size=settings.batch_size,
     )
+    digest = build_digest_schedule(
+        at=settings.digest_at, timezone=settings.schedule_timezone, top=settings.digest_top
+    )
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[process_prompts_job, preflight_job, resume_spending_job, sheet_actions_job],
-        schedules=[] if slots else [daily],
+        jobs=[process_prompts_job, preflight_job, resume_spending_job, sheet_actions_job]
+        + ([refill_queue_job] if refill else []),
+        schedules=[*([] if slots else [daily]), *([digest] if settings.digest == "weekly" else [])],
         sensors=[
             build_prompt_sheet_sensor(
                 instant=settings.instant and not slots,
@@ -52,6 +60,9 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
                 sheet_check_s=settings.sheet_check_s,
             ),
             *slots,
+            # buttons on preview cards: the one reader of the bot's updates
+            *([build_telegram_updates_sensor()] if settings.buttons else []),
+            *([build_refill_sensor(low_queue=low_queue, plan=refill)] if low_queue or refill else []),
         ],
         resources=resources_from(env),
     )

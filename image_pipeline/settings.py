@@ -16,7 +16,10 @@ import dagster as dg
 from image_pipeline.defs.io_manager import PartitionFileIOManager
 from image_pipeline.domain.rows import BACKEND_KINDS
 from image_pipeline.domain.slots import MISSED_MODES
+from image_pipeline.domain.statuses import PREVIEW
+from image_pipeline.lifecycle.digest import DIGEST_MODES
 from image_pipeline.lifecycle.ledger import PostLedger
+from image_pipeline.lifecycle.refill import REFILL_STATUSES, RefillPlan
 from image_pipeline.services.images.a1111 import A1111Generator
 from image_pipeline.services.images.chain import BackendChain
 from image_pipeline.services.images.comfyui import ComfyUIGenerator
@@ -28,6 +31,7 @@ from image_pipeline.services.publisher.outbox import LocalOutbox
 from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.services.sheets import GoogleSheet, LocalWorkbook, PromptSheet
 from image_pipeline.services.storage import is_object_store
+from image_pipeline.services.text import DEFAULT_TEXT_MODEL, PromptWriter
 
 DEFAULT_KEY_FILE = "chatbot_key.json"  # the ancestor's key file name
 
@@ -48,6 +52,10 @@ class Settings:
     slots: str = ""  # IMAGE_PIPELINE_SLOTS as given ("": no slots, the schedule and instant mode as before)
     slot_lead_s: float = 900.0
     missed_slot: str = "post"
+    buttons: bool = False  # TELEGRAM_ADMIN_IDS with an alert chat: preview cards carry buttons
+    digest: str = "weekly"  # IMAGE_PIPELINE_DIGEST: the weekly digest of the most-reacted posts, or off
+    digest_at: str = "mon 09:00"
+    digest_top: int = 5
 
 
 def _get(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -84,7 +92,17 @@ def settings_from(env: Mapping[str, str]) -> Settings:
         slots=_get(env, "IMAGE_PIPELINE_SLOTS"),
         slot_lead_s=max(0.0, float(_get(env, "IMAGE_PIPELINE_SLOT_LEAD_S", "900"))),
         missed_slot=_missed_slot(_get(env, "IMAGE_PIPELINE_MISSED_SLOT", "post").lower()),
+        buttons=all(_get(env, n) for n in ("TELEGRAM_ADMIN_IDS", "TELEGRAM_ALERT_CHAT_ID", "TELEGRAM_TOKEN")),
+        digest=_digest(_get(env, "IMAGE_PIPELINE_DIGEST", "weekly").lower()),
+        digest_at=_get(env, "IMAGE_PIPELINE_DIGEST_AT", "mon 09:00"),
+        digest_top=max(1, int(_get(env, "IMAGE_PIPELINE_DIGEST_TOP", "5"))),
     )
+
+
+def _digest(value: str) -> str:
+    if value not in DIGEST_MODES:
+        raise ValueError(f"IMAGE_PIPELINE_DIGEST must be one of {', '.join(DIGEST_MODES)}, got {value!r}")
+    return value
 
 
 def _missed_slot(value: str) -> str:
@@ -302,6 +320,7 @@ def publisher_from(env: Mapping[str, str], settings: Settings) -> Publisher:
         **({"read_timeout_s": timeout, "connect_timeout_s": timeout} if timeout else {}),
         posts_per_minute=float(_get(env, "TELEGRAM_POSTS_PER_MINUTE", "20")),
         pacing_state_path=str(settings.data / "telegram_pacing.json"),
+        admin_ids=_get(env, "TELEGRAM_ADMIN_IDS"),
         **_retry_fields(env),
         **_content_policy(env),
     )
@@ -334,4 +353,29 @@ def resources_from(env: Mapping[str, str] | None = None) -> dict[str, object]:
             daily_image_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_IMAGE_CAP", "0") or 0),
             daily_post_cap=int(_get(env, "IMAGE_PIPELINE_DAILY_POST_CAP", "0") or 0),
         ),
+        **({"prompt_writer": prompt_writer_from(env)} if refill_from(env)[1] else {}),
     }
+
+
+def refill_from(env: Mapping[str, str]) -> tuple[int, RefillPlan | None]:
+    """IMAGE_PIPELINE_LOW_QUEUE (0: no watch) and the refill plan (None: IMAGE_PIPELINE_REFILL unset or
+    0). A refill without a LOW_QUEUE threshold refills below its own size."""
+    count = int(_get(env, "IMAGE_PIPELINE_REFILL", "0"))
+    low = int(_get(env, "IMAGE_PIPELINE_LOW_QUEUE", "0")) or max(0, count)
+    if count <= 0:
+        return low, None
+    status = _get(env, "IMAGE_PIPELINE_REFILL_STATUS", PREVIEW).upper()
+    if status not in REFILL_STATUSES:
+        raise ValueError(f"IMAGE_PIPELINE_REFILL_STATUS must be PREVIEW or HOLD, got {status!r}")
+    cap = int(_get(env, "IMAGE_PIPELINE_DAILY_REFILL_CAP", "1"))
+    return low, RefillPlan(count=count, status=status, daily_cap=cap)
+
+
+def prompt_writer_from(env: Mapping[str, str]) -> PromptWriter:
+    """The refill's text model: the HF router with HF_TOKEN, or IMAGE_PIPELINE_REFILL_BASE_URL."""
+    return PromptWriter(
+        token=dg.EnvVar("HF_TOKEN") if _get(env, "HF_TOKEN") else None,
+        model=_get(env, "IMAGE_PIPELINE_REFILL_MODEL", DEFAULT_TEXT_MODEL),
+        base_url=_get(env, "IMAGE_PIPELINE_REFILL_BASE_URL") or None,
+        **({"timeout_s": _timeout(env)} if _timeout(env) else {}),
+    )

@@ -26,6 +26,8 @@ DONE_COLUMNS = (
     "negative_prompt",
     "message_link",
     "backend",
+    "reactions",
+    "reactions_total",
 )
 DONE_ALIASES = {
     "info": "information",
@@ -60,6 +62,9 @@ class DoneEntry:
     negative_prompt: str = ""
     message_link: str = ""
     backend: str = ""  # the image backend that made it (IMAGE_BACKENDS: huggingface, a1111, comfyui, ...)
+    # the channel's reactions, filled in later from Telegram's counts (lifecycle/reactions.py): "👍 12 · ❤ 3"
+    reactions: str = ""
+    reactions_total: str = ""
 
     def as_dict(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}

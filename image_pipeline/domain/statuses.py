@@ -12,7 +12,8 @@ HOLD = "HOLD"  # keep it queued, skip it
 PREVIEW = "PREVIEW"  # generate, send only to the alert chat, wait for APPROVE
 APPROVE = "APPROVE"  # publish the previewed image(s) as they are
 REPOST = "REPOST"  # after CHECK CHANNEL: the post is not in the channel, send it
-COMMANDS = (HOLD, PREVIEW, APPROVE, REPOST)
+SKIP = "SKIP"  # a preview card's Skip (lifecycle/presses.py): like HOLD, left out until a person changes it
+COMMANDS = (HOLD, PREVIEW, APPROVE, REPOST, SKIP)
 # what the pipeline writes
 QUEUED = "QUEUED"
 GENERATING = "GENERATING"

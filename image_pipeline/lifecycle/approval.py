@@ -24,6 +24,7 @@ from image_pipeline.domain.statuses import (
     PREVIEW,
     PREVIEWED,
     REPOST,
+    SKIP,
     UNCERTAIN,
 )
 from image_pipeline.lifecycle.ledger import Entry
@@ -61,7 +62,7 @@ def plan_for(row: PromptRow, entry: Entry | None) -> tuple[str, str]:
         if word == REPOST:
             return POST, f"{REPOST}: a person found the uncertain post missing from the channel"
         return HELD, f"delivery uncertain: {UNCERTAIN_HINT}"
-    if word in (HOLD, CHECK_CHANNEL):
+    if word in (HOLD, CHECK_CHANNEL, SKIP):
         return HELD, f"on hold (the status cell says {word})"
     if word in (PREVIEW, AWAITING_APPROVAL):
         if previewed:

@@ -355,11 +355,11 @@ class Ledger(WorkerRegistry, ChatSlots):
 
     def pause_state(self) -> Pause | None:
         """The pause in force: an untimed one first (it needs a person), else the wait that ends last.
-        A pause of one image backend (``backend:NAME``) is not the pipeline's: the others still work."""
+        A pause of one image backend (``backend:NAME``) or of the refill (``text``) is not the pipeline's."""
         query = (
             sa.select(_Q.service, _Q.reason, _Q.since, _Q.until)
             .where(sa.or_(_Q.until == 0, _Q.until > self._now()))
-            .where(sa.not_(_Q.service.startswith(BACKEND_PAUSE)))
+            .where(sa.not_(_Q.service.startswith(BACKEND_PAUSE)), _Q.service != "text")
             .order_by(sa.case((_Q.until == 0, 1), else_=0).desc(), _Q.until.desc())
             .limit(1)
         )

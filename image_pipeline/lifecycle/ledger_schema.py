@@ -2,7 +2,7 @@
 
 One schema for both databases, written with SQLAlchemy Core. Its own tables only (never Dagster's, even on
 the same server): ``prompts``, ``pauses``, ``preflight_passes``, ``removals``, ``daily_counts``, ``workers``,
-``chat_slots``, ``sheet_actions`` and ``ledger_schema``, which records each migration step applied. A SQLite ledger from before
+``chat_slots``, ``sheet_actions``, ``reaction_counts``, ``digests`` and ``ledger_schema``, which records each migration step applied. A SQLite ledger from before
 versioning has no ``ledger_schema`` table; step 1 brings it to the baseline in place (the columns it lacks are
 added).
 
@@ -132,6 +132,56 @@ sheet_actions = sa.Table(
     _time("updated_at"),
 )
 
+# Reaction counts, the latest per channel message (migration step 6; ``ledger_reactions.py``): ``date`` is the
+# update's, so a late older update never replaces a newer one; ``post_id`` the post's first message (an
+# album's messages add up); ``written`` once its Done row shows the post's counts.
+reaction_counts = sa.Table(
+    "reaction_counts",
+    metadata,
+    sa.Column("chat_id", sa.Text, primary_key=True),
+    sa.Column("message_id", sa.Text, primary_key=True),
+    _text("post_id"),
+    _text("prompt_id"),
+    _text("counts"),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("date", sa.Integer, nullable=False, server_default="0"),
+    _time("posted_at"),
+    _text("link"),
+    _text("prompt"),
+    sa.Column("written", sa.Integer, nullable=False, server_default="0"),
+    _time("updated_at"),
+)
+
+# One row per digest week (step 6): the intent before the notice is sent, its outcome after.
+digests = sa.Table(
+    "digests",
+    metadata,
+    sa.Column("week", sa.Text, primary_key=True),
+    _text("state"),
+    _text("text"),
+    _time("updated_at"),
+)
+
+
+def _reactions(db: Connection) -> None:
+    reaction_counts.create(db, checkfirst=True)
+    digests.create(db, checkfirst=True)
+
+
+# The preview cards sent with buttons, one row per card (migration step 7; ``ledger_cards.py``): which prompt
+# text it shows, and the press that decided it (``outcome``, set once, before the card and the row change).
+preview_cards = sa.Table(
+    "preview_cards",
+    metadata,
+    sa.Column("chat_id", sa.Text, primary_key=True),
+    sa.Column("message_id", sa.Text, primary_key=True),
+    _text("prompt_id"),
+    _text("fingerprint"),
+    _text("outcome"),
+    _time("created_at"),
+    _time("updated_at"),
+)
+
 # Kept out of ``metadata``: it is created before any step runs, and a step never drops or changes it.
 ledger_schema = sa.Table(
     "ledger_schema",
@@ -184,6 +234,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "chat_slots", _chat_slots),
     (4, "originals", _originals),
     (5, "sheet_actions", lambda db: sheet_actions.create(db, checkfirst=True)),
+    (6, "reactions", _reactions),
+    (7, "preview_cards", lambda db: preview_cards.create(db, checkfirst=True)),
 ]
 
 # Any constant: serialises first-time migration of a PostgreSQL ledger by several workers at once.

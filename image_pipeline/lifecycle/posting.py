@@ -54,6 +54,7 @@ from image_pipeline.lifecycle.originals import (
     send_after,
 )
 from image_pipeline.lifecycle.planning import wait_for_slot
+from image_pipeline.lifecycle.presses import card_buttons, record_card
 from image_pipeline.lifecycle.records import check_dict
 from image_pipeline.services.images.preview import PREVIEW_LABEL
 from image_pipeline.services.publisher.interface import Publisher
@@ -200,13 +201,16 @@ def send_preview(
     checked: list[dict[str, Any]],
 ) -> PostOutcome:
     """The images go to the alert chat only; the ledger keeps them for APPROVE. Nothing is posted."""
+    buttons = card_buttons(publisher, key, fingerprint)  # Approve / Regenerate / Hold / Skip, when on
     try:
-        receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption)
+        receipt = publisher.preview(prompt_id=key, pngs=pngs, caption=caption, buttons=buttons)
     except PromptRejected as exc:
         return PostOutcome(FAILED, f"preview failed: {exc}", checks=checked)
     except TransientError as exc:
         status, reason = transient_outcome(book, ledger, key, fingerprint, "preview", exc)
         return PostOutcome(status, reason, checks=checked)
+    if buttons and receipt is not None:  # the card whose presses count, known before the preview is
+        record_card(book, receipt.chat_id, receipt.message_id, key, fingerprint)
     book.update(
         key,
         fingerprint,

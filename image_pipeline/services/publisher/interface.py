@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,9 +136,32 @@ class Publisher(dg.ConfigurableResource):
         Raises ValueError for 0 or more than 10 images, before anything is sent."""
         raise NotImplementedError
 
-    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt | None:
-        """Show the image(s) to the operator only, never in the channel; None when there is nowhere to."""
+    def preview(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str, buttons: Sequence[tuple[str, str]] = ()
+    ) -> PostReceipt | None:
+        """Show the image(s) to the operator only, never in the channel; None when there is nowhere to.
+        ``buttons`` (label, callback data) go under the card in one row; the receipt's message is the card."""
         raise NotImplementedError
+
+    # -- button presses on preview cards (lifecycle/presses.py); a publisher nobody can press answers none
+    def card_key(self) -> bytes:
+        """The key that signs the cards' button data; empty: no buttons (not configured, or no bot)."""
+        return b""
+
+    def admins(self) -> frozenset[int]:
+        """The Telegram user ids whose presses count (TELEGRAM_ADMIN_IDS)."""
+        return frozenset()
+
+    def get_updates(self, *, offset: int, allowed_updates: Sequence[str]) -> list[dict[str, Any]]:
+        """The updates after ``offset`` - 1 (getUpdates confirms those before it); [] when none can come."""
+        return []
+
+    def answer_press(self, *, query_id: str, text: str) -> bool:
+        """Answer a button press (the toast its presser sees); False when it is too old to answer."""
+        return False
+
+    def close_card(self, *, chat_id: str, message_id: str, text: str, has_image: bool) -> None:
+        """Take the card's buttons away and show ``text`` (its caption or text with the outcome line)."""
 
     def notify(self, text: str) -> bool:
         """Send an operator notice; False when no alert destination is configured."""

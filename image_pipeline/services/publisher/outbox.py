@@ -7,7 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,9 @@ class LocalOutbox(Publisher):
             tuple(ids),
         )
 
-    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt:
+    def preview(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str, buttons: Sequence[tuple[str, str]] = ()
+    ) -> PostReceipt:
         """A notice carrying the image(s): the gallery shows it as a PREVIEW card, never as a post."""
         check_album(pngs)
         uploads = prepare_album(pngs, prompt_id)

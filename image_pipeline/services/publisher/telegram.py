@@ -6,6 +6,9 @@ the delivery uncertain, never a blind repeat.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -60,6 +63,11 @@ class TelegramPublisher(Publisher):
     )
     pacing_state_path: str | None = Field(
         default=None, description="File that keeps the spacing across runs and processes; unset: per process."
+    )
+    admin_ids: str = Field(
+        default="",
+        description="TELEGRAM_ADMIN_IDS: comma-separated Telegram user ids whose presses of a preview card's "
+        "buttons count; unset: previews carry no buttons.",
     )
 
     _session: requests.Session | None = PrivateAttr(default=None)
@@ -135,7 +143,72 @@ class TelegramPublisher(Publisher):
         return call_with_retry(attempt, policy or self.retry_policy(), what=f"telegram {method}")
 
     def preflight(self) -> list[Check]:
-        return [*self.caption_checks(), *self._service_checks()]
+        return [*self.caption_checks(), *self._service_checks(), *self._webhook_checks()]
+
+    def _webhook_checks(self) -> list[Check]:
+        """With buttons on: a bot with a webhook set gets no updates through getUpdates (409 Conflict)."""
+        if not self.card_key():
+            return []
+        name = "button presses"
+        try:
+            info = self.call("getWebhookInfo", {}, retry_read_timeout=True, policy=RetryPolicy(1, 0.0))
+        except PipelineError as exc:
+            return [fail(TELEGRAM, name, str(exc), self._fix_for(exc, "check the network and try again"))]
+        if info.get("url"):
+            detail = f"the bot has a webhook set ({info['url']}): getUpdates cannot read the presses"
+            fix = "delete it: open https://api.telegram.org/bot<TELEGRAM_TOKEN>/deleteWebhook once"
+            return [fail(TELEGRAM, name, detail, fix)]
+        return [
+            ok(
+                TELEGRAM,
+                name,
+                f"no webhook: presses are read with getUpdates by {len(self.admins())} admin id(s)",
+            )
+        ]
+
+    def card_key(self) -> bytes:
+        if not (self.admins() and self.alert_chat_id):
+            return b""
+        # derived from the token, so nobody without it can make button data the sensor accepts
+        return hashlib.sha256(b"image-pipeline preview card\0" + self.token.encode()).digest()
+
+    def admins(self) -> frozenset[int]:
+        return frozenset(int(a) for a in re.findall(r"-?\d+", self.admin_ids or ""))
+
+    def get_updates(self, *, offset: int, allowed_updates: Sequence[str]) -> list[dict[str, Any]]:
+        data = {
+            "offset": str(offset),
+            "limit": "100",
+            "timeout": "0",
+            "allowed_updates": json.dumps(list(allowed_updates)),
+        }
+        result = self.call("getUpdates", data, retry_read_timeout=True, policy=RetryPolicy(2, 1.0))
+        return [u for u in result if isinstance(u, dict)] if isinstance(result, list) else []
+
+    def answer_press(self, *, query_id: str, text: str) -> bool:
+        try:
+            self.call(
+                "answerCallbackQuery",
+                {"callback_query_id": query_id, "text": text[:200]},
+                policy=RetryPolicy(1, 0.0),
+            )
+        except telegram_refusals.PromptRejected as exc:
+            if exc.status == 400:  # "query is too old": the press is acted on all the same
+                return False
+            raise
+        return True
+
+    def close_card(self, *, chat_id: str, message_id: str, text: str, has_image: bool) -> None:
+        # both edits are idempotent: a repeat answers "not modified" (or "not found" for a deleted card)
+        where = {"chat_id": chat_id, "message_id": message_id}
+        for method, data in (
+            ("editMessageReplyMarkup", {**where, "reply_markup": json.dumps({"inline_keyboard": []})}),
+            ("editMessageCaption", {**where, "caption": text[:CAPTION_MAX_CHARS]})
+            if has_image
+            else ("editMessageText", {**where, "text": text[:MESSAGE_MAX_CHARS]}),
+        ):
+            with contextlib.suppress(telegram_refusals.MessageNotModified, telegram_refusals.MessageGone):
+                self.call(method, data, retry_read_timeout=True)
 
     def _service_checks(self) -> list[Check]:
         """getMe, then getChat and getChatMember for each chat we post to: read-only calls, no message."""
@@ -283,7 +356,9 @@ class TelegramPublisher(Publisher):
         documents = _album_as_documents(pngs, prompt_id, "the original PNG")
         return self._post(str(self.chat_id), list(pngs), prompt_id, caption, silent=silent, uploads=documents)
 
-    def preview(self, *, prompt_id: str, pngs: list[bytes], caption: str) -> PostReceipt | None:
+    def preview(
+        self, *, prompt_id: str, pngs: list[bytes], caption: str, buttons: Sequence[tuple[str, str]] = ()
+    ) -> PostReceipt | None:
         """The image(s) into the alert chat only; None without TELEGRAM_ALERT_CHAT_ID.
 
         A preview sent twice lands in the operators' chat, not the channel, so unlike a post a lost answer
@@ -291,9 +366,19 @@ class TelegramPublisher(Publisher):
         check_album(pngs)
         if not self.alert_chat_id:
             return None
-        return self._post(
-            str(self.alert_chat_id), list(pngs), prompt_id, redact(caption), retry_read_timeout=True
+        keyboard = {"inline_keyboard": [[{"text": t, "callback_data": d} for t, d in buttons]]}
+        markup = json.dumps(keyboard) if buttons and len(pngs) == 1 else ""
+        chat = str(self.alert_chat_id)
+        receipt = self._post(
+            chat, list(pngs), prompt_id, redact(caption), retry_read_timeout=True, markup=markup
         )
+        if not buttons or markup:
+            return receipt
+        # an album's messages take no keyboard: the buttons go on a card of their own under it
+        text = f"PREVIEW of {prompt_id}: the {len(pngs)} images above"
+        data = {"chat_id": chat, "text": text, "reply_markup": json.dumps(keyboard)}
+        card = self.call("sendMessage", data, retry_read_timeout=True)
+        return dataclasses.replace(receipt, message_id=str(card.get("message_id", "")))
 
     def _post(
         self,
@@ -305,6 +390,7 @@ class TelegramPublisher(Publisher):
         retry_read_timeout: bool = False,
         silent: bool = False,
         uploads: list[PreparedUpload] | None = None,
+        markup: str = "",
     ) -> PostReceipt:
         uploads = uploads or prepare_album(pngs, prompt_id)
         # Wait our turn before Telegram has to say 429: its retry_after blocks the whole bot. Telegram
@@ -312,7 +398,7 @@ class TelegramPublisher(Publisher):
         for _ in uploads:
             self.pacer().wait_turn(chat_id)
         try:
-            return self._send(chat_id, uploads, pngs, prompt_id, caption, retry_read_timeout, silent)
+            return self._send(chat_id, uploads, pngs, prompt_id, caption, retry_read_timeout, silent, markup)
         finally:
             # spacing counts from when Telegram took the post, which is what its own window counts
             self.pacer().sent(chat_id)
@@ -326,9 +412,10 @@ class TelegramPublisher(Publisher):
         caption: str,
         retry_read_timeout: bool,
         silent: bool = False,
+        markup: str = "",
     ) -> PostReceipt:
         try:
-            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent)
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent, markup)
         except (telegram_refusals.PhotoRefused, telegram_refusals.CaptionRefused) as exc:
             # A 400 means nothing was posted (an album is refused whole), so one corrected try is safe.
             if isinstance(exc, telegram_refusals.PhotoRefused):
@@ -339,7 +426,7 @@ class TelegramPublisher(Publisher):
             else:
                 # Telegram counted more than we did (e.g. UTF-16 units): cut harder and try once more.
                 caption = _cut_utf16(caption, CAPTION_MAX_CHARS)
-            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent)
+            messages = self._request(chat_id, uploads, caption, retry_read_timeout, silent, markup)
         return self._receipt(chat_id, messages, uploads)
 
     def _request(
@@ -349,9 +436,12 @@ class TelegramPublisher(Publisher):
         caption: str,
         retry_read_timeout: bool,
         silent: bool = False,
+        markup: str = "",
     ) -> list[dict[str, Any]]:
         # sendPhoto, sendDocument and sendMediaGroup all take disable_notification (Client.cpp)
         quiet = {"disable_notification": "true"} if silent else {}
+        if markup:  # a preview card's buttons (one upload only: an album takes no keyboard)
+            quiet["reply_markup"] = markup
         if len(uploads) == 1:
             upload = uploads[0]
             data = {"chat_id": chat_id, "caption": caption, **quiet}

@@ -16,7 +16,8 @@ The modules, each importing only those before it: ``wire`` (constants, limits, r
 ``markup`` (HTML parse mode), ``state`` (chats, rights, files, messages, flood control), ``uploads``
 (request bodies, multipart, the file store), ``chats`` (getMe/getChat/getChatMember, the bot's rights),
 ``sends`` (sendPhoto/sendDocument/sendMessage/sendMediaGroup), ``edits`` (editMessageCaption and
-deleteMessage with the 48-hour rule on the emulator's clock: ``advance_clock``), ``faults`` (named and injected faults),
+deleteMessage with the 48-hour rule on the emulator's clock: ``advance_clock``), ``updates`` (getUpdates,
+``push_update``, button presses with ``press``, answerCallbackQuery, keyboards, the webhook), ``faults`` (named and injected faults),
 ``server`` (``TelegramEmulator``: routing). This module is the package's interface.
 """
 

@@ -9,8 +9,8 @@ import dataclasses
 import re
 
 from image_pipeline.testing.emulators.base import Request, Response
-from image_pipeline.testing.emulators.telegram.edits import TelegramEdits
 from image_pipeline.testing.emulators.telegram.faults import TelegramFaults
+from image_pipeline.testing.emulators.telegram.updates import UPDATE_METHODS, TelegramUpdates
 from image_pipeline.testing.emulators.telegram.wire import (
     TelegramError,
     _json_response,
@@ -21,7 +21,7 @@ from image_pipeline.testing.emulators.telegram.wire import (
 
 _SEND_METHODS = {"sendphoto", "senddocument", "sendmessage", "sendmediagroup"}
 _EDIT_METHODS = {"editmessagecaption", "deletemessage"}
-_KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS, *_EDIT_METHODS}
+_KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS, *_EDIT_METHODS, *UPDATE_METHODS}
 # What api.telegram.org's front routes as a token: "<bot id>:<secret>". Anything else (a token pasted
 # with a "bot" prefix, a missing colon) never reaches a Bot API server and gets 404 "Not Found"
 # (pyTelegramBotAPI#817; python-telegram-bot request/_baserequest.py: "TG returns 404 Not found for
@@ -29,7 +29,7 @@ _KNOWN_METHODS = {"getme", "getchat", "getchatmember", *_SEND_METHODS, *_EDIT_ME
 _CLOUD_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 
 
-class TelegramEmulator(TelegramFaults, TelegramEdits):
+class TelegramEmulator(TelegramFaults, TelegramUpdates):
     name = "telegram"
 
     # ----------------------------------------------------------------- base hooks
