@@ -321,7 +321,8 @@ def test_without_slots_the_definitions_are_as_before_and_with_them_the_sensor_re
         {**base, "IMAGE_PIPELINE_SLOTS": "09:00,18:30", "IMAGE_PIPELINE_SCHEDULE_TIMEZONE": "Europe/Berlin"}
     )
     assert [s.name for s in slotted.sensors] == ["prompt_sheet_sensor", "post_slot_sensor"]
-    assert not list(slotted.schedules or [])
+    # the slots replace the daily schedule (the weekly digest's, a schedule of its own, stays)
+    assert "daily_prompt_schedule" not in [s.name for s in slotted.schedules or []]
     assert "18:30 (Europe/Berlin)" in (slotted.resolve_sensor_def("post_slot_sensor").description or "")
     with pytest.raises(ValueError, match="IMAGE_PIPELINE_MISSED_SLOT"):
         build_definitions({**base, "IMAGE_PIPELINE_SLOTS": "09:00", "IMAGE_PIPELINE_MISSED_SLOT": "later"})
