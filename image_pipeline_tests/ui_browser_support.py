@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .dagster_dev import DagsterDev
 
@@ -69,6 +69,19 @@ class Screens:
         page.screenshot(path=str(path), full_page=True)
         self.taken.append(path)
         return path
+
+
+def toggle_on(page: Page, name: str, timeout_ms: float) -> None:
+    """Automation > ``name`` > the "Running" switch, as a person turns a schedule or sensor on."""
+    page.get_by_role("navigation").get_by_role("link", name=re.compile(r"\bAutomation$")).click()
+    page.get_by_role("link", name=re.compile(rf"\b{name}\b")).click()
+    page.wait_for_url(re.compile(rf"/{name}$"))
+    running = page.get_by_role("row", name="Running")
+    switch = running.get_by_role("checkbox")
+    expect(switch).not_to_be_checked(timeout=timeout_ms)
+    # The checkbox itself is drawn hidden; the visible switch is its label.
+    running.locator("label").filter(has=page.get_by_role("checkbox")).click()
+    expect(switch).to_be_checked(timeout=timeout_ms)
 
 
 def wait_until(

@@ -29,7 +29,12 @@ from image_pipeline.services.sheets import PromptSheet
 ALLOWED_UPDATES = ("callback_query", "message_reaction_count")
 
 
-def build_telegram_updates_sensor(interval_s: int = 15) -> dg.SensorDefinition:
+# A press must be answered while Telegram still takes the answer (about 15 s; later: "query is too old"),
+# so the reader ticks often; one getUpdates call a tick.
+UPDATES_INTERVAL_S = 5
+
+
+def build_telegram_updates_sensor(interval_s: int = UPDATES_INTERVAL_S) -> dg.SensorDefinition:
     @dg.sensor(
         name="telegram_updates_sensor",
         job=process_prompts_job,
