@@ -346,3 +346,19 @@ def test_telegram_gets_the_marked_album_and_a_retry_sends_the_same_bytes(
     assert row["status"] == "SUCCESS"
     assert row["image_sha256"] == ";".join(sha(s) for s in sent)
     assert all(sha(p.read_bytes()) in row["information"] for p in originals)
+
+
+def test_the_doctor_checks_the_watermark_settings_before_any_run(tmp_path) -> None:
+    from image_pipeline.domain.checks import FAIL, OK
+
+    def rows(**fields) -> dict[str, tuple[str, str]]:
+        outbox = LocalOutbox(folder=str(tmp_path / "outbox"), **fields)
+        return {c.name: (c.status, c.detail) for c in outbox.preflight()}
+
+    assert "watermark" not in rows()  # off: no row
+    status, detail = rows(watermark_text="@mychannel")["watermark"]
+    assert status == OK and "@mychannel" in detail
+    status, detail = rows(watermark_logo=str(tmp_path / "missing.png"))["watermark"]
+    assert status == FAIL and "missing.png" in detail
+    status, detail = rows(watermark_text="x", watermark_corner="middle")["watermark"]
+    assert status == FAIL and "middle" in detail

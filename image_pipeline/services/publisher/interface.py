@@ -12,7 +12,8 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from image_pipeline.domain.caption_template import render_caption, template_problem
-from image_pipeline.domain.checks import Check, fail
+from image_pipeline.domain.checks import Check, fail, ok
+from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.records import PostReceipt
 from image_pipeline.domain.rows import ORIGINAL_MODES, PromptRow
 from image_pipeline.services.http import RetryPolicy
@@ -114,6 +115,17 @@ class Publisher(dg.ConfigurableResource):
         if self.send_original not in ORIGINAL_MODES:
             detail = f"TELEGRAM_SEND_ORIGINAL={self.send_original!r}: not one of {', '.join(ORIGINAL_MODES)}"
             checks.append(fail("Telegram", "originals", detail, "fix TELEGRAM_SEND_ORIGINAL"))
+        # the mark is built here as the first post would build it: a bad setting or logo shows before a run
+        try:
+            mark = self.watermark()
+        except PipelineError as exc:
+            checks.append(fail("Telegram", "watermark", str(exc), "fix the WATERMARK_* settings"))
+        else:
+            if mark is not None:
+                what = (
+                    f"logo {self.watermark_logo}" if self.watermark_logo else f"text {self.watermark_text!r}"
+                )
+                checks.append(ok("Telegram", "watermark", f"{what}, {self.watermark_corner}"))
         return checks
 
     def describe(self) -> str:
