@@ -59,9 +59,9 @@ def build_prompt_sheet_sensor(
         ledger: PostLedger,
     ):
         # EDIT / DELETE typed in Done are noticed in the same tick and read (defs/sheet_actions.py)
-        before_tick(prompt_sheet, _load_cursor(context.cursor))
+        before_tick(prompt_sheet, load_cursor(context.cursor))
         result = prompt_tick(context, prompt_sheet, image_generator, publisher, ledger)
-        return notice_sheet_actions(context, prompt_sheet, result, _load_cursor(context.cursor))
+        return notice_sheet_actions(context, prompt_sheet, result, load_cursor(context.cursor))
 
     def prompt_tick(
         context: dg.SensorEvaluationContext,
@@ -70,7 +70,7 @@ def build_prompt_sheet_sensor(
         publisher: Publisher,
         ledger: PostLedger,
     ):
-        cursor = _load_cursor(context.cursor)
+        cursor = load_cursor(context.cursor)
         columns = _columns(cursor)
         digest = cursor.get("digest")
         checked = cursor.get("checked")
@@ -225,7 +225,8 @@ def _columns(cursor: dict) -> list[int]:
     return [0]
 
 
-def _load_cursor(raw: str | None) -> dict:
+def load_cursor(raw: str | None) -> dict:
+    """A sensor's JSON cursor as a dict; an empty, unreadable or non-object cursor is a fresh one."""
     if not raw:
         return {}
     try:

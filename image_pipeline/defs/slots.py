@@ -16,6 +16,7 @@ import dagster as dg
 from image_pipeline.defs.batching import batches, run_request
 from image_pipeline.defs.jobs import process_prompts_job
 from image_pipeline.defs.partitions import prompt_partitions
+from image_pipeline.defs.sensors import load_cursor
 from image_pipeline.domain.errors import PipelineError
 from image_pipeline.domain.slots import POST, zone_of
 from image_pipeline.domain.statuses import AWAITING_APPROVAL, CHECK_CHANNEL, HOLD
@@ -62,7 +63,7 @@ def build_slot_sensor(
         publisher: Publisher,
         ledger: PostLedger,
     ):
-        state = _load(context.cursor)
+        state = load_cursor(context.cursor)
         now = clock()
         try:
             token = prompt_sheet.change_token()
@@ -127,13 +128,3 @@ def build_slot_sensor(
 
 def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) else default
-
-
-def _load(raw: str | None) -> dict:
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
