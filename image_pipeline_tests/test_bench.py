@@ -109,3 +109,20 @@ def test_the_scale_out_pair_is_judged_by_its_speed_up() -> None:
     assert dict(target_marks("B100-3w", {"speedup_vs_1w": 1.5})) == {"x2 vs B100-1w": False}
     results["B100-3w"]["prompts"] = 50  # not the same backlog: no ratio
     assert speedup(results, "B100-1w", "B100-3w") is None
+
+
+def test_the_posting_rate_runs_from_the_first_accepted_photo_to_the_last() -> None:
+    from image_pipeline.testing.bench.workers import posting_figures, rate_speedup
+
+    # started at 100.0; photos accepted at 103.0 .. 112.9, 100 of them: 99 intervals over 9.9 s
+    accepted = [103.0 + i * 0.1 for i in range(100)]
+    assert posting_figures(accepted, 100.0) == {"first_post_s": 3.0, "last_post_s": 12.9, "posts_per_s": 10.0}
+    assert posting_figures([], 100.0)["posts_per_s"] is None
+    assert posting_figures([103.0], 100.0)["posts_per_s"] is None  # one photo: no rate
+    results = {
+        "B100-1w": {"posts_per_s": 4.0, "prompts": 100},
+        "B100-3w": {"posts_per_s": 10.0, "prompts": 100},
+    }
+    assert rate_speedup(results, "B100-1w", "B100-3w") == 2.5
+    results["B100-1w"]["posts_per_s"] = None
+    assert rate_speedup(results, "B100-1w", "B100-3w") is None

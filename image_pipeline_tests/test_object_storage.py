@@ -24,7 +24,8 @@ from image_pipeline.definitions import build_definitions
 from image_pipeline.domain.records import DoneOutcome, ImageOutcome, PromptRecord
 from image_pipeline.domain.statuses import SUCCESS
 from image_pipeline.services.sheets import LocalWorkbook
-from image_pipeline.services.storage import PartitionFileStore, WriteConflict, digest, write_once
+from image_pipeline.services.storage import PartitionFileStore, WriteConflict, digest, read_file, write_once
+from image_pipeline.services.storage.objects import RecentObjects, write_replacing
 
 from .conftest import QUIET, materializations, queue_prompts, read_csv, run_partitions, write_csv
 from .s3_server import S3Server, moto_s3
@@ -117,6 +118,35 @@ def test_on_the_embedded_default_an_image_is_a_plain_local_file(
     [png] = (tmp_path / "assets" / "generated_image").glob(f"{pid}-*.png")
     assert shown == str(png)  # a path the UI shows as it is, no file:// URL
     assert png.name == f"{pid}-{digest(png.read_bytes())}.png"
+
+
+def test_an_image_written_here_is_read_from_memory_and_a_record_from_the_bucket(s3: S3Server) -> None:
+    """A write-once object never gets other bytes, so the post reads the image it just stored without a
+    GET; a record, which another worker may replace, is always read from the bucket."""
+    bucket = s3.new_bucket()
+    store = PartitionFileStore(f"s3://{bucket}/m", "run-1", s3_endpoint_url=s3.endpoint_url)
+    png = png_bytes(3)
+    path = store.write_png("generated_image", "p1", png)
+    s3.client().delete_object(Bucket=bucket, Key=f"m/generated_image/p1-{digest(png)}.png")
+    assert read_file(path) == png  # the bucket no longer has it: these bytes came from memory
+
+    record = store.json_path("prompt_record", "p1")
+    write_replacing(record, b'{"v": 1}')
+    s3.client().put_object(Bucket=bucket, Key="m/prompt_record/p1.json", Body=b'{"v": 2}')  # another worker
+    assert read_file(record) == b'{"v": 2}'
+    with pytest.raises(FileNotFoundError):  # never written here: asked of the bucket, which has no such key
+        read_file(store.base / "generated_image" / "p2-0000000000000000.png")
+
+
+def test_the_recent_objects_keep_to_their_byte_limit() -> None:
+    recent = RecentObjects(limit=10)
+    recent.put("a", b"1234")
+    recent.put("b", b"5678")
+    assert recent.get("a") == b"1234"  # now the most recently used
+    recent.put("c", b"9abc")  # 12 bytes: the least recently used goes
+    assert recent.get("b") is None and recent.get("a") == b"1234" and recent.get("c") == b"9abc"
+    recent.put("big", b"x" * 11)  # larger than the whole limit: not kept, nothing else dropped
+    assert recent.get("big") is None and recent.get("a") == b"1234"
 
 
 @pytest.mark.parametrize("where", ["bucket", "local"])

@@ -8,6 +8,7 @@ service; ``resume`` lifts a pause. Each command lives in its own module; this on
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from image_pipeline.cli.doctor import cmd_doctor
@@ -48,5 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
+def entry() -> None:
+    """The ``image-pipeline`` script: ``main``, then exit.
+
+    A run leaves a large heap behind (Dagster's definitions and instance, the service clients), and the
+    interpreter's last full garbage collection on exit walks all of it: 0.3-0.7 s of every ``make run``
+    and of every worker of a scale-out, for memory the process is about to give back anyway. Frozen
+    objects are left out of that collection; the rest of exiting (other threads, atexit handlers,
+    flushing) is unchanged."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -28,7 +28,7 @@ from image_pipeline.domain.statuses import (
     UNCERTAIN,
 )
 from image_pipeline.lifecycle.ledger import Entry
-from image_pipeline.services.storage import as_path, digest, write_once
+from image_pipeline.services.storage import as_path, digest, read_file, write_once
 
 # what a run does with a row
 POST = "post"  # generate and publish (no word, or a state the pipeline wrote)
@@ -90,8 +90,10 @@ def outcome_pngs(outcome: ImageOutcome) -> list[bytes]:
     """Every image of a prompt's outcome: one, or the variations in order."""
     variations = outcome.meta.get("variations") or []
     if not variations:
-        return [outcome.read_png()]
-    return [as_path(v["path"]).read_bytes() for v in variations]
+        if outcome.path is None:
+            raise FileNotFoundError("no image was stored for this outcome")
+        return [read_file(as_path(outcome.path))]
+    return [read_file(as_path(v["path"])) for v in variations]
 
 
 def keep_preview(folder: UPath, key: str, fingerprint: str, outcome: ImageOutcome) -> str:
@@ -103,7 +105,7 @@ def keep_preview(folder: UPath, key: str, fingerprint: str, outcome: ImageOutcom
     variations = outcome.meta.get("variations") or [{**outcome.meta, "path": outcome.path}]
     kept: list[dict[str, Any]] = []
     for i, variation in enumerate(variations, start=1):
-        png = as_path(variation["path"]).read_bytes()
+        png = read_file(as_path(variation["path"]))
         target = folder / f"{key}-{fingerprint}-{i}-{digest(png)}.png"
         write_once(target, png)
         kept.append({**{k: v for k, v in variation.items() if k != "path"}, "path": str(target)})

@@ -25,7 +25,7 @@ from image_pipeline.lifecycle.claims import transient_outcome
 from image_pipeline.lifecycle.ledger import Entry, Ledger, PostLedger
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.publisher.refusals import DeliveryUncertain
-from image_pipeline.services.storage import as_path, digest, write_once
+from image_pipeline.services.storage import as_path, digest, read_file, write_once
 
 AFTER, INSTEAD = ORIGINAL_MODES[:2]
 PENDING, SENDING, SENT, REFUSED = "PENDING", "SENDING", "SENT", "REFUSED"
@@ -71,7 +71,7 @@ def send_after(
             context, book, publisher, key, fingerprint, posted, "the run stopped during the send"
         )
     meta = json.loads(entry.image_meta) if entry.image_meta else {}
-    pngs = [as_path(p).read_bytes() for p in meta.get("original_paths") or []]
+    pngs = [read_file(as_path(p)) for p in meta.get("original_paths") or []]
     book.update(key, fingerprint, owner=owner, original_state=SENDING)
     try:
         receipt = publisher.publish_original(prompt_id=key, pngs=pngs, silent=silent)

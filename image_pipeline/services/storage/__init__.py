@@ -5,6 +5,7 @@ from image_pipeline.services.storage.objects import (
     as_path,
     digest,
     is_object_store,
+    read_file,
     use_s3_endpoint,
     write_once,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "as_path",
     "digest",
     "is_object_store",
+    "read_file",
     "use_s3_endpoint",
     "write_once",
 ]

@@ -7,7 +7,9 @@ Credentials are never ours to hold: s3fs asks botocore's standard chain (``AWS_A
 
 Images and previews are written once: a name that exists is never replaced, so two workers cannot
 overwrite each other's file. Their names carry the bytes' hash, so two different images never want the
-same name, and a write repeated after a lost answer finds its own bytes there.
+same name, and a write repeated after a lost answer finds its own bytes there. Such a file never changes,
+so the bytes a process wrote to an object store stay at hand for a while (``RecentObjects``): the post a
+moment later reads them from memory instead of asking the store again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import fsspec
@@ -23,6 +27,42 @@ from upath import UPath
 from image_pipeline.services.files import atomic_write
 
 LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+# Write-once objects kept in memory after this process wrote them: about a batch's images in flight
+# between generation and post at 1024x1024, and never more, whatever the batch size.
+RECENT_OBJECTS_BYTES = 64 * 1024 * 1024
+
+
+class RecentObjects:
+    """The last write-once objects this process wrote to an object store, by URL, up to ``limit`` bytes
+    (least recently used out first). Safe to read from because such a name never gets other bytes."""
+
+    def __init__(self, limit: int = RECENT_OBJECTS_BYTES) -> None:
+        self.limit = limit
+        self._held: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def put(self, url: str, data: bytes) -> None:
+        if len(data) > self.limit:
+            return
+        with self._lock:
+            old = self._held.pop(url, None)
+            self._size -= len(old) if old is not None else 0
+            self._held[url] = data
+            self._size += len(data)
+            while self._size > self.limit:
+                _url, dropped = self._held.popitem(last=False)
+                self._size -= len(dropped)
+
+    def get(self, url: str) -> bytes | None:
+        with self._lock:
+            data = self._held.get(url)
+            if data is not None:
+                self._held.move_to_end(url)
+            return data
+
+
+_recent = RecentObjects()
 
 
 class WriteConflict(FileExistsError):
@@ -61,9 +101,13 @@ def digest(data: bytes) -> str:
 
 def read_file(path: UPath) -> bytes:
     """The file's bytes; FileNotFoundError when it is not there. In an object store one GET (a UPath's
-    read_bytes asks for the size first, and on a miss lists the "folder" too)."""
+    read_bytes asks for the size first, and on a miss lists the "folder" too), none for a write-once
+    object this process wrote a moment ago."""
     if is_local(path):
         return Path(path.path).read_bytes()
+    kept = _recent.get(str(path))
+    if kept is not None:
+        return kept
     return path.fs.cat_file(path.path)
 
 
@@ -73,7 +117,8 @@ def write_replacing(path: UPath, data: bytes) -> None:
     if is_local(path):
         atomic_write(Path(path.path), data)
     else:
-        path.write_bytes(data)
+        # one PutObject, as UPath.write_bytes sends too, without its buffered file object around it
+        path.fs.pipe_file(path.path, data)
 
 
 def write_once(path: UPath, data: bytes) -> None:
@@ -88,6 +133,7 @@ def write_once(path: UPath, data: bytes) -> None:
         else:
             # S3: PutObject with If-None-Match: * (HTTP 412 when the key exists, FileExistsError here)
             path.fs.pipe_file(path.path, data, mode="create")
+            _recent.put(str(path), data)
         return
     except FileExistsError:
         pass
@@ -96,6 +142,8 @@ def write_once(path: UPath, data: bytes) -> None:
         raise WriteConflict(
             f"{path} already holds other bytes (sha256 {digest(existing)}, not {digest(data)}): not replaced"
         )
+    if not is_local(path):
+        _recent.put(str(path), data)
 
 
 def _create_local(path: Path, data: bytes) -> None:

@@ -29,7 +29,7 @@ from image_pipeline.testing.bench.profiles import (
 from image_pipeline.testing.bench.report import format_table, with_ratios
 from image_pipeline.testing.bench.scenarios import Context, _figures, run_baseline, run_product_scenario
 from image_pipeline.testing.bench.sensor import run_sensor
-from image_pipeline.testing.bench.workers import run_workers_scenario, speedup
+from image_pipeline.testing.bench.workers import rate_speedup, run_workers_scenario, speedup
 
 
 def selected(args: argparse.Namespace) -> list[str]:
@@ -95,6 +95,7 @@ def run_bench(
     if name_pair := [n for n in WORKER_SCENARIOS if n in results]:
         many = name_pair[-1]
         results[many]["speedup_vs_1w"] = speedup(results, WORKER_SCENARIOS[0], many)
+        results[many]["rate_speedup_vs_1w"] = rate_speedup(results, WORKER_SCENARIOS[0], many)
     return results
 
 

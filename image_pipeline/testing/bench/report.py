@@ -133,8 +133,13 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             targets = f"{targets}; {extra}" if targets else extra
         if r.get("a1111_jobs_run") is not None:
             targets = f"{targets}; {_a1111_note(r)}" if targets else _a1111_note(r)
+        if r.get("posts_per_s") is not None:
+            note = f"{r['posts_per_s']:.2f} posts/s from post 1 to {r.get('posted')}"
+            targets = f"{targets}; {note}" if targets else note
         if r.get("speedup_vs_1w") is not None:
-            targets = f"{targets}; speed-up x{r['speedup_vs_1w']:.2f}"
+            targets = f"{targets}; speed-up x{r['speedup_vs_1w']:.2f} wall"
+        if r.get("rate_speedup_vs_1w") is not None:
+            targets = f"{targets}, x{r['rate_speedup_vs_1w']:.2f} posts/s"
         lines.append(
             [
                 name,

@@ -7,6 +7,8 @@ emulator admits ``hf_max_concurrent`` requests per worker (4 GPU slots each), Te
 lifted, so the bound is prompts x 1 s / (4 x workers) and the one-worker row is the same deployment with one
 worker: the two rows side by side are the speed-up of adding workers. Every figure is counted by the
 emulators; the check column says whether each prompt was posted exactly once and the queue ended empty.
+The target is on wall time, start-up and wind-down included; the posting rate between the first and
+the last photo Telegram accepted is printed beside it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def run_workers_scenario(name: str, profile: Profile, ctx: Any) -> dict[str, Any
     rows = queue_rows(profile)
     sandbox = Sandbox(root / "sandbox", seed_rows=rows)
     # the emulated provider serves every worker's 4 slots: a fifth request of one worker still gets 429
-    configure(sandbox, replace(profile, hf_max_concurrent=(profile.hf_max_concurrent or 4) * profile.workers))
+    accepted = configure(
+        sandbox, replace(profile, hf_max_concurrent=(profile.hf_max_concurrent or 4) * profile.workers)
+    )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
     memory = TreeMemory().start()
     _reset_own_peak()
@@ -96,10 +100,26 @@ def run_workers_scenario(name: str, profile: Profile, ctx: Any) -> dict[str, Any
             figures = _product_figures(name, profile, sandbox, rows, wall, code, timed_out, memory, logs[0])
             figures["workers"] = profile.workers
             figures["worker_exit_codes"] = codes
+            figures.update(posting_figures(accepted, t0))
             return figures
     finally:
         memory.stop()
         sandbox.stop()
+
+
+def posting_figures(accepted: list[float], t0: float) -> dict[str, Any]:
+    """When Telegram accepted the first and the last photo (seconds after the workers started), and the
+    rate in between: the pace the workers keep once they are running, without the start-up and wind-down
+    each worker process pays once whatever the number of workers."""
+    if not accepted:
+        return {"first_post_s": None, "last_post_s": None, "posts_per_s": None}
+    first, last = min(accepted), max(accepted)
+    rate = (len(accepted) - 1) / (last - first) if len(accepted) > 1 and last > first else None
+    return {
+        "first_post_s": round(first - t0, 2),
+        "last_post_s": round(last - t0, 2),
+        "posts_per_s": round(rate, 2) if rate is not None else None,
+    }
 
 
 def speedup(results: dict[str, dict[str, Any]], one: str, many: str) -> float | None:
@@ -108,3 +128,11 @@ def speedup(results: dict[str, dict[str, Any]], one: str, many: str) -> float | 
     if not a.get("wall_s") or not b.get("wall_s") or a.get("prompts") != b.get("prompts"):
         return None
     return round(a["wall_s"] / b["wall_s"], 2)
+
+
+def rate_speedup(results: dict[str, dict[str, Any]], one: str, many: str) -> float | None:
+    """The many-worker row's posting rate over the one-worker row's (same prompts), when both ran."""
+    a, b = results.get(one, {}), results.get(many, {})
+    if not a.get("posts_per_s") or not b.get("posts_per_s") or a.get("prompts") != b.get("prompts"):
+        return None
+    return round(b["posts_per_s"] / a["posts_per_s"], 2)
