@@ -36,6 +36,19 @@ def test_the_share_is_what_is_free_over_the_idle_workers_within_bounds() -> None
     assert share_size(0, 3, unsure=False, floor=8, ceiling=200) == 0
 
 
+def test_a_share_is_whole_rounds_of_the_generation_slots() -> None:
+    # three workers over 100 prompts on 4 slots each: 36, 32, 32 (9, 8, 8 rounds), not 34, 33, 33 (9 each)
+    assert share_size(100, 3, unsure=False, floor=8, ceiling=200, slots=4) == 36
+    assert share_size(64, 2, unsure=False, floor=8, ceiling=200, slots=4) == 32
+    assert share_size(32, 1, unsure=False, floor=8, ceiling=200, slots=4) == 32
+    # one worker alone at first: about a quarter, in whole rounds (7), then the rest (18 rounds)
+    assert share_size(100, 1, unsure=True, floor=8, ceiling=200, slots=4) == 28
+    assert share_size(72, 1, unsure=False, floor=8, ceiling=200, slots=4) == 72
+    # never more than what is free, nor than the batch size, whatever the rounding
+    assert share_size(33, 1, unsure=False, floor=8, ceiling=200, slots=4) == 33
+    assert share_size(75, 1, unsure=False, floor=8, ceiling=50, slots=4) == 50
+
+
 def test_free_leaves_out_what_live_workers_hold_and_what_is_done(store: PostLedger) -> None:
     book = store.open()
     cands = _candidates(6)

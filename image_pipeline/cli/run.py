@@ -220,7 +220,8 @@ def _shares(
     ledger = resources["ledger"]
     me = worker_of(owner_token(""))
     # enough for two rounds of the generation slots: a smaller run would leave slots idle at its end
-    floor = 2 * max(1, int(getattr(resources["image_generator"], "concurrency", 1)))
+    slots = max(1, int(getattr(resources["image_generator"], "concurrency", 1)))
+    floor = 2 * slots
     left = [Candidate(r.prompt_id, r.fingerprint(), clean_text(r.prompt)) for r in rows]
     first = True
     while left:
@@ -231,7 +232,7 @@ def _shares(
         workers = max(len(book.workers_seen(WORKER_SEEN_S) | {me}), others + 1)
         # the free prompts go to the workers without a share: those holding one are busy with it
         unsure = first and workers == 1
-        n = share_size(len(free), workers - others, unsure=unsure, floor=floor, ceiling=size)
+        n = share_size(len(free), workers - others, unsure=unsure, floor=floor, ceiling=size, slots=slots)
         first = False
         taken = reserve(book, free, n, owner=owner, lease_s=ledger.lease_s, is_stale=is_stale, order=order)
         if not taken:

@@ -69,17 +69,25 @@ def free_candidates(
     return free, len(others)
 
 
-def share_size(free: int, idle: int, *, unsure: bool, floor: int, ceiling: int) -> int:
-    """How many of ``free`` prompts the next run takes: free / ``idle``, at least ``floor`` (enough to keep
-    the run's generation slots busy), at most ``ceiling`` (the batch size).
+def share_size(free: int, idle: int, *, unsure: bool, floor: int, ceiling: int, slots: int = 1) -> int:
+    """How many of ``free`` prompts the next run takes: free / ``idle`` rounded up to whole rounds of the
+    run's ``slots`` generation requests at once, at least ``floor`` (enough to keep the slots busy), at
+    most ``ceiling`` (the batch size).
 
     ``idle``: the workers without a share now, this one included (the workers holding claims are busy
     with theirs). ``unsure``: this worker's first share and no other worker seen yet; another may be
-    starting just now, so it takes at most a quarter (and the rest in a second run if still alone)."""
+    starting just now, so it takes about a quarter (and the rest in a second run if still alone).
+
+    Whole rounds: a share of 34 on 4 slots is 8 full rounds and one with a single request, the same time
+    as 36; three workers over 100 prompts take 36, 32 and 32 (9, 8 and 8 rounds) rather than 34, 33 and 33
+    (9 each), so two of them are done a round earlier and the last one's Done step does not queue behind
+    theirs for the queue lock."""
     if free <= 0:
         return 0
     divisor = MIN_DIVISOR if unsure else max(1, idle)
-    return min(free, ceiling, max(floor, math.ceil(free / divisor)))
+    per_slot = max(1, slots)
+    even = math.ceil(math.ceil(free / divisor) / per_slot) * per_slot
+    return min(free, ceiling, max(floor, even))
 
 
 def reserve(
