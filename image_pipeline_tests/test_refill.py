@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from image_pipeline.defs.refill import build_refill_sensor, refill_queue_job
+from image_pipeline.domain.checks import OK, WARN
 from image_pipeline.domain.refill_prompts import parse_prompts
 from image_pipeline.domain.similarity import NEAR_DUPLICATE, PromptIndex, normalise, similarity
 from image_pipeline.lifecycle.ledger import Ledger, PostLedger
@@ -206,12 +207,17 @@ def test_credits_pause_the_refill_alone_with_one_notice(parts: dict[str, Any], c
     pause = text_pause(book)
     assert pause is not None and pause.service == "text"
     assert book.pause_state() is None  # the images and posts go on
+    # doctor and the preflight show it as a warning of its own; spending is not paused
+    rows = {c.name: c for c in parts["ledger"].preflight()}
+    assert rows["spending"].status == OK
+    assert rows["refill"].status == WARN and "402" in rows["refill"].detail
     again = _refill(parts, RefillPlan(count=3, daily_cap=5))
     assert again.written == [] and chat.count("chat") == 1  # paused: the model is not asked again
     notices = [n["text"] for n in parts["publisher"].notices()]
     assert sum("stopped the queue refill" in n for n in notices) == 1
     chat.credits = True
     assert [p.service for p in book.resume()] == ["text"]
+    assert "refill" not in {c.name for c in parts["ledger"].preflight()}
     assert _refill(parts, RefillPlan(count=3, daily_cap=5)).written
 
 

@@ -38,8 +38,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from image_pipeline.domain.checks import Check, fail, ok, warn
 from image_pipeline.domain.errors import ClaimLost
+from image_pipeline.lifecycle.ledger_budget import BudgetRows
 from image_pipeline.lifecycle.ledger_owners import owner_token, stale_owner_check
 from image_pipeline.lifecycle.ledger_pacing import ChatSlots
 from image_pipeline.lifecycle.ledger_schema import (
@@ -367,6 +367,15 @@ class Ledger(WorkerRegistry, ChatSlots):
             row = db.execute(query).first()
         return Pause(str(row[0]), str(row[1]), float(row[2]), float(row[3])) if row else None
 
+    def pause_of(self, service: str) -> Pause | None:
+        """The pause of exactly ``service`` while it is in force (the refill's ``text``, a backend's)."""
+        query = sa.select(_Q.service, _Q.reason, _Q.since, _Q.until).where(
+            _Q.service == service, sa.or_(_Q.until == 0, _Q.until > self._now())
+        )
+        with self._read() as db:
+            row = db.execute(query).first()
+        return Pause(str(row[0]), str(row[1]), float(row[2]), float(row[3])) if row else None
+
     def backend_pauses(self) -> dict[str, Pause]:
         """The image backends paused now (credits or a quota of one backend of the chain), by name."""
         query = (
@@ -510,7 +519,7 @@ def _lost(prompt_id: str, owner: str, holder: str | None, fields: dict[str, Any]
     return f"{prompt_id}: this worker ({owner}) lost its claim (now {who}); not recorded: {kept}"
 
 
-class PostLedger(dg.ConfigurableResource):
+class PostLedger(BudgetRows, dg.ConfigurableResource):
     """Durable record of each prompt's progress (SQLite on one host, PostgreSQL across workers), so nothing
     is posted twice or lost."""
 
@@ -544,56 +553,3 @@ class PostLedger(dg.ConfigurableResource):
         return Ledger(self.path, url=url)
 
     preflight_service: ClassVar[str] = "Budget"  # the service name when the check itself breaks
-
-    def preflight(self) -> list[Check]:
-        """The budget guard's state, for doctor and the preflight job: paused fails, a cap reached warns."""
-        book = self.open()
-        pause = book.pause_state()
-        if pause is not None and pause.timed:
-            return [
-                fail("Budget", "spending", pause.message(), "nothing to do: runs start again by themselves")
-            ]
-        if pause is not None:
-            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(pause.since))
-            return [
-                fail(
-                    "Budget",
-                    "spending",
-                    f"paused since {when}: {pause.reason}",
-                    "add credits, then `image-pipeline resume` (or launch resume_spending_job)",
-                )
-            ]
-        checks = [ok("Budget", "spending", "not paused")]
-        for name, paused in sorted(book.backend_pauses().items()):
-            checks.append(
-                warn(
-                    "Budget",
-                    f"backend {name}",
-                    paused.message(),
-                    "the other backends of IMAGE_BACKENDS make the images meanwhile",
-                )
-            )
-        for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
-            if cap > 0:
-                used = book.used_today(kind)
-                detail = f"{used} of {cap} {kind} today ({utc_day()} UTC)"
-                checks.append(
-                    warn("Budget", f"daily {kind} cap", detail, "the rest waits for the next UTC day")
-                    if used >= cap
-                    else ok("Budget", f"daily {kind} cap", detail)
-                )
-        return checks
-
-    def why_not_spend(self) -> str | None:
-        """Why the schedule and sensor must not start work now (a pause, a daily cap), or None."""
-        book = self.open()
-        pause = book.pause_state()
-        if pause is not None:
-            return pause.message()
-        for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
-            if cap > 0 and book.used_today(kind) >= cap:
-                return (
-                    f"the daily cap of {cap} {kind} is reached ({utc_day()} UTC); "
-                    "queued prompts go out after midnight UTC"
-                )
-        return None

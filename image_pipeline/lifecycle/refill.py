@@ -21,15 +21,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
-
 from image_pipeline.domain.errors import PipelineError, ServiceBlocked, TransientError
 from image_pipeline.domain.redact import redact
 from image_pipeline.domain.refill_prompts import build_messages, parse_prompts
 from image_pipeline.domain.similarity import PromptIndex
 from image_pipeline.domain.statuses import APPROVE, AWAITING_APPROVAL, HOLD, PREVIEW, REPOST, SUCCESS
 from image_pipeline.lifecycle.ledger import Ledger, Pause
-from image_pipeline.lifecycle.ledger_schema import pauses
 from image_pipeline.lifecycle.posting import notify
 from image_pipeline.services.publisher.interface import Publisher
 from image_pipeline.services.sheets import PromptSheet, QueueSnapshot
@@ -115,13 +112,7 @@ def _int(value: str | None) -> int | None:
 # ----------------------------------------------------------------------------------------- the budget
 def text_pause(book: Ledger) -> Pause | None:
     """The refill's own pause (credits, token or model refused), while it is in force."""
-    q = pauses.c
-    query = sa.select(q.service, q.reason, q.since, q.until).where(
-        q.service == TEXT_SERVICE, sa.or_(q.until == 0, q.until > book._now())
-    )
-    with book._read() as db:
-        row = db.execute(query).first()
-    return Pause(str(row[0]), str(row[1]), float(row[2]), float(row[3])) if row else None
+    return book.pause_of(TEXT_SERVICE)
 
 
 def why_not_refill(book: Ledger, plan: RefillPlan) -> str | None:
