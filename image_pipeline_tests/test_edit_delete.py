@@ -314,6 +314,54 @@ def test_the_sensor_notices_the_words_and_each_is_applied_once(
     assert not after.run_requests
 
 
+def test_after_a_run_the_service_refused_the_words_wait_before_the_next_run(
+    setup, workbook_dir: Path, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revoked bot token fails the whole run: the sensor does not start another every tick, but once the
+    wait after the failure is over, and that one (the token fixed) deletes the post."""
+    from image_pipeline.defs import sheet_actions
+
+    tg, pub, sheet, _ = setup
+    ledger = PostLedger(path=str(tmp_path / "ledger.sqlite"))
+    resources = {
+        "prompt_sheet": sheet,
+        "image_generator": OfflinePreviewGenerator(width=64, height=64),
+        "publisher": pub,
+        "ledger": ledger,
+    }
+    sensor = build_prompt_sheet_sensor(instant=True, interval_s=30)
+    post_and_log(pub, sheet, "p", "cats")
+
+    def tick(cursor: str | None):
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+            return sensor(context)
+
+    def run(publisher: TelegramPublisher) -> bool:
+        job_resources = {"prompt_sheet": sheet, "publisher": publisher, "ledger": ledger}
+        result = sheet_actions_job.execute_in_process(
+            instance=instance, resources=job_resources, raise_on_error=False
+        )
+        return result.success
+
+    quiet = tick(None)
+    type_in_done(workbook_dir, "p", "DELETE")
+    first = tick(quiet.cursor)
+    assert len(first.run_requests) == 1
+    revoked = TelegramPublisher(
+        token="123456:revoked", chat_id=CHANNEL, api_base_url=tg.base_url, retry_base_delay_s=0.01
+    )
+    assert not run(revoked)  # 401 Unauthorized: the whole service refuses, not this row
+    assert in_channel(tg) and status_of(workbook_dir, "p") == "DELETE"
+    waiting = tick(first.cursor)
+    assert not getattr(waiting, "run_requests", None)  # the next tick does not try again at once
+    monkeypatch.setattr(sheet_actions, "RETRY_AFTER_FAILURE_S", 0.0)  # the wait is over
+    again = tick(getattr(waiting, "cursor", None) or first.cursor)
+    assert len(again.run_requests) == 1
+    assert again.run_requests[0].run_key != first.run_requests[0].run_key  # not taken for the same request
+    assert run(pub)
+    assert in_channel(tg) == [] and status_of(workbook_dir, "p").startswith("DELETED")
+
+
 def test_delete_takes_back_the_original_sent_as_a_document_after_the_post(setup, workbook_dir: Path) -> None:
     tg, pub, sheet, book = setup
     [photo] = post_and_log(pub, sheet, "p", "a cat")

@@ -10,6 +10,7 @@ running; the run re-reads Done itself.
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import dagster as dg
@@ -29,6 +30,9 @@ _IN_FLIGHT = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+# A sheet-actions run fails only when a service refuses the whole run (the bot's token or rights, the sheet,
+# an outage past the retries): the words still waiting are asked again this long after it, not every tick.
+RETRY_AFTER_FAILURE_S = 300.0
 
 
 @dg.op(description="Applies EDIT / DELETE typed in Done's status cells, once each, and writes the outcome.")
@@ -55,6 +59,19 @@ def apply_sheet_actions_op(
 )
 def sheet_actions_job() -> None:
     apply_sheet_actions_op()
+
+
+def _last_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
+    records = instance.get_run_records(filters=dg.RunsFilter(job_name=sheet_actions_job.name), limit=1)
+    return records[0] if records else None
+
+
+def _after_failure(last: dg.RunRecord | None) -> float:
+    """Seconds still to wait when the latest sheet-actions run failed less than RETRY_AFTER_FAILURE_S ago."""
+    if last is None or last.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+        return 0.0
+    ended = last.end_time or last.update_timestamp.timestamp()
+    return max(0.0, ended + RETRY_AFTER_FAILURE_S - time.time())
 
 
 def _state(cursor: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +111,21 @@ def notice_sheet_actions(
     if seen is not None:
         state["col"], found = seen
         state["pending"] = [[n, w] for n, w in found]
-        if found and not context.instance.get_runs(
+        last = _last_run(context.instance) if found else None
+        wait = _after_failure(last)
+        if wait > 0:
+            context.log.info(
+                f"the last {sheet_actions_job.name} run failed: EDIT / DELETE are tried again in {wait:.0f} s"
+            )
+        elif found and not context.instance.get_runs(
             filters=dg.RunsFilter(job_name=sheet_actions_job.name, statuses=_IN_FLIGHT), limit=1
         ):
             # the same words seen again after a run that did not settle them start another: the key
-            # changes with the cursor the tick started from, and stays the same if the tick is evaluated again
-            key = hashlib.sha256(json.dumps([old_cursor, found]).encode()).hexdigest()[:16]
+            # changes with the cursor the tick started from and with the last run (a retry after a failure
+            # is a new request, not one the daemon already saw), and stays the same if the tick is evaluated
+            # again
+            after = last.dagster_run.run_id if last is not None else ""
+            key = hashlib.sha256(json.dumps([old_cursor, found, after]).encode()).hexdigest()[:16]
             run_requests.append(
                 dg.RunRequest(
                     run_key=f"sheet-actions-{key}",
