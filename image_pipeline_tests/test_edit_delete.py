@@ -272,11 +272,8 @@ def test_an_answer_lost_after_telegram_applied_the_edit_is_read_back(setup, work
 
 
 # ------------------------------------------------------------------------------------------------ sensor
-def test_the_sensor_notices_the_words_and_each_is_applied_once(
-    setup, workbook_dir: Path, tmp_path: Path, instance: dg.DagsterInstance
-) -> None:
-    tg, pub, sheet, _ = setup
-    ledger = PostLedger(path=str(tmp_path / "ledger.sqlite"))
+def sheet_sensor(sheet: LocalWorkbook, pub, ledger: PostLedger, instance: dg.DagsterInstance):
+    """The instant prompt sheet sensor over these parts: ``tick(cursor)`` evaluates it once."""
     resources = {
         "prompt_sheet": sheet,
         "image_generator": OfflinePreviewGenerator(width=64, height=64),
@@ -284,11 +281,29 @@ def test_the_sensor_notices_the_words_and_each_is_applied_once(
         "ledger": ledger,
     }
     sensor = build_prompt_sheet_sensor(instant=True, interval_s=30)
-    post_and_log(pub, sheet, "p", "cats", count=2)
 
     def tick(cursor: str | None):
         with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
             return sensor(context)
+
+    return tick
+
+
+def run_actions(sheet: LocalWorkbook, pub, ledger: PostLedger, instance: dg.DagsterInstance) -> bool:
+    """One run of ``sheet_actions_job`` with this publisher; whether it succeeded."""
+    resources = {"prompt_sheet": sheet, "publisher": pub, "ledger": ledger}
+    return sheet_actions_job.execute_in_process(
+        instance=instance, resources=resources, raise_on_error=False
+    ).success
+
+
+def test_the_sensor_notices_the_words_and_each_is_applied_once(
+    setup, workbook_dir: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    tg, pub, sheet, _ = setup
+    ledger = PostLedger(path=str(tmp_path / "ledger.sqlite"))
+    tick = sheet_sensor(sheet, pub, ledger, instance)
+    post_and_log(pub, sheet, "p", "cats", count=2)
 
     quiet = tick(None)
     assert isinstance(quiet, dg.SensorResult) and not quiet.run_requests
@@ -297,17 +312,11 @@ def test_the_sensor_notices_the_words_and_each_is_applied_once(
     [request] = first.run_requests
     assert request.job_name == sheet_actions_job.name
 
-    def run() -> None:
-        result = sheet_actions_job.execute_in_process(
-            instance=instance, resources={k: resources[k] for k in ("prompt_sheet", "publisher", "ledger")}
-        )
-        assert result.success
-
     # two ticks' runs (the second tick came before the first run wrote the row): Telegram is called once
     second = tick(first.cursor)
     assert len(second.run_requests) == 1
-    run()
-    run()
+    assert run_actions(sheet, pub, ledger, instance)
+    assert run_actions(sheet, pub, ledger, instance)
     assert tg.count("deletemessage") == 2 and in_channel(tg) == []  # the album's two messages, once each
     assert status_of(workbook_dir, "p").startswith("DELETED")
     after = tick(second.cursor)
@@ -323,25 +332,8 @@ def test_after_a_run_the_service_refused_the_words_wait_before_the_next_run(
 
     tg, pub, sheet, _ = setup
     ledger = PostLedger(path=str(tmp_path / "ledger.sqlite"))
-    resources = {
-        "prompt_sheet": sheet,
-        "image_generator": OfflinePreviewGenerator(width=64, height=64),
-        "publisher": pub,
-        "ledger": ledger,
-    }
-    sensor = build_prompt_sheet_sensor(instant=True, interval_s=30)
+    tick = sheet_sensor(sheet, pub, ledger, instance)
     post_and_log(pub, sheet, "p", "cats")
-
-    def tick(cursor: str | None):
-        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
-            return sensor(context)
-
-    def run(publisher: TelegramPublisher) -> bool:
-        job_resources = {"prompt_sheet": sheet, "publisher": publisher, "ledger": ledger}
-        result = sheet_actions_job.execute_in_process(
-            instance=instance, resources=job_resources, raise_on_error=False
-        )
-        return result.success
 
     quiet = tick(None)
     type_in_done(workbook_dir, "p", "DELETE")
@@ -350,7 +342,9 @@ def test_after_a_run_the_service_refused_the_words_wait_before_the_next_run(
     revoked = TelegramPublisher(
         token="123456:revoked", chat_id=CHANNEL, api_base_url=tg.base_url, retry_base_delay_s=0.01
     )
-    assert not run(revoked)  # 401 Unauthorized: the whole service refuses, not this row
+    assert not run_actions(
+        sheet, revoked, ledger, instance
+    )  # 401 Unauthorized: the whole service refuses, not this row
     assert in_channel(tg) and status_of(workbook_dir, "p") == "DELETE"
     waiting = tick(first.cursor)
     assert not getattr(waiting, "run_requests", None)  # the next tick does not try again at once
@@ -358,7 +352,7 @@ def test_after_a_run_the_service_refused_the_words_wait_before_the_next_run(
     again = tick(getattr(waiting, "cursor", None) or first.cursor)
     assert len(again.run_requests) == 1
     assert again.run_requests[0].run_key != first.run_requests[0].run_key  # not taken for the same request
-    assert run(pub)
+    assert run_actions(sheet, pub, ledger, instance)
     assert in_channel(tg) == [] and status_of(workbook_dir, "p").startswith("DELETED")
 
 
