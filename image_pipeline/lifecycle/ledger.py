@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from image_pipeline.domain.errors import ClaimLost
-from image_pipeline.lifecycle.ledger_budget import BudgetRows
+from image_pipeline.lifecycle.ledger_budget import BudgetRows, utc_day
 from image_pipeline.lifecycle.ledger_owners import owner_token, stale_owner_check
 from image_pipeline.lifecycle.ledger_pacing import ChatSlots
 from image_pipeline.lifecycle.ledger_schema import (
@@ -116,11 +116,6 @@ class Pause:
 
 
 BACKEND_PAUSE = "backend:"  # the service name of a pause that covers one image backend of the chain
-
-
-def utc_day(now: float | None = None) -> str:
-    """The day daily caps are counted in: the UTC date, the same on every machine."""
-    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
 class UnsafeLedgerLocation(RuntimeError):

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from image_pipeline.lifecycle.ledger import Ledger
 
 
+def utc_day(now: float | None = None) -> str:
+    """The day daily caps are counted in: the UTC date, the same on every machine."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+
+
 class BudgetRows:
     """``PostLedger``'s budget rows; no fields of its own (the resource's caps and ``open`` are used)."""
 
@@ -58,7 +63,7 @@ class BudgetRows:
         for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
             if cap > 0:
                 used = book.used_today(kind)
-                detail = f"{used} of {cap} {kind} today ({_utc_day()} UTC)"
+                detail = f"{used} of {cap} {kind} today ({utc_day()} UTC)"
                 checks.append(
                     warn("Budget", f"daily {kind} cap", detail, "the rest waits for the next UTC day")
                     if used >= cap
@@ -75,13 +80,7 @@ class BudgetRows:
         for kind, cap in (("images", self.daily_image_cap), ("posts", self.daily_post_cap)):
             if cap > 0 and book.used_today(kind) >= cap:
                 return (
-                    f"the daily cap of {cap} {kind} is reached ({_utc_day()} UTC); "
+                    f"the daily cap of {cap} {kind} is reached ({utc_day()} UTC); "
                     "queued prompts go out after midnight UTC"
                 )
         return None
-
-
-def _utc_day() -> str:
-    from image_pipeline.lifecycle.ledger import utc_day  # ledger.py imports this module
-
-    return utc_day()
