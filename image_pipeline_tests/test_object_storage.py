@@ -83,7 +83,7 @@ def test_the_store_round_trips_images_and_records_through_a_bucket(s3: S3Server)
     later = PartitionFileStore(base, "run-2")  # another run: the URL alone reaches the same server
     assert later.read("prompt_record", "p1") == record
     back = later.read("generated_image", "p1")
-    assert back == outcome and back.read_png() == png
+    assert back == outcome and read_file(UPath(back.path)) == png
     print(f"keys: {s3.keys(bucket)}")
 
 

@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Self
 
-from upath import UPath
-
 from image_pipeline.domain.done_entries import DoneEntry
 from image_pipeline.domain.rows import GenerationRequest, PromptRow
 
@@ -101,13 +99,6 @@ class ImageOutcome(StoredRecord):
     @property
     def reason(self) -> str:
         return str(self.meta.get("reason", ""))
-
-    def read_png(self) -> bytes:
-        if self.path is None:
-            raise FileNotFoundError("no image was stored for this outcome")
-        path = UPath(self.path)  # a local path or an object-store URL (s3://...)
-        # one GET: a UPath's read_bytes asks an object store for the size first
-        return path.read_bytes() if path.protocol in ("", "file", "local") else path.fs.cat_file(path.path)
 
 
 @dataclass(frozen=True)
