@@ -122,17 +122,19 @@ def posting_figures(accepted: list[float], t0: float) -> dict[str, Any]:
     }
 
 
+def _ratio_of(results: dict[str, dict[str, Any]], top: str, bottom: str, key: str) -> float | None:
+    """``results[top][key] / results[bottom][key]`` when both rows ran over the same prompts."""
+    a, b = results.get(top, {}), results.get(bottom, {})
+    if not a.get(key) or not b.get(key) or a.get("prompts") != b.get("prompts"):
+        return None
+    return round(a[key] / b[key], 2)
+
+
 def speedup(results: dict[str, dict[str, Any]], one: str, many: str) -> float | None:
     """Wall time of the one-worker row over the many-worker row's (same prompts), when both ran."""
-    a, b = results.get(one, {}), results.get(many, {})
-    if not a.get("wall_s") or not b.get("wall_s") or a.get("prompts") != b.get("prompts"):
-        return None
-    return round(a["wall_s"] / b["wall_s"], 2)
+    return _ratio_of(results, one, many, "wall_s")
 
 
 def rate_speedup(results: dict[str, dict[str, Any]], one: str, many: str) -> float | None:
     """The many-worker row's posting rate over the one-worker row's (same prompts), when both ran."""
-    a, b = results.get(one, {}), results.get(many, {})
-    if not a.get("posts_per_s") or not b.get("posts_per_s") or a.get("prompts") != b.get("prompts"):
-        return None
-    return round(b["posts_per_s"] / a["posts_per_s"], 2)
+    return _ratio_of(results, many, one, "posts_per_s")
