@@ -50,8 +50,8 @@ class TelegramEdits(TelegramSends):
             return True
         return chat.bot_status == "administrator" and (chat.can_post_messages or chat.can_delete_messages)
 
-    def _m_editmessagecaption(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
-        caption = self._check_caption(params) or ""  # entities are parsed before anything else
+    def _edited(self, params: dict[str, str]) -> dict[str, Any]:
+        """The message an edit names, after the checks every edit method makes in this order."""
         chat = self._require_chat(params)
         self._check_can_touch(chat)
         message = self._find(chat, self._message_id(params))
@@ -59,6 +59,12 @@ class TelegramEdits(TelegramSends):
             raise TelegramError(400, "Bad Request: message to edit not found")
         if not self._may_change(chat):
             raise TelegramError(400, "Bad Request: message can't be edited")
+        return message
+
+    def _m_editmessagecaption(self, params: dict[str, str], files: dict[str, UploadedFile]) -> dict[str, Any]:
+        caption = self._check_caption(params) or ""  # entities are parsed before anything else
+        message = self._edited(params)
+        chat = self.chats[message["chat_id"]]
         if message.get("image") is None:
             raise TelegramError(400, "Bad Request: there is no caption in the message to edit")
         if (message.get("visible_text") or "") == caption:

@@ -213,16 +213,6 @@ class TelegramUpdates(TelegramEdits):
             )
         return True
 
-    def _edited(self, params: dict[str, str]) -> dict[str, Any]:
-        chat = self._require_chat(params)
-        self._check_can_touch(chat)
-        message = self._find(chat, self._message_id(params))
-        if message is None:
-            raise TelegramError(400, "Bad Request: message to edit not found")
-        if not self._may_change(chat):
-            raise TelegramError(400, "Bad Request: message can't be edited")
-        return message
-
     def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         chat = self.chats[message["chat_id"]]
         answer: dict[str, Any] = {"message_id": message["message_id"], "chat": chat.short()}
