@@ -4,17 +4,14 @@ local workbook; the sheet sensor noticing the words and the job applying each ex
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from PIL import Image
 
 from image_pipeline.defs.sensors import build_prompt_sheet_sensor
 from image_pipeline.defs.sheet_actions import sheet_actions_job
-from image_pipeline.domain.done_entries import DoneEntry
 from image_pipeline.domain.errors import PromptRejected
 from image_pipeline.domain.retractions import DELETED, EDITED, GONE, UNCHANGED
 from image_pipeline.domain.uploads import _as_document
@@ -27,49 +24,8 @@ from image_pipeline.services.publisher.refusals import MessageGone, MessageNotDe
 from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.services.sheets import LocalWorkbook
 from image_pipeline.services.sheets.done_cells import read_done_rows
-from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
+from image_pipeline_tests.channel_support import CHANNEL, png, post_and_log, publisher
 from image_pipeline_tests.conftest import read_csv, write_csv
-
-CHANNEL = str(DEFAULT_CHANNEL_ID)
-
-
-def png(colour: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def publisher(tg) -> TelegramPublisher:
-    return TelegramPublisher(
-        token=DEFAULT_TOKEN,
-        chat_id=CHANNEL,
-        alert_chat_id=str(ALERTS_CHANNEL_ID),
-        api_base_url=tg.base_url,
-        retry_base_delay_s=0.01,
-        posts_per_minute=0,
-    )
-
-
-def post_and_log(pub, sheet: LocalWorkbook, key: str, prompt: str, count: int = 1) -> list[str]:
-    """Post through the real publisher and log the Done row as done.py words it; the message ids."""
-    if count == 1:
-        receipt = pub.publish(prompt_id=key, png=png("teal"), caption=prompt)
-        info = f"posted to chat {receipt.chat_id} as message {receipt.message_id}"
-    else:
-        colours = ["teal", "navy", "olive", "maroon"][:count]
-        receipt = pub.publish_album(prompt_id=key, pngs=[png(c) for c in colours], caption=prompt)
-        ids = receipt.message_ids
-        info = f"posted an album of {len(ids)} to chat {receipt.chat_id} as messages {ids[0]}-{ids[-1]}"
-    entry = DoneEntry(
-        id=key,
-        prompt=prompt,
-        status="SUCCESS",
-        information=info,
-        message_id=receipt.message_id,
-        chat_id=receipt.chat_id,
-    )
-    sheet.append_done([entry])
-    return list(receipt.message_ids)
 
 
 def type_in_done(folder: Path, key: str, word: str, **cells: str) -> None:

@@ -4,7 +4,6 @@ emulator produces real ``message_reaction_count`` updates that the real client f
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from datetime import datetime
@@ -13,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from PIL import Image
 
 from image_pipeline.defs.digest import TOP_TAG, WEEK_TAG, build_digest_schedule, digest_job
 from image_pipeline.domain.done_entries import DoneEntry
@@ -22,55 +20,13 @@ from image_pipeline.lifecycle.ledger import Ledger, PostLedger
 from image_pipeline.lifecycle.ledger_reactions import EMPTY, SENT, ReactionBook
 from image_pipeline.lifecycle.reactions import parse_update, record_reactions
 from image_pipeline.services.publisher.outbox import LocalOutbox
-from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.services.sheets import LocalWorkbook
-from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 from image_pipeline.testing.emulators.telegram.reactions import set_reactions
+from image_pipeline_tests.channel_support import CHANNEL, png, post_and_log, publisher
 from image_pipeline_tests.conftest import read_csv
 
-CHANNEL = str(DEFAULT_CHANNEL_ID)
 ALLOWED = json.dumps(["callback_query", "message_reaction_count"])
-
-
-def png(colour: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def publisher(tg) -> TelegramPublisher:
-    return TelegramPublisher(
-        token=DEFAULT_TOKEN,
-        chat_id=CHANNEL,
-        alert_chat_id=str(ALERTS_CHANNEL_ID),
-        api_base_url=tg.base_url,
-        retry_base_delay_s=0.01,
-        posts_per_minute=0,
-    )
-
-
-def post_and_log(pub, sheet: LocalWorkbook, key: str, prompt: str, count: int = 1, **extra: str) -> list[str]:
-    """Post through the real publisher and log the Done row as done.py words it; the message ids."""
-    if count == 1:
-        receipt = pub.publish(prompt_id=key, png=png("teal"), caption=prompt)
-        info = f"posted to chat {receipt.chat_id} as message {receipt.message_id}"
-    else:
-        colours = ["teal", "navy", "olive", "maroon"][:count]
-        receipt = pub.publish_album(prompt_id=key, pngs=[png(c) for c in colours], caption=prompt)
-        ids = receipt.message_ids
-        info = f"posted an album of {len(ids)} to chat {receipt.chat_id} as messages {ids[0]}-{ids[-1]}"
-    entry = DoneEntry(
-        id=key,
-        prompt=prompt,
-        status="SUCCESS",
-        information=info,
-        message_id=receipt.message_id,
-        chat_id=receipt.chat_id,
-        message_link=receipt.link,
-        **extra,
-    )
-    sheet.append_done([entry])
-    return list(receipt.message_ids)
 
 
 class Channel:
