@@ -1,9 +1,11 @@
-"""A channel for the tests of what happens to posts after they went out (EDIT/DELETE, reactions): the real
-Telegram publisher against the emulator, and posts logged in Done as ``lifecycle/done.py`` words them."""
+"""A channel for the tests of posts: the real Telegram publisher against the emulator, a local queue, and
+posts logged in Done as ``lifecycle/done.py`` words them (EDIT/DELETE, reactions, captions, originals)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -11,6 +13,7 @@ from image_pipeline.domain.done_entries import DoneEntry
 from image_pipeline.services.publisher.telegram import TelegramPublisher
 from image_pipeline.services.sheets import LocalWorkbook
 from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
+from image_pipeline_tests.conftest import write_csv
 
 CHANNEL = str(DEFAULT_CHANNEL_ID)
 
@@ -54,3 +57,23 @@ def post_and_log(pub, sheet: LocalWorkbook, key: str, prompt: str, count: int = 
     )
     sheet.append_done([entry])
     return list(receipt.message_ids)
+
+
+def telegram(emulator: Any, **fields: Any) -> TelegramPublisher:
+    """The publisher of a pipeline run's tests: no alert chat unless given, a short read timeout."""
+    return TelegramPublisher(
+        token=DEFAULT_TOKEN,
+        chat_id=CHANNEL,
+        api_base_url=emulator.base_url,
+        retry_base_delay_s=0.01,
+        read_timeout_s=5.0,
+        posts_per_minute=0,
+        **fields,
+    )
+
+
+def queue(resources: dict[str, Any], header: list[str], *rows: list[str]) -> list[str]:
+    """``rows`` under ``header`` as the local queue of ``resources``; their ids."""
+    sheet: LocalWorkbook = resources["prompt_sheet"]
+    write_csv(Path(sheet.folder) / "process.csv", [header, *rows])
+    return [r.prompt_id for r in sheet.ensure_ids().rows]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -19,31 +18,12 @@ from image_pipeline.domain.rows import PromptRow
 from image_pipeline.lifecycle import gate as preflight
 from image_pipeline.services.images.preview import PREVIEW_LABEL
 from image_pipeline.services.publisher.outbox import LocalOutbox
-from image_pipeline.services.publisher.telegram import TelegramPublisher
-from image_pipeline.services.sheets import LocalWorkbook
-from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
+from image_pipeline.testing.emulators.telegram import DEFAULT_CHANNEL_ID
 
-from .conftest import run_partitions, write_csv
+from .channel_support import queue, telegram
+from .conftest import run_partitions
 
 EVERY_FIELD = "{caption}\\n{prompt}\\n{hashtags}\\nmodel={model} seed={seed} backend={backend} date={date}\\n{signature}"
-
-
-def telegram(emulator: Any, **fields: Any) -> TelegramPublisher:
-    return TelegramPublisher(
-        token=DEFAULT_TOKEN,
-        chat_id=str(DEFAULT_CHANNEL_ID),
-        api_base_url=emulator.base_url,
-        retry_base_delay_s=0.01,
-        read_timeout_s=5.0,
-        posts_per_minute=0,
-        **fields,
-    )
-
-
-def queue(resources: dict[str, Any], header: list[str], *rows: list[str]) -> list[str]:
-    sheet: LocalWorkbook = resources["prompt_sheet"]
-    write_csv(Path(sheet.folder) / "process.csv", [header, *rows])
-    return [r.prompt_id for r in sheet.ensure_ids().rows]
 
 
 def test_a_template_with_every_field_is_posted_as_rendered(

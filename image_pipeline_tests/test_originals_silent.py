@@ -13,29 +13,15 @@ import pytest
 from image_pipeline.lifecycle.originals import PENDING, SENDING, SENT
 from image_pipeline.services.publisher.outbox import LocalOutbox
 from image_pipeline.services.publisher.telegram import TelegramPublisher
-from image_pipeline.services.sheets import LocalWorkbook
-from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID, DEFAULT_TOKEN
+from image_pipeline.testing.emulators.telegram import ALERTS_CHANNEL_ID, DEFAULT_CHANNEL_ID
 
+from .channel_support import queue
+from .channel_support import telegram as channel_publisher
 from .conftest import run_partitions, write_csv
 
 
 def telegram(emulator: Any, **fields: Any) -> TelegramPublisher:
-    return TelegramPublisher(
-        token=DEFAULT_TOKEN,
-        chat_id=str(DEFAULT_CHANNEL_ID),
-        api_base_url=emulator.base_url,
-        retry_base_delay_s=0.01,
-        retry_attempts=2,
-        read_timeout_s=5.0,
-        posts_per_minute=0,
-        **fields,
-    )
-
-
-def queue(resources: dict[str, Any], header: list[str], *rows: list[str]) -> list[str]:
-    sheet: LocalWorkbook = resources["prompt_sheet"]
-    write_csv(Path(sheet.folder) / "process.csv", [header, *rows])
-    return [r.prompt_id for r in sheet.ensure_ids().rows]
+    return channel_publisher(emulator, retry_attempts=2, **fields)
 
 
 def channel(emulator: Any) -> list[tuple[str, str | None, bool]]:
